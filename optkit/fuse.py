@@ -1,0 +1,179 @@
+"""`optkit.fuse`: the default pipeline (cleanups, constant folding, BatchNorm folding, ordering), then
+checks: the onnx checker, and a numeric comparison with the original on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from optkit import io
+from optkit.contract import Exactness, PassOptions
+from optkit.errors import InputError
+from optkit.graph import count_ops, node_count
+from optkit.pipeline import Pipeline, PipelineReport, Verifier
+from optkit.verify import Verdict, verify_rewrite
+from optkit.passes import ALL_PASSES, DEFAULT_PASSES
+
+
+@dataclass
+class FuseReport:
+    """What `fuse` did, for people (`format_text`) and machines (`to_dict`)."""
+
+    source: str
+    nodes_before: int
+    nodes_after: int
+    batchnorm_before: int
+    batchnorm_after: int
+    pipeline: PipelineReport
+    verdict: Verdict | None = None
+    unverified_reason: str = ""
+    seconds: float = 0.0
+    output: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False only when verification ran and found the outputs differ."""
+        return self.verdict is None or self.verdict.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "ok": self.ok,
+            "verified": self.verdict is not None,
+            "unverified_reason": self.unverified_reason,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "batchnorm_before": self.batchnorm_before,
+            "batchnorm_after": self.batchnorm_after,
+            "seconds": round(self.seconds, 6),
+            "pipeline": self.pipeline.to_dict(),
+            "verification": self.verdict.to_dict() if self.verdict else None,
+            "notes": self.notes,
+        }
+
+    def format_text(self, *, verbose: bool = False) -> str:
+        lines = [
+            f"{self.source}: {self.nodes_before} -> {self.nodes_after} nodes, "
+            f"BatchNorm {self.batchnorm_before} -> {self.batchnorm_after}",
+        ]
+        for report in self.pipeline.passes:
+            hits = ", ".join(f"{rule} x{n}" for rule, n in sorted(report.hits().items()))
+            declined = len(report.declined)
+            if not hits and not declined and not report.rolled_back and not verbose:
+                continue
+            text = f"  {report.name:<10} {report.seconds * 1000:7.1f} ms  {hits or 'no change'}"
+            if declined:
+                text += f"  ({declined} declined)"
+            if report.rolled_back:
+                text += f"  ROLLED BACK: {report.rollback_reason}"
+            lines.append(text)
+        declines = [s for r in self.pipeline.passes for s in r.declined]
+        if declines:
+            lines.append("  declined:")
+            shown = declines if verbose else declines[:20]
+            lines += [f"    {s.node}: {s.reason}" for s in shown]
+            if len(shown) < len(declines):
+                lines.append(f"    ... {len(declines) - len(shown)} more (use --verbose or --json)")
+        if self.verdict is not None:
+            lines.append(f"  verification: {self.verdict.summary()}")
+        else:
+            lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"  time: {self.seconds:.3f} s" + (f"  -> {self.output}" if self.output else ""))
+        return "\n".join(lines)
+
+
+@dataclass
+class FuseResult:
+    model: ir.Model
+    report: FuseReport
+
+    def to_proto(self) -> onnx.ModelProto:
+        return io.to_proto(self.model)
+
+    def save(self, path: str) -> None:
+        io.save(self.model, path)
+        self.report.output = str(path)
+
+
+def select_passes(passes: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list:
+    """The default pipeline, or the named passes in pipeline order, minus `skip`."""
+    names = list(passes) if passes is not None else [p.spec.name for p in DEFAULT_PASSES]
+    unknown = [n for n in [*names, *skip] if n not in ALL_PASSES]
+    if unknown:
+        raise InputError(f"unknown pass(es) {', '.join(unknown)}; known: {', '.join(ALL_PASSES)}")
+    return [p for p in DEFAULT_PASSES if p.spec.name in names and p.spec.name not in set(skip)]
+
+
+def check_model(model: ir.Model, what: str) -> None:
+    """Run the onnx checker; raises InputError naming `what` on failure."""
+    try:
+        proto = ir.to_proto(model)
+        if proto.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what}: fails the ONNX checker: {first[:300]}") from None
+
+
+def fuse(
+    model: io.ModelLike,
+    *,
+    passes: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    options: PassOptions | None = None,
+    verify_result: bool = True,
+    verify_each: bool = False,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    max_iterations: int = 4,
+) -> FuseResult:
+    """Fold and clean `model` (a path, ModelProto or onnx_ir.Model; never modified) and verify it.
+
+    Returns the rewritten `onnx_ir.Model` and a `FuseReport`. Raises `InputError` for unusable input.
+    When verification finds a difference the report says so (`report.ok` is False); nothing raises.
+    """
+    began = time.perf_counter()
+    source = str(model) if not isinstance(model, onnx.ModelProto | ir.Model) else "<model>"
+    original = io.load(model)
+    check_model(original, source)
+    working = io.load(original)
+    nodes_before, bn_before = node_count(original), count_ops(original, "BatchNormalization")
+
+    verifier: Verifier | None = None
+    if verify_each:
+        def verifier(before: ir.Model, after: ir.Model, exactness: Exactness) -> tuple[bool, str]:
+            verdict = _try_verify(before, after, exactness, shapes, seed)
+            return (True, "") if isinstance(verdict, str) else (verdict.ok, verdict.summary())
+
+    pipeline = Pipeline(select_passes(passes, skip), options=options, fixed_point=True,
+                        max_iterations=max_iterations, verifier=verifier)
+    result, pipeline_report = pipeline.run(working)
+    report = FuseReport(source, nodes_before, node_count(result), bn_before,
+                        count_ops(result, "BatchNormalization"), pipeline_report)
+    check_model(result, f"{source} (after fuse; this is an optkit bug, please report it)")
+    if verify_result:
+        outcome = _try_verify(original, result, pipeline_report.exactness(), shapes, seed)
+        if isinstance(outcome, str):
+            report.unverified_reason = outcome
+        else:
+            report.verdict = outcome
+    else:
+        report.unverified_reason = "verification disabled"
+    report.seconds = time.perf_counter() - began
+    return FuseResult(result, report)
+
+
+def _try_verify(
+    before: ir.Model, after: ir.Model, exactness: Exactness,
+    shapes: Mapping[str, Sequence[int]] | None, seed: int,
+) -> Verdict | str:
+    return verify_rewrite(before, after, exactness, shapes=shapes, seed=seed)

@@ -1,0 +1,219 @@
+"""Small, safe helpers over `onnx_ir` graphs: every mutation a pass makes goes through here.
+
+Contract: a rewrite builds its new nodes completely (new initializers registered first), then
+`replace_nodes` rewires every use of the old outputs to the new ones (graph outputs included), gives
+the new outputs the old names (so tensors can be matched across a rewrite), inserts the new nodes and
+removes the old ones. The graph is valid before and after each call; `check` functions never mutate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+# Element types whose folds optkit computes (in float64, rounded once to this type).
+FLOAT_TYPES: dict[ir.DataType, np.dtype] = {
+    ir.DataType.FLOAT: np.dtype(np.float32),
+    ir.DataType.DOUBLE: np.dtype(np.float64),
+    ir.DataType.FLOAT16: np.dtype(np.float16),
+    ir.DataType.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+}
+
+
+def iter_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """`graph` and every subgraph below it (If / Loop / Scan bodies), outermost first."""
+    yield graph
+    for node in list(graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from iter_graphs(attr.as_graph())
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.as_graphs():
+                    yield from iter_graphs(sub)
+
+
+def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    for graph in iter_graphs(model.graph):
+        yield from graph
+
+
+def count_ops(model: ir.Model, op_type: str, domain: str = "") -> int:
+    return sum(1 for n in all_nodes(model) if n.op_type == op_type and n.domain == domain)
+
+
+def node_count(model: ir.Model) -> int:
+    return sum(1 for _ in all_nodes(model))
+
+
+def opset_version(model: ir.Model, domain: str = "") -> int:
+    """The model's opset for `domain` ('' and 'ai.onnx' are the same domain)."""
+    imports = model.opset_imports
+    if domain == "":
+        return imports.get("", imports.get("ai.onnx", 1))
+    return imports.get(domain, 1)
+
+
+def node_label(node: ir.Node) -> str:
+    """How reports name a node: its name, or its op type and first output when it has no name."""
+    if node.name:
+        return node.name
+    first = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op_type}->{first}"
+
+
+# --- attributes -------------------------------------------------------------------------------
+
+
+def attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.as_int())
+
+
+def attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.as_float())
+
+
+def attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else [int(v) for v in attr.as_ints()]
+
+
+def attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else str(attr.as_string())
+
+
+# --- constants --------------------------------------------------------------------------------
+
+
+class ConstantPolicy:
+    """Decides which values are constants a rewrite may read and fold.
+
+    An initializer that is also a graph input is overridable at run time (ONNX IR version >= 4, and
+    ONNX Runtime treats it so): it is not a constant unless the user asked to `freeze` such inputs.
+    In IR version 3 every initializer had to be listed as an input, so there it is a constant.
+    """
+
+    def __init__(self, model: ir.Model, *, freeze_initializer_inputs: bool = False) -> None:
+        self.inputs_are_overridable = model.ir_version >= 4 and not freeze_initializer_inputs
+
+    def array(self, value: ir.Value | None) -> tuple[np.ndarray | None, str]:
+        """The value's constant contents, or None and the reason it is not a usable constant."""
+        if value is None:
+            return None, "input is missing"
+        label = value.name or "<unnamed>"
+        if value.is_graph_input():
+            if not value.is_initializer():
+                return None, f"'{label}' is a graph input, not a constant"
+            if self.inputs_are_overridable:
+                return None, (
+                    f"'{label}' is an initializer that is also a graph input (overridable at run "
+                    "time); pass --freeze-initializer-inputs to fold it"
+                )
+        try:
+            tensor = ir.convenience.get_const_tensor(value)
+        except ValueError:
+            tensor = None
+        if tensor is None:
+            return None, f"'{label}' is computed at run time, not a constant"
+        return tensor.numpy(), ""
+
+    def is_constant(self, value: ir.Value | None) -> bool:
+        return value is None or self.array(value)[0] is not None
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+class Namer:
+    """Hands out names unused anywhere in the model (subgraphs included), deterministically."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._used: set[str] = set()
+        for graph in iter_graphs(model.graph):
+            for value in [*graph.inputs, *graph.initializers.values()]:
+                if value.name:
+                    self._used.add(value.name)
+            for node in graph:
+                if node.name:
+                    self._used.add(node.name)
+                self._used.update(v.name for v in node.outputs if v.name)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self._used:
+            k += 1
+            name = f"{base}_{k}"
+        self._used.add(name)
+        return name
+
+
+# --- mutation ---------------------------------------------------------------------------------
+
+
+def add_initializer(
+    graph: ir.Graph, namer: Namer, base_name: str, array: np.ndarray, dtype: ir.DataType
+) -> ir.Value:
+    """Register `array` (cast to `dtype`) as a new initializer of `graph`; never overwrites one."""
+    np_dtype = FLOAT_TYPES.get(dtype)
+    data = np.ascontiguousarray(array.astype(np_dtype) if np_dtype is not None else array)
+    name = namer.fresh(base_name)
+    value = ir.Value(
+        name=name,
+        const_value=ir.tensor(data, dtype=dtype, name=name),
+        type=ir.TensorType(dtype),
+        shape=ir.Shape(data.shape),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def sole_consumer(value: ir.Value) -> ir.Node | None:
+    """The only node reading `value`, when exactly one node reads it once and it is no graph output."""
+    if value.is_graph_output():
+        return None
+    uses = list(value.uses())
+    if len(uses) != 1:
+        return None
+    return uses[0].node
+
+
+def consumers_reason(value: ir.Value, what: str) -> str:
+    """Why `value` cannot be absorbed: it has other readers or is a graph output."""
+    if value.is_graph_output():
+        return f"{what} '{value.name}' is a graph output"
+    return f"{what} '{value.name}' has {len(list(value.uses()))} consumers"
+
+
+def unused_outputs(node: ir.Node, start: int) -> bool:
+    """True when outputs `start..` of `node` are absent or read by nobody."""
+    return all(
+        not out.name or (not out.uses() and not out.is_graph_output())
+        for out in node.outputs[start:]
+    )
+
+
+def replace_nodes(
+    graph: ir.Graph,
+    old_nodes: Sequence[ir.Node],
+    new_nodes: Sequence[ir.Node],
+    old_outputs: Sequence[ir.Value],
+    new_outputs: Sequence[ir.Value],
+) -> None:
+    """Replace `old_nodes` by `new_nodes`, each new output taking the place and name of an old one.
+
+    New nodes are inserted right after the last old node, so every value they read is defined.
+    """
+    anchor = max(old_nodes, key=_position(graph))
+    ir.convenience.replace_nodes_and_values(
+        graph, anchor, list(old_nodes), list(new_nodes), list(old_outputs), list(new_outputs)
+    )
+
+
+def _position(graph: ir.Graph):
+    order = {id(node): i for i, node in enumerate(graph)}
+    return lambda node: order[id(node)]

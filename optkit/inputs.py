@@ -1,0 +1,99 @@
+"""Seeded synthetic inputs generated from a model's declared input types.
+
+Dynamic dimensions take the value given in `shapes` (``{"x": (1, 3, 224, 224)}``, from
+``--shape x=1x3x224x224``), else a default: 1 for the leading (batch) dimension and 16 for any other.
+Floats are standard normal, integers uniform in ``int_range``, bools fair coin flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from optkit.errors import InputError
+
+DEFAULT_BATCH = 1
+DEFAULT_DIM = 16
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``name=1x3x224x224`` into ``("name", (1, 3, 224, 224))``."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        if any(d < 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise InputError(f"bad --shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224") from None
+    return name, shape
+
+
+def runtime_inputs(model: ir.Model) -> list[ir.Value]:
+    """Graph inputs a caller must feed (initializers listed as inputs have defaults)."""
+    return [v for v in model.graph.inputs if not v.is_initializer()]
+
+
+def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, ...]:
+    if override is not None:
+        if value.shape is not None and len(override) != len(value.shape):
+            raise InputError(
+                f"--shape for input '{value.name}' has rank {len(override)}, "
+                f"the model declares rank {len(value.shape)}"
+            )
+        return tuple(override)
+    if value.shape is None:
+        raise InputError(
+            f"input '{value.name}' has no declared shape; give one with --shape {value.name}=..."
+        )
+    dims = []
+    for i, dim in enumerate(value.shape):
+        dims.append(dim if isinstance(dim, int) else (DEFAULT_BATCH if i == 0 else DEFAULT_DIM))
+    return tuple(dims)
+
+
+def synthetic_inputs(
+    model: ir.Model,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    seed: int = 0,
+    int_range: tuple[int, int] = (0, 10),
+) -> dict[str, np.ndarray]:
+    """One seeded sample per runtime input of `model`."""
+    shapes = dict(shapes or {})
+    known = {v.name for v in runtime_inputs(model)}
+    unknown = sorted(set(shapes) - known)
+    if unknown:
+        raise InputError(
+            f"--shape names unknown input(s) {', '.join(unknown)}; inputs are {', '.join(sorted(known))}"
+        )
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for value in runtime_inputs(model):
+        assert value.name is not None
+        if not isinstance(value.type, ir.TensorType):
+            raise InputError(f"input '{value.name}' is not a tensor ({value.type}); cannot synthesize it")
+        dtype = value.type.dtype
+        shape = input_shape(value, shapes.get(value.name))
+        feeds[value.name] = random_array(rng, dtype, shape, int_range)
+    return feeds
+
+
+def random_array(
+    rng: np.random.Generator, dtype: ir.DataType, shape: tuple[int, ...], int_range: tuple[int, int]
+) -> np.ndarray:
+    np_dtype = dtype.numpy()
+    if dtype == ir.DataType.BOOL:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if dtype == ir.DataType.STRING:
+        return rng.integers(0, 100, size=shape).astype(str).astype(object)
+    if dtype.is_floating_point():
+        return rng.standard_normal(size=shape).astype(np_dtype)
+    if dtype.is_integer():
+        low, high = int_range
+        info = np.iinfo(np_dtype)
+        return rng.integers(max(low, info.min), min(high, int(info.max) + 1), size=shape).astype(np_dtype)
+    raise InputError(f"cannot synthesize inputs of type {dtype.name}")

@@ -1,0 +1,125 @@
+"""Loading and saving models.
+
+`load` accepts a path, an `onnx.ModelProto` or an `onnx_ir.Model` and returns an `onnx_ir.Model`
+(external data stays memory-mapped, never copied up front). `save` writes atomically: to a temporary
+file in the target folder, then renamed, so a crash never leaves a half-written model; it refuses to
+write external data over a file that tensors of the model still read from.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+import onnx_ir as ir
+
+from optkit.errors import InputError
+from optkit.graph import iter_graphs
+
+ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
+    """An `onnx_ir.Model` from a path, a ModelProto or an IR model (cloned unless `copy=False`)."""
+    if isinstance(source, ir.Model):
+        return source.clone() if copy else source
+    if isinstance(source, onnx.ModelProto):
+        return ir.from_proto(source)
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(f"cannot load a model from {type(source).__name__}")
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except (google.protobuf.message.DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise InputError(f"{path}: not an ONNX model (no graph or no IR version)")
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # the deserializer raises many types on malformed graphs
+        raise InputError(f"{path}: malformed ONNX model ({_first_line(exc)})") from None
+    for graph in iter_graphs(model.graph):
+        ir.external_data.set_base_dir(graph, str(path.parent.resolve()))
+    return model
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as an `onnx.ModelProto` (materializes external data in memory)."""
+    return ir.to_proto(model)
+
+
+def external_data_paths(model: ir.Model) -> set[Path]:
+    """Resolved paths of every external-data file the model's tensors read from."""
+    paths: set[Path] = set()
+    for graph in iter_graphs(model.graph):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                paths.add(Path(tensor.path).resolve())
+    return paths
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in iter_graphs(model.graph):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: str | None = None,
+) -> Path:
+    """Write `model` to `path` atomically.
+
+    `external_data` names a data file (relative to `path`'s folder) for large tensors; it is chosen
+    automatically (``<file>.data``) when the model read external data or would exceed protobuf's 2 GB.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{target}: folder {folder} does not exist")
+    if external_data is None and (
+        external_data_paths(model) or initializer_bytes(model) > _PROTOBUF_LIMIT // 2
+    ):
+        external_data = target.name + ".data"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        if external_data is None:
+            data = ir.to_proto(model).SerializeToString()
+            with open(tmp_name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            data_path = (folder / external_data).resolve()
+            if data_path in external_data_paths(model):
+                raise InputError(
+                    f"{target}: external data file {external_data} is still read by the model; "
+                    "choose another output name"
+                )
+            ir.save(model, tmp_name, external_data=external_data)
+        os.replace(tmp_name, target)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return target
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,35 @@
+"""optkit's rewrite passes, one family per module.
+
+`DEFAULT_PASSES` is the `fuse` pipeline, in order; `ALL_PASSES` lists every pass by name. There is no
+import-time registry: a pass exists for the pipeline when it is in one of these tuples.
+"""
+
+from __future__ import annotations
+
+from optkit.contract import RewritePass
+
+from .batchnorm import FoldBatchNorm
+from .cleanup import (
+    DeduplicateInitializers,
+    InferShapes,
+    RemoveDropout,
+    RemoveIdentity,
+    RemoveUnused,
+    TopologicalSort,
+)
+from .constant_folding import FoldConstants
+
+DEFAULT_PASSES: tuple[RewritePass, ...] = (
+    RemoveIdentity(),
+    RemoveDropout(),
+    FoldConstants(),
+    InferShapes(),
+    FoldBatchNorm(),
+    RemoveUnused(),
+    DeduplicateInitializers(),
+    TopologicalSort(),
+)
+
+ALL_PASSES: dict[str, RewritePass] = {p.spec.name: p for p in DEFAULT_PASSES}
+
+__all__ = ["ALL_PASSES", "DEFAULT_PASSES", "FoldBatchNorm", "FoldConstants"]

@@ -1,0 +1,143 @@
+"""Test-time BatchNorm folding ("zero overhead at test time").
+
+Each BatchNormalization is read as y = s x + t per channel (`batchnorm_params`) and then, in order:
+
+1. folded into the layer that produces its input (`batchnorm_into_layer`: Conv, ConvTranspose, Gemm,
+   MatMul, MatMul + Add);
+2. else folded into the one layer that reads its output (`batchnorm_into_next_layer`: Conv, Gemm, MatMul);
+3. else, only with the `bn_to_affine` option, rewritten as Mul + Add (a chain of BNs as one Mul + Add).
+
+Every BN gets one site in the report: the rule that applied, or why each step declined. The pass repeats
+until nothing more folds (a BN -> BN chain after a Conv folds one BN per round).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.graph import (
+    ConstantPolicy,
+    Namer,
+    iter_graphs,
+    node_label,
+    opset_version,
+    replace_nodes,
+    sole_consumer,
+)
+
+from .batchnorm_into_layer import fold_into_producer
+from .batchnorm_into_next_layer import fold_into_consumer
+from .batchnorm_params import Affine, along, read_batchnorm
+from .fold_support import Applied, FoldContext, new_node
+
+MAX_ROUNDS = 16
+
+
+def is_batchnorm(node: ir.Node) -> bool:
+    return node.op_type == "BatchNormalization" and node.domain == ""
+
+
+class FoldBatchNorm(RewritePass):
+    spec = PassSpec("batchnorm", Exactness.REASSOCIATE,
+                    "fold test-time BatchNorm into adjacent Conv / ConvTranspose / Gemm / MatMul")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
+        namer = Namer(model)
+        opset = opset_version(model)
+        applied: list[Site] = []
+        declined: dict[int, Site] = {}
+        for _ in range(MAX_ROUNDS):
+            done, declined = self._sweep(model, policy, namer, opset, affine=False)
+            applied += done
+            if not done:
+                break
+        if options.bn_to_affine:
+            done, not_affine = self._sweep(model, policy, namer, opset, affine=True)
+            applied += done
+            for key, site in not_affine.items():
+                if key in declined and site.reason != declined[key].reason:
+                    declined[key] = Site(site.rule, site.node, False,
+                                         f"{declined[key].reason}; not to Mul+Add ({site.reason})")
+        return applied + [s for key, s in declined.items() if key in _live_batchnorms(model)]
+
+    @staticmethod
+    def _sweep(
+        model: ir.Model, policy: ConstantPolicy, namer: Namer, opset: int, *, affine: bool
+    ) -> tuple[list[Site], dict[int, Site]]:
+        """One pass over every BN: the sites that applied, and the declined ones by node id."""
+        applied, declined = [], {}
+        for graph in list(iter_graphs(model.graph)):
+            ctx = FoldContext(graph, policy, namer)
+            for node in [n for n in graph if is_batchnorm(n)]:
+                if node.graph is None:  # merged into a chain rewritten just before
+                    continue
+                label = node_label(node)
+                bn, why = read_batchnorm(node, policy, opset)
+                if bn is None:
+                    declined[id(node)] = Site("batchnorm", label, False, why)
+                    continue
+                if affine:
+                    result = to_mul_add(bn, ctx, opset)
+                    why = result if isinstance(result, str) else ""
+                else:
+                    result = fold_into_producer(bn, ctx)
+                    if isinstance(result, str):
+                        before = fold_into_consumer(bn, ctx)
+                        why = f"not into its producer ({result}); not into its consumer ({before})"
+                        result = before
+                if isinstance(result, Applied):
+                    applied.append(_site(label, result))
+                else:
+                    declined[id(node)] = Site("batchnorm", label, False, why)
+        return applied, declined
+
+
+def _live_batchnorms(model: ir.Model) -> set[int]:
+    return {id(n) for g in iter_graphs(model.graph) for n in g if is_batchnorm(n)}
+
+
+def _site(label: str, applied: Applied) -> Site:
+    return Site(applied.rule, label, True, removed=applied.removed, added=applied.added)
+
+
+def to_mul_add(bn: Affine, ctx: FoldContext, opset: int) -> Applied | str:
+    """y = s x + t as Mul + Add; BNs that follow it alone are merged in (s = s1 s2, t = t1 s2 + t2).
+
+    Needs the input's rank to shape s and t along axis 1.
+    """
+    shape = bn.input.shape
+    if shape is None:
+        return "the input's rank is unknown"
+    if len(shape) < 2:
+        return f"the input has rank {len(shape)}"
+    chain = [bn]
+    scale, shift = bn.scale, bn.shift
+    while (nxt := sole_consumer(chain[-1].output)) is not None and is_batchnorm(nxt):
+        follower, _ = read_batchnorm(nxt, ctx.policy, opset)
+        if follower is None or follower.channels != bn.channels or nxt.graph is not ctx.graph:
+            break
+        scale, shift = scale * follower.scale, shift * follower.scale + follower.shift
+        chain.append(follower)
+    dtype = _float_type(bn.input)
+    if dtype is None:
+        return "the input's element type is unknown or not float"
+    s_value = ctx.constant(f"{bn.node.name or 'bn'}_scale", along(scale, 0, len(shape) - 1), dtype)
+    t_value = ctx.constant(f"{bn.node.name or 'bn'}_shift", along(shift, 0, len(shape) - 1), dtype)
+    mul = new_node("Mul", [bn.input, s_value], [], ctx.namer.fresh(f"{bn.node.name or 'bn'}_mul"))
+    mul.outputs[0].name = ctx.namer.fresh(f"{bn.output.name}_scaled")
+    mul.outputs[0].type = bn.output.type
+    add = new_node("Add", [mul.outputs[0], t_value], [], ctx.namer.fresh(f"{bn.node.name or 'bn'}_add"))
+    old = [b.node for b in chain]
+    replace_nodes(ctx.graph, old, [mul, add], [chain[-1].output], [add.outputs[0]])
+    rule = "bn-chain->mul+add" if len(chain) > 1 else "bn->mul+add"
+    return Applied(rule, tuple(node_label(n) for n in old), (node_label(mul), node_label(add)))
+
+
+def _float_type(value: ir.Value) -> ir.DataType | None:
+    from optkit.graph import FLOAT_TYPES
+
+    if isinstance(value.type, ir.TensorType) and value.type.dtype in FLOAT_TYPES:
+        return value.type.dtype
+    return None

@@ -1,0 +1,194 @@
+"""BatchNorm after a layer, folded into that layer's weights (s, t from `batchnorm_params`).
+
+    Conv:           y = W * x + b            ->  W'[o]      = s_o W[o],           b' = s b + t
+    ConvTranspose:  W (C_in, C_out/g, k...)  ->  W'[i, j]   = s_(g(i) C_out/g + j) W[i, j],  b' = s b + t
+    Gemm:           y = a A B + beta C       ->  B'[:, j]   = s_j B[:, j] (columns of op(B)),
+                                                 C' = beta s C + t,  beta' = 1
+    MatMul (2-D):   y = X W                  ->  Gemm(X, W s, t)
+    MatMul + Add:   y = X W + c              ->  Gemm(X, W s, s c + t)
+
+Exact in real arithmetic. BN normalizes axis 1, so the layer's channel axis must be axis 1 of its
+output: MatMul folds only when its output is known to be 2-D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optkit.graph import (
+    attr_float,
+    attr_int,
+    consumers_reason,
+    node_label,
+    replace_nodes,
+    sole_consumer,
+)
+from .batchnorm_params import Affine, along
+from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
+
+
+def fold_into_producer(bn: Affine, ctx: FoldContext) -> Applied | str:
+    """Fold `bn` into the layer that produces its input, or say why not."""
+    layer = bn.input.producer()
+    if layer is None:
+        return "its input is not produced by a layer (graph input or initializer)"
+    if layer.domain != "":
+        return f"its input comes from {layer.domain}::{layer.op_type}"
+    rule = _PRODUCER_RULES.get(layer.op_type)
+    if rule is None:
+        return f"its input comes from {layer.op_type}, which cannot absorb it"
+    if sole_consumer(bn.input) is not bn.node:
+        return consumers_reason(bn.input, f"{layer.op_type} output")
+    return rule(bn, layer, ctx)
+
+
+def _replace(bn: Affine, old: list[ir.Node], node: ir.Node, rule: str, ctx: FoldContext) -> Applied:
+    removed = tuple(node_label(n) for n in [*old, bn.node])
+    replace_nodes(ctx.graph, [*old, bn.node], [node], [bn.output], [node.outputs[0]])
+    return Applied(rule, removed, (node_label(node),))
+
+
+def _conv(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
+    weight, dtype, why = ctx.weight(conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight")
+    if weight is None:
+        return why
+    if weight.shape[0] != bn.channels:
+        return f"Conv has {weight.shape[0]} output channels, BN has {bn.channels}"
+    bias, why = _optional_bias(conv, 2, bn.channels, ctx)
+    if bias is None:
+        return why
+    new_w = weight * along(bn.scale, 0, weight.ndim)
+    new_b = bias * bn.scale + bn.shift
+    return _emit_conv_like(bn, conv, new_w, new_b, dtype, ctx, "conv+bn")
+
+
+def _conv_transpose(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
+    weight, dtype, why = ctx.weight(
+        conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight"
+    )
+    if weight is None:
+        return why
+    groups = attr_int(conv, "group", 1)
+    c_in, c_out_per_group = weight.shape[0], weight.shape[1]
+    if groups * c_out_per_group != bn.channels or c_in % groups:
+        return f"ConvTranspose has {groups * c_out_per_group} output channels, BN has {bn.channels}"
+    bias, why = _optional_bias(conv, 2, bn.channels, ctx)
+    if bias is None:
+        return why
+    grouped = weight.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
+    scale = bn.scale.reshape(groups, 1, c_out_per_group, *([1] * (weight.ndim - 2)))
+    new_w = (grouped * scale).reshape(weight.shape)
+    new_b = bias * bn.scale + bn.shift
+    return _emit_conv_like(bn, conv, new_w, new_b, dtype, ctx, "convtranspose+bn")
+
+
+def _emit_conv_like(
+    bn: Affine, conv: ir.Node, new_w: np.ndarray, new_b: np.ndarray, dtype: ir.DataType,
+    ctx: FoldContext, rule: str,
+) -> Applied:
+    w_value = ctx.constant(base_name(conv.inputs[1], "W"), new_w, dtype)
+    b_value = ctx.constant(base_name(conv.inputs[2] if len(conv.inputs) > 2 else None,
+                                     f"{w_value.name}_bias"), new_b, dtype)
+    node = new_node(conv.op_type, [conv.inputs[0], w_value, b_value], copy_attributes(conv), conv.name)
+    return _replace(bn, [conv], node, rule, ctx)
+
+
+def _optional_bias(
+    layer: ir.Node, index: int, channels: int, ctx: FoldContext
+) -> tuple[np.ndarray | None, str]:
+    """The layer's per-channel bias as float64 (zeros when it has none), or None and why."""
+    value = layer.inputs[index] if len(layer.inputs) > index else None
+    if value is None:
+        return np.zeros(channels), ""
+    bias, _, why = ctx.weight(value, f"{layer.op_type} bias")
+    if bias is None:
+        return None, why
+    if bias.shape != (channels,):
+        return None, f"{layer.op_type} bias has shape {bias.shape}, expected ({channels},)"
+    return bias, ""
+
+
+def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
+    b_mat, dtype, why = ctx.weight(gemm.inputs[1] if len(gemm.inputs) > 1 else None, "Gemm B")
+    if b_mat is None:
+        return why
+    if b_mat.ndim != 2:
+        return f"Gemm B has rank {b_mat.ndim}"
+    trans_b = attr_int(gemm, "transB", 0)
+    columns = b_mat.shape[0] if trans_b else b_mat.shape[1]
+    if columns != bn.channels:
+        return f"Gemm has {columns} output features, BN has {bn.channels}"
+    beta = attr_float(gemm, "beta", 1.0)
+    c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    c_arr = np.zeros(())
+    if c_in is not None:
+        c_arr, _, why = ctx.weight(c_in, "Gemm C")
+        if c_arr is None:
+            return why
+    new_b = b_mat * (bn.scale[:, None] if trans_b else bn.scale[None, :])
+    new_c = beta * c_arr * bn.scale + bn.shift if beta != 0 else np.broadcast_to(bn.shift, (bn.channels,))
+    b_value = ctx.constant(base_name(gemm.inputs[1], "B"), new_b, dtype)
+    c_value = ctx.constant(base_name(c_in, f"{b_value.name}_C"), np.asarray(new_c), dtype)
+    attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
+    node = new_node("Gemm", [gemm.inputs[0], b_value, c_value], attrs, gemm.name)
+    return _replace(bn, [gemm], node, "gemm+bn", ctx)
+
+
+def _matmul(bn: Affine, matmul: ir.Node, ctx: FoldContext, bias: np.ndarray | None = None,
+            extra: list[ir.Node] | None = None) -> Applied | str:
+    """MatMul (optionally followed by a constant Add, `extra`) into one Gemm."""
+    if matmul.domain != "" or matmul.op_type != "MatMul":
+        return "not a MatMul"
+    weight, dtype, why = ctx.weight(matmul.inputs[1], "MatMul weight")
+    if weight is None:
+        return why
+    if weight.ndim != 2:
+        return f"MatMul weight has rank {weight.ndim}, not 2"
+    rank_reason = _rank_two(bn.input, "MatMul output")
+    if rank_reason:
+        return rank_reason
+    if weight.shape[1] != bn.channels:
+        return f"MatMul has {weight.shape[1]} output features, BN has {bn.channels}"
+    new_w = weight * bn.scale[None, :]
+    new_c = (bias if bias is not None else np.zeros(())) * bn.scale + bn.shift
+    w_value = ctx.constant(base_name(matmul.inputs[1], "W"), new_w, dtype)
+    c_value = ctx.constant(f"{w_value.name}_bias", np.asarray(new_c), dtype)
+    node = new_node("Gemm", [matmul.inputs[0], w_value, c_value], [], matmul.name)
+    rule = "matmul+add+bn" if extra else "matmul+bn"
+    return _replace(bn, [matmul, *(extra or [])], node, rule, ctx)
+
+
+def _matmul_add(bn: Affine, add: ir.Node, ctx: FoldContext) -> Applied | str:
+    for mm_index in (0, 1):
+        mm_out, bias_in = add.inputs[mm_index], add.inputs[1 - mm_index]
+        producer = mm_out.producer() if mm_out is not None else None
+        if producer is None or producer.op_type != "MatMul" or producer.domain != "":
+            continue
+        assert mm_out is not None
+        if sole_consumer(mm_out) is not add:
+            return consumers_reason(mm_out, "MatMul output")
+        bias, _, why = ctx.weight(bias_in, "Add bias")
+        if bias is None:
+            return why
+        if bias.ndim > 2:
+            return f"Add bias has rank {bias.ndim}: it broadcasts the output to a higher rank"
+        return _matmul(bn, producer, ctx, bias=bias, extra=[add])
+    return "its input comes from an Add that does not follow a MatMul"
+
+
+def _rank_two(value: ir.Value, what: str) -> str:
+    if value.shape is None:
+        return f"rank of {what} '{value.name}' is unknown (BN's channel axis must be its last axis)"
+    if len(value.shape) != 2:
+        return f"{what} has rank {len(value.shape)}: BN normalizes axis 1, not the feature axis"
+    return ""
+
+
+_PRODUCER_RULES = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _matmul_add,
+}

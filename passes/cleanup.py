@@ -1,0 +1,158 @@
+"""Inference-time cleanups. All are `bitwise`: they rewire or delete, never compute.
+
+- identity:     y = Identity(x)                      -> uses of y read x
+- dropout:      y = Dropout(x) at inference          -> uses of y read x (declined when the mask is read
+                                                        or training mode is not a constant false)
+- unused:       nodes and initializers nothing reads -> removed (graph signature kept)
+- dedupe:       initializers with equal contents     -> one initializer (overridable ones kept)
+- shapes:       ONNX shape inference fills value types and shapes later passes check (no rewrite)
+- toposort:     nodes in topological order
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.graph import ConstantPolicy, all_nodes, attr_int, node_label, opset_version
+
+logger = logging.getLogger(__name__)
+
+
+def _bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
+    """Make every reader of `output` read `source` and delete `node`; '' on success, else why not.
+
+    When `output` is a graph output, `source` takes its name, which is only sound when `source` is
+    produced inside the same graph and is not itself a graph input, initializer or output.
+    """
+    graph = node.graph
+    assert graph is not None
+    if output.is_graph_output():
+        if source.is_graph_input() or source.is_initializer():
+            return "connects a graph input or initializer straight to a graph output"
+        if source.is_graph_output():
+            return "both its input and its output are graph outputs"
+        if source.graph is not graph:
+            return "its input comes from an enclosing graph"
+    ir.convenience.replace_all_uses_with(output, source, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    if source in graph.outputs:
+        source.name = output.name
+    return ""
+
+
+class RemoveIdentity(RewritePass):
+    spec = PassSpec("identity", Exactness.BITWISE, "remove Identity nodes")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        sites = []
+        for node in list(all_nodes(model)):
+            if node.op_type != "Identity" or node.domain != "" or len(node.outputs) != 1:
+                continue
+            source = node.inputs[0] if node.inputs else None
+            if source is None:
+                continue
+            label = node_label(node)
+            reason = _bypass(node, source, node.outputs[0])
+            sites.append(Site("identity", label, not reason, reason, removed=() if reason else (label,)))
+        return sites
+
+
+class RemoveDropout(RewritePass):
+    spec = PassSpec("dropout", Exactness.BITWISE, "remove Dropout at inference")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
+        opset = opset_version(model)
+        sites = []
+        for node in list(all_nodes(model)):
+            if node.op_type != "Dropout" or node.domain != "" or not node.inputs:
+                continue
+            source = node.inputs[0]
+            if source is None:
+                continue
+            label = node_label(node)
+            reason = self._check(node, opset, policy) or _bypass(node, source, node.outputs[0])
+            sites.append(Site("dropout", label, not reason, reason, removed=() if reason else (label,)))
+        return sites
+
+    @staticmethod
+    def _check(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
+        if len(node.outputs) > 1 and node.outputs[1].name and (
+            node.outputs[1].uses() or node.outputs[1].is_graph_output()
+        ):
+            return "its mask output is used"
+        if opset < 7 and attr_int(node, "is_test", 0) == 0:
+            return "is_test=0: Dropout-6 in training mode"
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode, why = policy.array(node.inputs[2])
+            if mode is None:
+                return f"training_mode is not a constant ({why})"
+            if bool(mode.reshape(-1)[0]):
+                return "training_mode is true"
+        return ""
+
+
+class _WrappedIrPass(RewritePass):
+    """An onnx_ir pass, with each node or initializer it removed reported as a site."""
+
+    rule = ""
+
+    def _ir_pass(self) -> ir.passes.PassBase:
+        raise NotImplementedError
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        before_nodes = {id(n): node_label(n) for n in all_nodes(model)}
+        before_inits = _initializer_names(model)
+        self._ir_pass()(model)
+        after_nodes = {id(n) for n in all_nodes(model)}
+        after_inits = _initializer_names(model)
+        removed = [label for key, label in before_nodes.items() if key not in after_nodes]
+        removed += [f"initializer {name}" for name in sorted(before_inits - after_inits)]
+        return [Site(self.rule, item, True, removed=(item,)) for item in removed]
+
+
+def _initializer_names(model: ir.Model) -> set[str]:
+    from optkit.graph import iter_graphs
+
+    return {name for g in iter_graphs(model.graph) for name in g.initializers}
+
+
+class RemoveUnused(_WrappedIrPass):
+    spec = PassSpec("unused", Exactness.BITWISE, "remove nodes and initializers nothing reads")
+    rule = "unused"
+
+    def _ir_pass(self) -> ir.passes.PassBase:
+        return ir_passes.RemoveUnusedNodesPass()
+
+
+class DeduplicateInitializers(_WrappedIrPass):
+    spec = PassSpec("dedupe", Exactness.BITWISE, "merge initializers with identical contents")
+    rule = "dedupe"
+
+    def _ir_pass(self) -> ir.passes.PassBase:
+        return ir_passes.DeduplicateInitializersPass(size_limit=1 << 20)
+
+
+class InferShapes(RewritePass):
+    spec = PassSpec("shapes", Exactness.BITWISE, "ONNX shape inference (records types, no rewrite)")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        try:
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        except Exception as exc:  # inference is best effort: checks then decline for lack of shapes
+            logger.info("shape inference failed: %s", exc)
+        return []
+
+
+class TopologicalSort(RewritePass):
+    spec = PassSpec("toposort", Exactness.BITWISE, "sort nodes topologically")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        before = [id(n) for n in all_nodes(model)]
+        ir_passes.TopologicalSortPass()(model)
+        moved = before != [id(n) for n in all_nodes(model)]
+        return [Site("toposort", model.graph.name or "graph", True)] if moved else []
