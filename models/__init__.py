@@ -1,0 +1,38 @@
+"""PyTorch model definitions used by the torch side, the tests and the benchmarks (needs torch).
+
+`ZOO` maps a name to (factory, sample input shape) for the BN-heavy models tests and benchmarks
+export and fuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
+from .common import conv_bn_relu, randomize_batchnorm
+from .mlp import MLP
+
+ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "resnet": (ResNetStyle, (2, 3, 32, 32)),
+    "vgg": (VGGStyle, (2, 3, 32, 32)),
+    "mlp": (MLP, (4, 64)),
+    "mlp-bn-first": (lambda: MLP(bn_first=True), (4, 64)),
+    "decoder": (ConvTransposeDecoder, (2, 16, 4, 4)),
+    "depthwise": (DepthwiseNet, (2, 3, 32, 32)),
+    "input-norm": (InputNormNet, (2, 3, 16, 16)),
+}
+
+__all__ = [
+    "MLP",
+    "ZOO",
+    "BasicBlock",
+    "ConvTransposeDecoder",
+    "DepthwiseNet",
+    "InputNormNet",
+    "ResNetStyle",
+    "VGGStyle",
+    "conv_bn_relu",
+    "randomize_batchnorm",
+]
