@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
 
 from optkit.contract import Exactness, PassOptions, PassReport, RewritePass
 
@@ -81,6 +82,9 @@ class Pipeline:
         reports = {p.spec.name: PassReport(p.spec.name, p.spec.exactness, iterations=0) for p in self.passes}
         report = PipelineReport(passes=list(reports.values()))
         start = time.perf_counter()
+        legacy_inputs = model.ir_version < 4
+        if legacy_inputs:  # IR 3 lists every initializer as an input; they are constants there
+            ir_passes.RemoveInitializersFromInputsPass()(model)
         for _ in range(self.max_iterations if self.fixed_point else 1):
             report.iterations += 1
             changed = False
@@ -89,6 +93,8 @@ class Pipeline:
                 changed |= pass_changed
             if not changed:
                 break
+        if legacy_inputs:
+            ir_passes.AddInitializersToInputsPass()(model)
         report.seconds = time.perf_counter() - start
         return model, report
 
