@@ -37,6 +37,10 @@ def _bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
             return "both its input and its output are graph outputs"
         if source.graph is not graph:
             return "its input comes from an enclosing graph"
+    if source.type is None:
+        source.type = output.type
+    if source.shape is None:
+        source.shape = output.shape
     ir.convenience.replace_all_uses_with(output, source, replace_graph_outputs=True)
     graph.remove(node, safe=True)
     if source in graph.outputs:

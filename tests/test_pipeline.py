@@ -1,0 +1,93 @@
+"""The pipeline: order, fixed point, timing and hit counts, verification with rollback."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from helpers import F32, bn_node, bn_params, make_model
+from onnx import helper
+
+import optkit
+from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.passes import DEFAULT_PASSES
+from optkit.verify import verify_rewrite
+
+
+class NegateOutput(RewritePass):
+    """A deliberately wrong pass: puts a Neg in front of the graph output."""
+
+    spec = PassSpec("negate", Exactness.REASSOCIATE, "broken on purpose")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        graph = model.graph
+        out = graph.outputs[0]
+        producer = out.producer()
+        neg = ir.Node("", "Neg", [out], name="evil")
+        graph.insert_after(producer, neg)
+        ir.convenience.replace_all_uses_with(out, neg.outputs[0], replace_graph_outputs=True)
+        neg.outputs[0].name, out.name = out.name, f"{out.name}_pre"
+        neg.outputs[0].type, neg.outputs[0].shape = out.type, out.shape
+        return [Site("negate", "evil", True)]
+
+
+def small_model(rng):
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), bn_node("h", "b"),
+             helper.make_node("Identity", ["b"], ["y"])]
+    return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, None)], inits)
+
+
+def verifier(before, after, exactness):
+    verdict = verify_rewrite(before, after, exactness)
+    return (True, "") if isinstance(verdict, str) else (verdict.ok, verdict.summary())
+
+
+def test_failing_pass_is_rolled_back_and_the_run_goes_on(rng):
+    model = optkit.load(small_model(rng))
+    passes = [NegateOutput(), *DEFAULT_PASSES]
+    result, report = optkit.Pipeline(passes, verifier=verifier).run(model)
+    negate = report.passes[0]
+    assert negate.rolled_back and "NOT equivalent" in negate.rollback_reason
+    assert not negate.modified
+    assert [n.op_type for n in result.graph] == ["Conv"]  # the other passes still ran
+    assert report.hits()["conv+bn"] == 1 and report.hits()["identity"] == 1
+
+
+def test_without_verifier_a_wrong_pass_is_caught_by_the_final_check(rng):
+    model = optkit.load(small_model(rng))
+    original = optkit.load(small_model(rng))
+    result, _ = optkit.Pipeline([NegateOutput()]).run(model)
+    verdict = verify_rewrite(original, result, Exactness.REASSOCIATE)
+    assert not verdict.ok
+
+
+def test_fixed_point_stops_when_nothing_changes_and_times_each_pass(rng):
+    model = optkit.load(small_model(rng))
+    _, report = optkit.Pipeline(DEFAULT_PASSES, fixed_point=True, max_iterations=5).run(model)
+    assert report.iterations == 2  # one that changes, one that confirms nothing more does
+    assert all(p.seconds >= 0 and p.iterations == 2 for p in report.passes)
+    assert report.exactness() is Exactness.REASSOCIATE
+
+
+def test_only_bitwise_passes_give_a_bitwise_verdict(rng):
+    result = optkit.fuse(small_model(rng), passes=["identity"])
+    assert result.report.verdict is not None
+    assert result.report.verdict.exactness is Exactness.BITWISE
+    assert result.report.verdict.max_abs_error == 0.0
+
+
+def test_fuse_never_modifies_its_input(rng):
+    proto = small_model(rng)
+    before = proto.SerializeToString()
+    model = optkit.load(proto)
+    optkit.fuse(proto)
+    optkit.fuse(model)
+    assert proto.SerializeToString() == before
+    assert [n.op_type for n in model.graph] == ["Conv", "BatchNormalization", "Identity"]
+
+
+def test_output_is_reproducible(rng):
+    proto = small_model(rng)
+    first = optkit.fuse(proto).to_proto().SerializeToString()
+    second = optkit.fuse(proto).to_proto().SerializeToString()
+    assert first == second
