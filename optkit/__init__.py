@@ -8,7 +8,7 @@
 
 from optkit.contract import Exactness, PassOptions, PassReport, PassSpec, RewritePass, Site, Tolerance
 from optkit.errors import InputError, OptkitError, VerificationError
-from optkit.fuse import FuseReport, FuseResult, fuse
+from optkit.fusion import FuseReport, FuseResult, fuse
 from optkit.io import load, save, to_proto
 from optkit.pipeline import Pipeline, PipelineReport
 from optkit.verify import Verdict, verify

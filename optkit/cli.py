@@ -17,7 +17,7 @@ import click
 from optkit import io
 from optkit.contract import PassOptions
 from optkit.errors import InputError, OptkitError
-from optkit.fuse import FuseResult, fuse
+from optkit.fusion import FuseResult, fuse
 from optkit.inputs import parse_shape
 from optkit.passes import DEFAULT_PASSES
 

@@ -4,6 +4,7 @@ checks: the onnx checker, and a numeric comparison with the original on ONNX Run
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,12 +96,15 @@ class FuseReport:
 class FuseResult:
     model: ir.Model
     report: FuseReport
+    external_data: bool = False  # the input kept its weights in external data; so does `save`
 
     def to_proto(self) -> onnx.ModelProto:
         return io.to_proto(self.model)
 
-    def save(self, path: str) -> None:
-        io.save(self.model, path)
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically; weights go to `<name>.data` when the input had external data."""
+        name = os.path.basename(os.fspath(path))
+        io.save(self.model, path, external_data=f"{name}.data" if self.external_data else None)
         self.report.output = str(path)
 
 
@@ -114,14 +118,40 @@ def select_passes(passes: Iterable[str] | None = None, skip: Iterable[str] = ())
 
 
 def check_model(model: ir.Model, what: str) -> None:
-    """Run the onnx checker; raises InputError naming `what` on failure."""
+    """Run the onnx checker; raises InputError naming `what` on failure.
+
+    External tensors are checked by their metadata only (their bytes stay on disk), so models with
+    external data, and models over 2 GB, are checked without loading them into one protobuf.
+    """
     try:
-        proto = ir.to_proto(model)
-        if proto.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(proto)
+        onnx.checker.check_model(_skeleton(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{what}: fails the ONNX checker: {first[:300]}") from None
+
+
+def _skeleton(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto whose large and external tensors are empty stand-ins of the same type
+    and name: what the (non-full) checker needs, without the weights."""
+    proto = ir.serde.serialize_model(model)
+    for graph in _proto_graphs(proto.graph):
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > 1 << 16:
+                dtype, name = tensor.data_type, tensor.name
+                tensor.Clear()  # an empty tensor of the same type: the checker reads no bytes of it
+                tensor.dims.append(0)
+                tensor.data_type, tensor.name = dtype, name
+    return proto
+
+
+def _proto_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _proto_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _proto_graphs(sub)
 
 
 def fuse(
@@ -169,7 +199,7 @@ def fuse(
     else:
         report.unverified_reason = "verification disabled"
     report.seconds = time.perf_counter() - began
-    return FuseResult(result, report)
+    return FuseResult(result, report, external_data=bool(io.external_data_paths(original)))
 
 
 def _try_verify(
