@@ -124,34 +124,10 @@ def check_model(model: ir.Model, what: str) -> None:
     external data, and models over 2 GB, are checked without loading them into one protobuf.
     """
     try:
-        onnx.checker.check_model(_skeleton(model))
+        onnx.checker.check_model(io.skeleton_proto(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{what}: fails the ONNX checker: {first[:300]}") from None
-
-
-def _skeleton(model: ir.Model) -> onnx.ModelProto:
-    """The model as a proto whose large and external tensors are empty stand-ins of the same type
-    and name: what the (non-full) checker needs, without the weights."""
-    proto = ir.serde.serialize_model(model)
-    for graph in _proto_graphs(proto.graph):
-        for tensor in graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > 1 << 16:
-                dtype, name = tensor.data_type, tensor.name
-                tensor.Clear()  # an empty tensor of the same type: the checker reads no bytes of it
-                tensor.dims.append(0)
-                tensor.data_type, tensor.name = dtype, name
-    return proto
-
-
-def _proto_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _proto_graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _proto_graphs(sub)
 
 
 def fuse(

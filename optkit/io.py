@@ -120,6 +120,34 @@ def save(
     return target
 
 
+def skeleton_proto(model: ir.Model, *, keep_shapes: bool = False) -> onnx.ModelProto:
+    """The model as a proto without the bytes of its large or external tensors.
+
+    Those tensors become empty stand-ins of the same name and type: with `keep_shapes`, of the same
+    dims (for shape inference, which reads dims, not bytes), else of dims [0] (for the checker, which
+    would count the missing bytes). Small tensors keep their data: shape arithmetic may read them.
+    """
+    proto = ir.serde.serialize_model(model)
+    for graph in _proto_graphs(proto.graph):
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > 1 << 16:
+                dims, dtype, name = list(tensor.dims), tensor.data_type, tensor.name
+                tensor.Clear()
+                tensor.dims.extend(dims if keep_shapes else [0])
+                tensor.data_type, tensor.name = dtype, name
+    return proto
+
+
+def _proto_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _proto_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _proto_graphs(sub)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
