@@ -4,6 +4,7 @@
     op(c1, c2, ...) with constant ci   -> initializer op(c1, c2, ...), evaluated by onnx.reference
     Shape(x) with x of static shape    -> int64 initializer
     Size(x)  with x of static shape    -> int64 initializer
+    CastLike(c, x) with constant c     -> initializer c cast to x's element type
 
 Exactness `reassociate`: the numpy reference may round float ops differently from a runtime; integer and
 shape arithmetic is exact. Declined: outputs larger than the size cap, ops that are random or carry
@@ -113,8 +114,13 @@ class FoldConstants(RewritePass):
         if not node.inputs or any(v is None for v in node.inputs[:1]):
             return None
         feeds: dict[str, np.ndarray] = {}
-        for value in node.inputs:
+        for index, value in enumerate(node.inputs):
             if value is None:
+                continue
+            if node.op_type == "CastLike" and index == 1:  # only the type of `target_type` matters
+                if not isinstance(value.type, ir.TensorType) or value.type.dtype.numpy() == object:
+                    return None
+                feeds[value.name or ""] = np.zeros((0,), dtype=value.type.dtype.numpy())
                 continue
             array, _ = policy.array(value)
             if array is None or array.dtype == object:

@@ -49,3 +49,15 @@ def test_random_ops_and_graph_outputs_are_not_folded():
     model = make_model(nodes, [("x", F32, [2])], [("y", F32, [2]), ("c", F32, [2])], {})
     result = fold(model, passes=("constants",))
     assert op_types(result.model) == ["RandomNormal", "Add", "Constant"]
+
+
+def test_castlike_of_a_constant_folds_using_only_the_target_type(rng):
+    """torch's dynamo exporter builds zero biases as CastLike(0, x) -> Expand: all of it folds."""
+    nodes = [helper.make_node("CastLike", ["zero", "x"], ["z"]), helper.make_node("Expand", ["z", "shape"], ["b"]),
+             helper.make_node("Add", ["x", "b"], ["y"])]
+    inits = {"zero": np.array(0.0, np.float64), "shape": np.array([3], np.int64)}
+    model = make_model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3])], inits)
+    result = fold(model, passes=("constants", "unused"))
+    assert op_types(result.model) == ["Add"]
+    assert result.model.graph.initializers["b"].const_value.numpy().dtype == np.float32
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True)
