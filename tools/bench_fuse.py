@@ -1,0 +1,234 @@
+"""Benchmark: optkit fuse against its peers on the same BatchNorm-heavy models, in one run.
+
+    python tools/bench_fuse.py [--repeats 3] [--models resnet,vgg,...] [--json out.json]
+
+Per model and tool it prints: fuse time (median of --repeats runs inside a fresh process, after
+imports), peak memory (growth of the process's peak RSS during the first run), BatchNorm left, nodes
+after, and the max abs error of the result against the original on ONNX Runtime (optimizations off,
+one seeded input). Ratios compare optkit with the fastest peer *of the same run*, so machine noise
+hits both alike. Needs the `torch` and `bench` extras (models are exported from `models/`; the onnx
+package's light zoo models are read from its install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import onnx
+
+TOOLS = ["optkit", "optkit+verify", "onnxoptimizer", "onnxsim", "onnxslim", "onnxscript"]
+LIGHT_WITH_BN = ["resnet50", "inception_v2", "shufflenet", "densenet121"]
+
+
+def _fuse(tool: str, proto: onnx.ModelProto) -> onnx.ModelProto:
+    """One tool's BN-folding optimization of `proto`, through its own public API."""
+    if tool in ("optkit", "optkit+verify"):
+        import optkit
+
+        return optkit.fuse(proto, verify_result=tool == "optkit+verify").to_proto()
+    if tool == "onnxoptimizer":
+        import onnxoptimizer
+
+        return onnxoptimizer.optimize(proto, onnxoptimizer.get_fuse_and_elimination_passes())
+    if tool == "onnxsim":
+        import onnxsim
+
+        return onnxsim.simplify(proto)[0]
+    if tool == "onnxslim":
+        import onnxslim
+
+        return onnxslim.slim(proto)
+    if tool == "onnxscript":
+        import onnxscript.optimizer
+        import onnxscript.rewriter
+        from onnxscript.rewriter.rules.common import (
+            fuse_batchnorm_into_conv_rule,
+            fuse_batchnorm_into_conv_transpose_rule,
+            fuse_batchnorm_into_gemm_rule,
+        )
+
+        optimized = onnxscript.optimizer.optimize(proto)
+        rules = [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
+                 fuse_batchnorm_into_gemm_rule]
+        return onnxscript.rewriter.rewrite(optimized, pattern_rewrite_rules=rules)
+    raise ValueError(tool)
+
+
+def child(tool: str, model_path: str, out_path: str, repeats: int) -> None:
+    """Run in a fresh process: time `repeats` fuses, measure peak RSS growth, save the result."""
+    warnings.simplefilter("ignore")
+    _fuse(tool, onnx.load(model_path))  # warm imports and lazy initialisation, not timed
+    proto = onnx.load(model_path)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    result = proto
+    for _ in range(repeats):
+        began = time.perf_counter()
+        result = _fuse(tool, proto)
+        times.append(time.perf_counter() - began)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    onnx.save(result, out_path)
+    print(json.dumps({"seconds": statistics.median(times), "peak_mb": (peak - rss_before) / 1024}))
+
+
+def export_models(folder: str, names: list[str]) -> dict[str, str]:
+    import torch
+
+    from optkit.models import ZOO, randomize_batchnorm
+    from optkit.torch import export_onnx
+
+    paths = {}
+    for name in names:
+        if name.startswith("light-"):
+            src = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light",
+                               f"light_{name[6:]}.onnx")
+            paths[name] = src
+            continue
+        half = name.endswith("-fp16")
+        factory, shape = ZOO[name.removesuffix("-fp16")]
+        torch.manual_seed(0)
+        model = randomize_batchnorm(factory()).eval()
+        sample = torch.randn(*shape)
+        if half:
+            model, sample = model.half(), sample.half()
+        path = os.path.join(folder, f"{name}.onnx")
+        onnx.save(export_onnx(model, sample, dynamic_batch=False), path)
+        paths[name] = path
+    return paths
+
+
+def model_input(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {i.name for i in proto.graph.initializer}
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for value in proto.graph.input:
+        if value.name in inits:
+            continue
+        shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def run_ort(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def truth(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The original model's outputs; for fp16 models, computed in fp32 from the same fp16 weights."""
+    proto = onnx.load(path)
+    if proto.graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
+        return run_ort(path, feeds)
+    for tensor in proto.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT16:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT16:
+                attr.i = onnx.TensorProto.FLOAT
+    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as handle:
+        onnx.save(proto, handle.name)
+    try:
+        return run_ort(handle.name, {k: v.astype(np.float32) for k, v in feeds.items()})
+    finally:
+        os.unlink(handle.name)
+
+
+def measure(tool: str, name: str, path: str, repeats: int, folder: str) -> dict:
+    out = os.path.join(folder, f"{name}.{tool}.onnx")
+    done = subprocess.run([sys.executable, __file__, "--child", tool, path, out, str(repeats)],
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"model": name, "tool": tool, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
+    row = {"model": name, "tool": tool, **json.loads(done.stdout.strip().splitlines()[-1])}
+    result = onnx.load(out)
+    row["bn_left"] = sum(n.op_type == "BatchNormalization" for n in result.graph.node)
+    row["nodes"] = len(result.graph.node)
+    feeds = model_input(onnx.load(path, load_external_data=False))
+    reference = truth(path, feeds)
+    try:
+        got = run_ort(out, feeds)
+        row["max_err"] = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+                             for a, b in zip(reference, got, strict=True))
+    except Exception as exc:
+        row["max_err"] = float("nan")
+        row["error"] = f"result does not run: {str(exc)[:80]}"
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="resnet,vgg,mlp,mlp-bn-first,decoder,depthwise,input-norm,"
+                        "resnet-fp16," + ",".join(f"light-{m}" for m in LIGHT_WITH_BN))
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--json", help="also write all rows to this file")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        tool, model_path, out_path, repeats = args.child
+        child(tool, model_path, out_path, int(repeats))
+        return
+    tools = args.tools.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="optkit-bench-") as folder:
+        paths = export_models(folder, args.models.split(","))
+        print(f"{'model':<18} {'tool':<14} {'time ms':>9} {'peak MB':>8} {'BN left':>7} {'nodes':>6} {'max err':>10}")
+        for name, path in paths.items():
+            proto = onnx.load(path, load_external_data=False)
+            bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+            print(f"{name:<18} {'(original)':<14} {'':>9} {'':>8} {bn:>7} {len(proto.graph.node):>6}")
+            for tool in tools:
+                row = measure(tool, name, path, args.repeats, folder)
+                rows.append(row)
+                if "seconds" not in row:
+                    print(f"{'':<18} {tool:<14} FAILED: {row['error']}")
+                    continue
+                print(f"{'':<18} {tool:<14} {row['seconds'] * 1000:9.1f} {row['peak_mb']:8.1f} "
+                      f"{row['bn_left']:>7} {row['nodes']:>6} {row['max_err']:10.2e}"
+                      + (f"  {row['error']}" if "error" in row else ""))
+            sys.stdout.flush()
+    summarize(rows)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=2)
+
+
+def summarize(rows: list[dict]) -> None:
+    """Per model: optkit's time over the fastest peer's, and whether it removed as many BN, as exactly."""
+    print("\nper model: optkit time / fastest peer time; BN left (optkit vs best peer); error (optkit vs best)")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = next((r for r in rows if r["model"] == model and r["tool"] == "optkit" and "seconds" in r), None)
+        peers = [r for r in rows if r["model"] == model and not r["tool"].startswith("optkit")
+                 and "seconds" in r and np.isfinite(r.get("max_err", np.nan))]
+        if mine is None or not peers:
+            continue
+        fastest = min(peers, key=lambda r: r["seconds"])
+        fewest_bn = min(r["bn_left"] for r in peers)
+        best_err = min(r["max_err"] for r in peers)
+        print(f"  {model:<18} time x{mine['seconds'] / fastest['seconds']:.2f} (vs {fastest['tool']})  "
+              f"BN {mine['bn_left']} vs {fewest_bn}  err {mine['max_err']:.2e} vs {best_err:.2e}")
+
+
+if __name__ == "__main__":
+    main()
