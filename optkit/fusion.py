@@ -117,6 +117,25 @@ def select_passes(passes: Iterable[str] | None = None, skip: Iterable[str] = ())
     return [p for p in DEFAULT_PASSES if p.spec.name in names and p.spec.name not in set(skip)]
 
 
+def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
+    """The checker on the input as given: a file by its path (external data stays on disk), a proto
+    as is, an IR model through `check_model`."""
+    try:
+        if isinstance(source, onnx.ModelProto):
+            onnx.checker.check_model(source)
+        elif isinstance(source, str | os.PathLike):
+            onnx.checker.check_model(os.fspath(source))
+        else:
+            check_model(model, what)
+    except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
+        raise InputError(f"{what}: fails the ONNX checker: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def check_model(model: ir.Model, what: str) -> None:
     """Run the onnx checker; raises InputError naming `what` on failure.
 
@@ -126,8 +145,7 @@ def check_model(model: ir.Model, what: str) -> None:
     try:
         onnx.checker.check_model(io.skeleton_proto(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what}: fails the ONNX checker: {first[:300]}") from None
+        raise InputError(f"{what}: fails the ONNX checker: {_first_line(exc)}") from None
 
 
 def fuse(
@@ -150,9 +168,11 @@ def fuse(
     began = time.perf_counter()
     source = str(model) if not isinstance(model, onnx.ModelProto | ir.Model) else "<model>"
     original = io.load(model)
-    check_model(original, source)
-    working = io.load(original)
+    check_input(model, original, source)
     nodes_before, bn_before = node_count(original), count_ops(original, "BatchNormalization")
+    external_data = bool(io.external_data_paths(original))
+    # `original` is a private copy already; a second one is only needed to compare against.
+    working = io.load(original) if verify_result else original
 
     verifier: Verifier | None = None
     if verify_each:
@@ -175,7 +195,7 @@ def fuse(
     else:
         report.unverified_reason = "verification disabled"
     report.seconds = time.perf_counter() - began
-    return FuseResult(result, report, external_data=bool(io.external_data_paths(original)))
+    return FuseResult(result, report, external_data=external_data)
 
 
 def _try_verify(

@@ -120,32 +120,39 @@ def save(
     return target
 
 
-def skeleton_proto(model: ir.Model, *, keep_shapes: bool = False) -> onnx.ModelProto:
-    """The model as a proto without the bytes of its large or external tensors.
+def skeleton_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto without the bytes of its large or external tensors, for the checker and
+    shape inference (which read types and shapes, not weights).
 
-    Those tensors become empty stand-ins of the same name and type: with `keep_shapes`, of the same
-    dims (for shape inference, which reads dims, not bytes), else of dims [0] (for the checker, which
-    would count the missing bytes). Small tensors keep their data: shape arithmetic may read them.
+    Large initializers of the main graph are serialized as graph inputs of the same name, type and
+    shape instead; the model is restored, initializer order included, before this returns. Small
+    tensors keep their data: shape arithmetic may read them.
     """
-    proto = ir.serde.serialize_model(model)
-    for graph in _proto_graphs(proto.graph):
-        for tensor in graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > 1 << 16:
-                dims, dtype, name = list(tensor.dims), tensor.data_type, tensor.name
-                tensor.Clear()
-                tensor.dims.extend(dims if keep_shapes else [0])
-                tensor.data_type, tensor.name = dtype, name
-    return proto
+    graph = model.graph
+    order = list(graph.initializers.values())
+    inputs = list(graph.inputs)
+    for value in order:
+        tensor = value.const_value
+        if tensor is None or not (isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _SKELETON_BYTES):
+            continue
+        if value.type is None:
+            value.type = ir.TensorType(tensor.dtype)
+        if value.shape is None:
+            value.shape = ir.Shape(tensor.shape)
+        graph.initializers.pop(value.name)
+        if not value.is_graph_input():
+            graph.inputs.append(value)
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        graph.inputs.clear()
+        graph.inputs.extend(inputs)
+        graph.initializers.clear()
+        for value in order:
+            graph.register_initializer(value)
 
 
-def _proto_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _proto_graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _proto_graphs(sub)
+_SKELETON_BYTES = 1 << 16
 
 
 def _first_line(exc: BaseException) -> str:

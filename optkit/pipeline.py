@@ -85,11 +85,18 @@ class Pipeline:
         legacy_inputs = model.ir_version < 4
         if legacy_inputs:  # IR 3 lists every initializer as an input; they are constants there
             ir_passes.RemoveInitializersFromInputsPass()(model)
+        version = 0  # bumped by every pass that changes the model
+        seen: dict[str, int] = {}  # the version each pass last ran on (or left behind)
         for _ in range(self.max_iterations if self.fixed_point else 1):
             report.iterations += 1
             changed = False
             for rewrite in self.passes:
-                model, pass_changed = self._run_one(rewrite, model, reports[rewrite.spec.name])
+                name = rewrite.spec.name
+                if seen.get(name) == version:
+                    continue  # nothing changed since it last ran: by idempotence it would do nothing
+                model, pass_changed = self._run_one(rewrite, model, reports[name])
+                version += pass_changed
+                seen[name] = version
                 changed |= pass_changed
             if not changed:
                 break

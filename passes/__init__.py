@@ -11,7 +11,6 @@ from optkit.contract import RewritePass
 from .batchnorm import FoldBatchNorm
 from .cleanup import (
     DeduplicateInitializers,
-    InferShapes,
     RemoveDropout,
     RemoveIdentity,
     RemoveUnused,
@@ -23,7 +22,6 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
     RemoveIdentity(),
     RemoveDropout(),
     FoldConstants(),
-    InferShapes(),
     FoldBatchNorm(),
     RemoveUnused(),
     DeduplicateInitializers(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from optkit.shapes import infer_shapes
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.graph import (
     ConstantPolicy,
@@ -43,6 +44,9 @@ class FoldBatchNorm(RewritePass):
                     "fold test-time BatchNorm into adjacent Conv / ConvTranspose / Gemm / MatMul")
 
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        if not _live_batchnorms(model):
+            return []
+        infer_shapes(model)  # the MatMul rank and Conv border checks read shapes
         policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
         namer = Namer(model)
         opset = opset_version(model)

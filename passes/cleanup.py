@@ -5,7 +5,6 @@
                                                         or training mode is not a constant false)
 - unused:       nodes and initializers nothing reads -> removed (graph signature kept)
 - dedupe:       initializers with equal contents     -> one initializer (overridable ones kept)
-- shapes:       ONNX shape inference fills value types and shapes later passes check (no rewrite)
 - toposort:     nodes in topological order
 """
 
@@ -13,13 +12,11 @@ from __future__ import annotations
 
 import logging
 
-import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.graph import ConstantPolicy, all_nodes, attr_int, iter_graphs, node_label, opset_version
-from optkit.io import skeleton_proto
 
 logger = logging.getLogger(__name__)
 
@@ -139,45 +136,6 @@ class DeduplicateInitializers(_WrappedIrPass):
 
     def _ir_pass(self) -> ir.passes.PassBase:
         return ir_passes.DeduplicateInitializersPass(size_limit=1 << 20)
-
-
-class InferShapes(RewritePass):
-    """ONNX shape inference, merged conservatively: only tensor types, only where the graph has none.
-
-    (Merging every inferred type, as onnx_ir's pass does, turned sequence-typed values into tensors.)
-    """
-
-    spec = PassSpec("shapes", Exactness.BITWISE, "ONNX shape inference (records types, no rewrite)")
-
-    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(skeleton_proto(model, keep_shapes=True), data_prop=True)
-        except Exception as exc:  # inference is best effort: folds then decline for lack of shapes
-            logger.info("shape inference failed: %s", exc)
-            return []
-        values = {v.name: v for g in iter_graphs(model.graph) for n in g for v in n.outputs if v.name}
-        for info in _value_infos(inferred.graph):
-            value = values.get(info.name)
-            if value is None or not info.type.HasField("tensor_type"):
-                continue
-            tensor_type = info.type.tensor_type
-            if value.type is None and tensor_type.elem_type:
-                value.type = ir.TensorType(ir.DataType(tensor_type.elem_type))
-            if value.shape is None and tensor_type.HasField("shape"):
-                value.shape = ir.Shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                        for d in tensor_type.shape.dim])
-        return []
-
-
-def _value_infos(graph: onnx.GraphProto):
-    yield from graph.value_info
-    yield from graph.output
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _value_infos(attr.g)
-            for sub in attr.graphs:
-                yield from _value_infos(sub)
 
 
 class TopologicalSort(RewritePass):

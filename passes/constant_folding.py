@@ -65,10 +65,14 @@ class FoldConstants(RewritePass):
             return None
         if any(attr.is_ref() or attr.type in _GRAPH_ATTRS for attr in node.attributes.values()):
             return None
+        label = node_label(node)
+        planned = _planned_size(node, policy)
+        if planned > options.constant_fold_max_elements:
+            return Site("constants", label, False,
+                        f"result has {planned} elements, above the cap of {options.constant_fold_max_elements}")
         results = self._evaluate(node, policy, opsets)
         if results is None:
             return None
-        label = node_label(node)
         size = max(r.size for r in results)
         if size > options.constant_fold_max_elements:
             return Site("constants", label, False,
@@ -100,6 +104,13 @@ class FoldConstants(RewritePass):
         if node.op_type == "Constant":
             array, _ = policy.array(node.outputs[0])
             return None if array is None or array.dtype == object else [array]
+        if node.op_type == "ConstantOfShape" and node.inputs and node.inputs[0] is not None:
+            dims, _ = policy.array(node.inputs[0])
+            if dims is None:
+                return None
+            attr = node.attributes.get("value")
+            fill = attr.as_tensor().numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
+            return [np.full(tuple(int(d) for d in dims), fill[0], dtype=fill.dtype)]
         if node.op_type in ("Shape", "Size") and node.inputs and node.inputs[0] is not None:
             shape = node.inputs[0].shape
             if shape is not None and shape.is_static():
@@ -127,6 +138,14 @@ class FoldConstants(RewritePass):
                 return None
             feeds[value.name or ""] = array
         return _run_reference(node, feeds, opsets)
+
+
+def _planned_size(node: ir.Node, policy: ConstantPolicy) -> int:
+    """Elements a ConstantOfShape would create, known before creating them (0 for other ops)."""
+    if node.op_type != "ConstantOfShape" or not node.inputs or node.inputs[0] is None:
+        return 0
+    dims, _ = policy.array(node.inputs[0])
+    return int(np.prod(dims)) if dims is not None else 0
 
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)

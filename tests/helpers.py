@@ -97,9 +97,8 @@ def op_types(model: ir.Model) -> list[str]:
 
 def fold(proto: onnx.ModelProto, *, passes: Sequence[str] = ("batchnorm", "unused"),
          options: PassOptions | None = None, verify: bool = False) -> optkit.FuseResult:
-    """Run only the named passes (plus shape inference, which BN folding relies on)."""
-    chosen = ["shapes", *passes] if "shapes" not in passes else list(passes)
-    return optkit.fuse(proto, passes=chosen, options=options, verify_result=verify)
+    """Run only the named passes."""
+    return optkit.fuse(proto, passes=list(passes), options=options, verify_result=verify)
 
 
 def sites(result: optkit.FuseResult, name: str = "batchnorm") -> list[optkit.Site]:
