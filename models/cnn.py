@@ -32,7 +32,9 @@ class BasicBlock(nn.Module):
 class ResNetStyle(nn.Module):
     """A small ResNet: stem, `depth` stages of basic blocks doubling width, pooled linear head."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16, depth: int = 3, in_channels: int = 3) -> None:
+    def __init__(
+        self, num_classes: int = 10, width: int = 16, depth: int = 3, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.stem = conv_bn_relu(in_channels, width)
         blocks, c = [], width
@@ -51,8 +53,13 @@ class ResNetStyle(nn.Module):
 class VGGStyle(nn.Module):
     """VGG with BatchNorm: conv-bn-relu pairs and max pooling, then a BN'd fully connected head."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3,
-                 image_size: int = 32) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (16, 32, 64),
+        in_channels: int = 3,
+        image_size: int = 32,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -62,8 +69,12 @@ class VGGStyle(nn.Module):
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(widths)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c * side * side, 64), nn.BatchNorm1d(64), nn.ReLU(inplace=True),
-            nn.Dropout(0.5), nn.Linear(64, num_classes),
+            nn.Flatten(),
+            nn.Linear(c * side * side, 64),
+            nn.BatchNorm1d(64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(64, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +84,9 @@ class VGGStyle(nn.Module):
 class DepthwiseNet(nn.Module):
     """MobileNet-style depthwise separable blocks: depthwise 3x3 conv-bn-relu, pointwise conv-bn-relu."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3) -> None:
+    def __init__(
+        self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64), in_channels: int = 3
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [conv_bn_relu(in_channels, widths[0], stride=2)]
         c = widths[0]
@@ -106,14 +119,19 @@ class InputNormNet(nn.Module):
 class ConvTransposeDecoder(nn.Module):
     """A decoder of ConvTranspose-bn-relu upsampling stages (the middle one grouped)."""
 
-    def __init__(self, latent: int = 16, widths: tuple[int, ...] = (32, 16, 8), out_channels: int = 3) -> None:
+    def __init__(
+        self, latent: int = 16, widths: tuple[int, ...] = (32, 16, 8), out_channels: int = 3
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = latent
         for i, w in enumerate(widths):
             groups = 2 if i == 1 else 1
-            layers += [nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, groups=groups),
-                       nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, groups=groups),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            ]
             c = w
         layers += [nn.Conv2d(c, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)

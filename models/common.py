@@ -27,10 +27,14 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     """Conv (no bias, as BN follows) -> BatchNorm -> ReLU, 'same' padding."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.Conv2d(
+            c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
+        ),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )

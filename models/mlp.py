@@ -10,8 +10,13 @@ class MLP(nn.Module):
     """Linear -> BatchNorm1d -> ReLU stacks, a Linear head. With `bn_first`, a BatchNorm1d normalizes
     the input before the first Linear (BN before the layer)."""
 
-    def __init__(self, in_features: int = 64, hidden: tuple[int, ...] = (128, 64), num_classes: int = 10,
-                 bn_first: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int = 64,
+        hidden: tuple[int, ...] = (128, 64),
+        num_classes: int = 10,
+        bn_first: bool = False,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm1d(in_features)] if bn_first else []
         f = in_features

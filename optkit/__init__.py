@@ -1,12 +1,20 @@
 """optkit: verified ONNX graph rewrites.
 
-    import optkit
-    result = optkit.fuse("model.onnx")        # fold BatchNorm, clean up, verify on ONNX Runtime
-    print(result.report.format_text())
-    result.save("model.optkit.onnx")            # atomic write
+import optkit
+result = optkit.fuse("model.onnx")        # fold BatchNorm, clean up, verify on ONNX Runtime
+print(result.report.format_text())
+result.save("model.optkit.onnx")            # atomic write
 """
 
-from optkit.contract import Exactness, PassOptions, PassReport, PassSpec, RewritePass, Site, Tolerance
+from optkit.contract import (
+    Exactness,
+    PassOptions,
+    PassReport,
+    PassSpec,
+    RewritePass,
+    Site,
+    Tolerance,
+)
 from optkit.errors import InputError, OptkitError, VerificationError
 from optkit.fusion import FuseReport, FuseResult, fuse
 from optkit.io import load, save, to_proto

@@ -49,34 +49,69 @@ def cli(verbose: bool) -> None:
     Every rewrite is checked on ONNX Runtime (graph optimizations off) against the original.
     Exit codes: 0 ok, 1 outputs differ, 2 bad input or usage, 3 internal error.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="optkit: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="optkit: %(levelname)s: %(message)s",
+    )
 
 
 @cli.command("fuse")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the result [default: MODEL with .optkit.onnx]. Never the input.")
-@click.option("--passes", "passes", multiple=True, metavar="NAMES",
-              help="Run only these passes (comma-separated, see `optkit passes`).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the result [default: MODEL with .optkit.onnx]. Never the input.",
+)
+@click.option(
+    "--passes",
+    "passes",
+    multiple=True,
+    metavar="NAMES",
+    help="Run only these passes (comma-separated, see `optkit passes`).",
+)
 @click.option("--skip", multiple=True, metavar="NAMES", help="Skip these passes (comma-separated).")
 @click.option("--no-verify", is_flag=True, help="Do not compare outputs on ONNX Runtime.")
-@click.option("--verify-each", is_flag=True,
-              help="Verify after every pass and roll back a pass whose result differs.")
+@click.option(
+    "--verify-each",
+    is_flag=True,
+    help="Verify after every pass and roll back a pass whose result differs.",
+)
 @click.option("--force", is_flag=True, help="Write the result even when verification fails.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME=DxD...",
-              help="Shape for a dynamic input during verification, e.g. image=1x3x224x224.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD...",
+    help="Shape for a dynamic input during verification, e.g. image=1x3x224x224.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for the verification inputs.")
-@click.option("--freeze-initializer-inputs", is_flag=True,
-              help="Treat initializers that are also graph inputs as constants (fold them).")
-@click.option("--bn-to-affine", is_flag=True,
-              help="Rewrite BatchNorm that no layer can absorb as Mul + Add.")
+@click.option(
+    "--freeze-initializer-inputs",
+    is_flag=True,
+    help="Treat initializers that are also graph inputs as constants (fold them).",
+)
+@click.option(
+    "--bn-to-affine", is_flag=True, help="Rewrite BatchNorm that no layer can absorb as Mul + Add."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-@click.option("--verbose", "verbose_report", is_flag=True, help="List every pass and every decline.")
+@click.option(
+    "--verbose", "verbose_report", is_flag=True, help="List every pass and every decline."
+)
 def fuse_command(
-    model: Path, output: Path | None, passes: tuple[str, ...], skip: tuple[str, ...], no_verify: bool,
-    verify_each: bool, force: bool, shapes: tuple[str, ...], seed: int,
-    freeze_initializer_inputs: bool, bn_to_affine: bool, as_json: bool, verbose_report: bool,
+    model: Path,
+    output: Path | None,
+    passes: tuple[str, ...],
+    skip: tuple[str, ...],
+    no_verify: bool,
+    verify_each: bool,
+    force: bool,
+    shapes: tuple[str, ...],
+    seed: int,
+    freeze_initializer_inputs: bool,
+    bn_to_affine: bool,
+    as_json: bool,
+    verbose_report: bool,
 ) -> None:
     """Fold test-time BatchNorm into adjacent layers and clean the graph, then verify.
 
@@ -97,17 +132,30 @@ def fuse_command(
     out = output or default_output(model)
     if out.resolve() == model.resolve():
         raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
-    options = PassOptions(freeze_initializer_inputs=freeze_initializer_inputs, bn_to_affine=bn_to_affine)
+    options = PassOptions(
+        freeze_initializer_inputs=freeze_initializer_inputs, bn_to_affine=bn_to_affine
+    )
     shape_map = dict(parse_shape(s) for s in shapes)
-    result = fuse(model, passes=_split(passes) or None, skip=_split(skip), options=options,
-                  verify_result=not no_verify, verify_each=verify_each, shapes=shape_map, seed=seed)
+    result = fuse(
+        model,
+        passes=_split(passes) or None,
+        skip=_split(skip),
+        options=options,
+        verify_result=not no_verify,
+        verify_each=verify_each,
+        shapes=shape_map,
+        seed=seed,
+    )
     failed = not result.report.ok
     if not failed or force:
         result.save(str(out))
     _print_report(result, as_json, verbose_report)
     if failed:
-        click.echo(f"optkit: outputs differ beyond tolerance; {'wrote anyway (--force)' if force else 'nothing written'}",
-                   err=True)
+        click.echo(
+            "optkit: outputs differ beyond tolerance; "
+            + ("wrote anyway (--force)" if force else "nothing written"),
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -119,8 +167,12 @@ def _print_report(result: FuseResult, as_json: bool, verbose: bool) -> None:
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for demo.onnx and demo.optkit.onnx [default: a temporary folder].")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for demo.onnx and demo.optkit.onnx [default: a temporary folder].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def demo_command(out_dir: Path | None, as_json: bool) -> None:
     """Build the bundled demo CNN (Conv/BN/Relu, depthwise, Gemm+BN), fuse it, verify it."""
@@ -166,8 +218,11 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("OPTKIT_DEBUG"):
             raise
-        click.echo(f"optkit: internal error: {type(exc).__name__}: {exc} (set OPTKIT_DEBUG=1 for a "
-                   "traceback, and please report it)", err=True)
+        click.echo(
+            f"optkit: internal error: {type(exc).__name__}: {exc} (set OPTKIT_DEBUG=1 for a "
+            "traceback, and please report it)",
+            err=True,
+        )
         sys.exit(INTERNAL_ERROR)
     sys.exit(0)
 

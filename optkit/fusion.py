@@ -17,9 +17,9 @@ from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError
 from optkit.graph import count_ops, node_count
+from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.verify import Verdict, verify_rewrite
-from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 
 
 @dataclass
@@ -88,7 +88,9 @@ class FuseReport:
         else:
             lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
         lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  time: {self.seconds:.3f} s" + (f"  -> {self.output}" if self.output else ""))
+        lines.append(
+            f"  time: {self.seconds:.3f} s" + (f"  -> {self.output}" if self.output else "")
+        )
         return "\n".join(lines)
 
 
@@ -176,15 +178,27 @@ def fuse(
 
     verifier: Verifier | None = None
     if verify_each:
+
         def verifier(before: ir.Model, after: ir.Model, exactness: Exactness) -> tuple[bool, str]:
             verdict = _try_verify(before, after, exactness, shapes, seed)
             return (True, "") if isinstance(verdict, str) else (verdict.ok, verdict.summary())
 
-    pipeline = Pipeline(select_passes(passes, skip), options=options, fixed_point=True,
-                        max_iterations=max_iterations, verifier=verifier)
+    pipeline = Pipeline(
+        select_passes(passes, skip),
+        options=options,
+        fixed_point=True,
+        max_iterations=max_iterations,
+        verifier=verifier,
+    )
     result, pipeline_report = pipeline.run(working)
-    report = FuseReport(source, nodes_before, node_count(result), bn_before,
-                        count_ops(result, "BatchNormalization"), pipeline_report)
+    report = FuseReport(
+        source,
+        nodes_before,
+        node_count(result),
+        bn_before,
+        count_ops(result, "BatchNormalization"),
+        pipeline_report,
+    )
     check_model(result, f"{source} (after fuse; this is an optkit bug, please report it)")
     if verify_result:
         outcome = _try_verify(original, result, pipeline_report.exactness(), shapes, seed)
@@ -199,7 +213,10 @@ def fuse(
 
 
 def _try_verify(
-    before: ir.Model, after: ir.Model, exactness: Exactness,
-    shapes: Mapping[str, Sequence[int]] | None, seed: int,
+    before: ir.Model,
+    after: ir.Model,
+    exactness: Exactness,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
 ) -> Verdict | str:
     return verify_rewrite(before, after, exactness, shapes=shapes, seed=seed)

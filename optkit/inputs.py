@@ -28,7 +28,9 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         if any(d < 0 for d in shape):
             raise ValueError
     except ValueError:
-        raise InputError(f"bad --shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224") from None
+        raise InputError(
+            f"bad --shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224"
+        ) from None
     return name, shape
 
 
@@ -75,7 +77,9 @@ def synthetic_inputs(
     for value in runtime_inputs(model):
         assert value.name is not None
         if not isinstance(value.type, ir.TensorType):
-            raise InputError(f"input '{value.name}' is not a tensor ({value.type}); cannot synthesize it")
+            raise InputError(
+                f"input '{value.name}' is not a tensor ({value.type}); cannot synthesize it"
+            )
         dtype = value.type.dtype
         shape = input_shape(value, shapes.get(value.name))
         feeds[value.name] = random_array(rng, dtype, shape, int_range)
@@ -95,5 +99,7 @@ def random_array(
     if dtype.is_integer():
         low, high = int_range
         info = np.iinfo(np_dtype)
-        return rng.integers(max(low, info.min), min(high, int(info.max) + 1), size=shape).astype(np_dtype)
+        return rng.integers(max(low, info.min), min(high, int(info.max) + 1), size=shape).astype(
+            np_dtype
+        )
     raise InputError(f"cannot synthesize inputs of type {dtype.name}")

@@ -133,7 +133,9 @@ def skeleton_proto(model: ir.Model) -> onnx.ModelProto:
     inputs = list(graph.inputs)
     for value in order:
         tensor = value.const_value
-        if tensor is None or not (isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _SKELETON_BYTES):
+        if tensor is None or not (
+            isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _SKELETON_BYTES
+        ):
             continue
         if value.type is None:
             value.type = ir.TensorType(tensor.dtype)

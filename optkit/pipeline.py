@@ -79,7 +79,10 @@ class Pipeline:
 
     def run(self, model: ir.Model) -> tuple[ir.Model, PipelineReport]:
         """Rewrite `model` in place; returns the resulting model (another object after a rollback)."""
-        reports = {p.spec.name: PassReport(p.spec.name, p.spec.exactness, iterations=0) for p in self.passes}
+        reports = {
+            p.spec.name: PassReport(p.spec.name, p.spec.exactness, iterations=0)
+            for p in self.passes
+        }
         report = PipelineReport(passes=list(reports.values()))
         start = time.perf_counter()
         legacy_inputs = model.ir_version < 4
@@ -105,14 +108,18 @@ class Pipeline:
         report.seconds = time.perf_counter() - start
         return model, report
 
-    def _run_one(self, rewrite: RewritePass, model: ir.Model, report: PassReport) -> tuple[ir.Model, bool]:
+    def _run_one(
+        self, rewrite: RewritePass, model: ir.Model, report: PassReport
+    ) -> tuple[ir.Model, bool]:
         snapshot = model.clone() if self.verifier is not None else None
         began = time.perf_counter()
         sites = rewrite.run(model, self.options)
         report.seconds += time.perf_counter() - began
         report.iterations += 1
         changed = any(site.applied for site in sites)
-        if report.iterations > 1:  # keep only the last iteration's declines; accumulate applied sites
+        if (
+            report.iterations > 1
+        ):  # keep only the last iteration's declines; accumulate applied sites
             report.sites = [s for s in report.sites if s.applied]
         kept = list(report.sites)
         report.sites.extend(sites)

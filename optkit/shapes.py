@@ -23,7 +23,9 @@ def infer_shapes(model: ir.Model) -> None:
     """Fill in missing tensor types and shapes of node outputs; best effort, never raises."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton_proto(model), data_prop=True)
-    except Exception as exc:  # inference fails on some valid models: folds then decline for lack of shapes
+    except (
+        Exception
+    ) as exc:  # inference fails on some valid models: folds then decline for lack of shapes
         logger.info("shape inference failed: %s", exc)
         return
     values = {v.name: v for g in iter_graphs(model.graph) for n in g for v in n.outputs if v.name}
@@ -35,8 +37,12 @@ def infer_shapes(model: ir.Model) -> None:
         if value.type is None and tensor_type.elem_type:
             value.type = ir.TensorType(ir.DataType(tensor_type.elem_type))
         if value.shape is None and tensor_type.HasField("shape"):
-            value.shape = ir.Shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                    for d in tensor_type.shape.dim])
+            value.shape = ir.Shape(
+                [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in tensor_type.shape.dim
+                ]
+            )
 
 
 def _value_infos(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:

@@ -90,7 +90,9 @@ def compare_arrays(
 
     def failed(problem: str) -> OutputComparison:
         nan = float("nan")
-        return OutputComparison(name, dtype, nan, nan, nan, nan, nan, tolerance, False, None, problem)
+        return OutputComparison(
+            name, dtype, nan, nan, nan, nan, nan, tolerance, False, None, problem
+        )
 
     if ref.shape != got.shape:
         return failed(f"shape {got.shape} != {ref.shape}")
@@ -98,8 +100,19 @@ def compare_arrays(
         return failed(f"dtype {got.dtype} != {ref.dtype}")
     if ref.dtype.kind not in "fiub":
         ok = bool(np.array_equal(ref, got))
-        return OutputComparison(name, dtype, 0.0 if ok else 1.0, 0.0, 0.0, 1.0, 0.0, tolerance, ok,
-                                None, "" if ok else "values differ")
+        return OutputComparison(
+            name,
+            dtype,
+            0.0 if ok else 1.0,
+            0.0,
+            0.0,
+            1.0,
+            0.0,
+            tolerance,
+            ok,
+            None,
+            "" if ok else "values differ",
+        )
     a = ref.astype(np.float64)
     b = got.astype(np.float64)
     finite = np.isfinite(a)
@@ -108,8 +121,19 @@ def compare_arrays(
     )
     a_f, b_f = a[finite], b[finite]
     if a_f.size == 0:
-        return OutputComparison(name, dtype, 0.0, 0.0, 0.0, 1.0, 0.0, tolerance, same_special,
-                                None, "" if same_special else "NaN/inf positions differ")
+        return OutputComparison(
+            name,
+            dtype,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+            0.0,
+            tolerance,
+            same_special,
+            None,
+            "" if same_special else "NaN/inf positions differ",
+        )
     diff = np.abs(a_f - b_f)
     if not np.all(np.isfinite(b_f)):
         return failed("non-finite values where the original is finite")
@@ -124,8 +148,19 @@ def compare_arrays(
     top1 = None
     if ref.ndim == 2 and ref.shape[1] > 1 and ref.dtype.kind == "f":
         top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
-    return OutputComparison(name, dtype, max_abs, max_rel, float(diff.mean()), cosine, ref_max,
-                            tolerance, ok, top1, "" if same_special else "NaN/inf positions differ")
+    return OutputComparison(
+        name,
+        dtype,
+        max_abs,
+        max_rel,
+        float(diff.mean()),
+        cosine,
+        ref_max,
+        tolerance,
+        ok,
+        top1,
+        "" if same_special else "NaN/inf positions differ",
+    )
 
 
 def compare_outputs(
@@ -150,13 +185,29 @@ def _compare_nested(name: str, ref: Any, got: Any, exactness: Exactness) -> list
     if isinstance(ref, list) or isinstance(got, list):
         if not (isinstance(ref, list) and isinstance(got, list)) or len(ref) != len(got):
             return [compare_arrays(name, np.zeros(1), np.zeros(2), exactness)]
-        return [c for i, (r, g) in enumerate(zip(ref, got, strict=True))
-                for c in _compare_nested(f"{name}[{i}]", r, g, exactness)]
+        return [
+            c
+            for i, (r, g) in enumerate(zip(ref, got, strict=True))
+            for c in _compare_nested(f"{name}[{i}]", r, g, exactness)
+        ]
     if ref is None or got is None:
         same = ref is None and got is None
         tol = tolerance_for(exactness, "none")
-        return [OutputComparison(name, "none", 0.0, 0.0, 0.0, 1.0, 0.0, tol, same, None,
-                                 "" if same else "optional presence differs")]
+        return [
+            OutputComparison(
+                name,
+                "none",
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+                0.0,
+                tol,
+                same,
+                None,
+                "" if same else "optional presence differs",
+            )
+        ]
     return [compare_arrays(name, ref, got, exactness)]
 
 
@@ -185,14 +236,20 @@ def verify(
     verdicts = []
     for feeds in samples:
         verdicts.append(
-            compare_outputs(runtime.run(ref_session, feeds), runtime.run(new_session, feeds), exactness)
+            compare_outputs(
+                runtime.run(ref_session, feeds), runtime.run(new_session, feeds), exactness
+            )
         )
     if len(verdicts) == 1:
         return verdicts[0]
     worst = {}
     for verdict in verdicts:
         for comp in verdict.outputs:
-            if comp.name not in worst or not comp.ok or comp.max_abs_error > worst[comp.name].max_abs_error:
+            if (
+                comp.name not in worst
+                or not comp.ok
+                or comp.max_abs_error > worst[comp.name].max_abs_error
+            ):
                 if comp.name not in worst or worst[comp.name].ok:
                     worst[comp.name] = comp
     return Verdict(all(v.ok for v in verdicts), exactness, list(worst.values()))
@@ -221,7 +278,9 @@ def verify_rewrite(
     except Exception as exc:
         failure = compare_arrays("<model>", np.zeros(1), np.zeros(2), exactness)
         problem = f"rewritten model fails on ONNX Runtime: {_first_line(exc)}"
-        return Verdict(False, exactness, [OutputComparison(**{**failure.__dict__, "problem": problem})])
+        return Verdict(
+            False, exactness, [OutputComparison(**{**failure.__dict__, "problem": problem})]
+        )
     return compare_outputs(reference, candidate, exactness)
 
 

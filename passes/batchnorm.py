@@ -1,10 +1,10 @@
 """Test-time BatchNorm folding ("zero overhead at test time").
 
-Each BatchNormalization is read as y = s x + t per channel (`batchnorm_params`) and then, in order:
+Each BatchNormalization is read as y = s x + t per channel (`affine_params`) and then, in order:
 
-1. folded into the layer that produces its input (`batchnorm_into_layer`: Conv, ConvTranspose, Gemm,
+1. folded into the layer that produces its input (`affine_into_layer`: Conv, ConvTranspose, Gemm,
    MatMul, MatMul + Add);
-2. else folded into the one layer that reads its output (`batchnorm_into_next_layer`: Conv, Gemm, MatMul);
+2. else folded into the one layer that reads its output (`affine_into_next_layer`: Conv, Gemm, MatMul);
 3. else, only with the `bn_to_affine` option, rewritten as Mul + Add (a chain of BNs as one Mul + Add).
 
 Every BN gets one site in the report: the rule that applied, or why each step declined. The pass repeats
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from optkit.shapes import infer_shapes
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.graph import (
     ConstantPolicy,
@@ -26,10 +25,11 @@ from optkit.graph import (
     replace_nodes,
     sole_consumer,
 )
+from optkit.shapes import infer_shapes
 
-from .batchnorm_into_layer import fold_into_producer
-from .batchnorm_into_next_layer import fold_into_consumer
-from .batchnorm_params import Affine, along, read_batchnorm
+from .affine_into_layer import fold_into_producer
+from .affine_into_next_layer import fold_into_consumer
+from .affine_params import Affine, along, read_batchnorm
 from .fold_support import Applied, FoldContext, new_node
 
 MAX_ROUNDS = 16
@@ -40,8 +40,11 @@ def is_batchnorm(node: ir.Node) -> bool:
 
 
 class FoldBatchNorm(RewritePass):
-    spec = PassSpec("batchnorm", Exactness.REASSOCIATE,
-                    "fold test-time BatchNorm into adjacent Conv / ConvTranspose / Gemm / MatMul")
+    spec = PassSpec(
+        "batchnorm",
+        Exactness.REASSOCIATE,
+        "fold test-time BatchNorm into adjacent Conv / ConvTranspose / Gemm / MatMul",
+    )
 
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
         if not _live_batchnorms(model):
@@ -62,8 +65,12 @@ class FoldBatchNorm(RewritePass):
             applied += done
             for key, site in not_affine.items():
                 if key in declined and site.reason != declined[key].reason:
-                    declined[key] = Site(site.rule, site.node, False,
-                                         f"{declined[key].reason}; not to Mul+Add ({site.reason})")
+                    declined[key] = Site(
+                        site.rule,
+                        site.node,
+                        False,
+                        f"{declined[key].reason}; not to Mul+Add ({site.reason})",
+                    )
         return applied + [s for key, s in declined.items() if key in _live_batchnorms(model)]
 
     @staticmethod
@@ -132,7 +139,9 @@ def to_mul_add(bn: Affine, ctx: FoldContext, opset: int) -> Applied | str:
     mul = new_node("Mul", [bn.input, s_value], [], ctx.namer.fresh(f"{bn.node.name or 'bn'}_mul"))
     mul.outputs[0].name = ctx.namer.fresh(f"{bn.output.name}_scaled")
     mul.outputs[0].type = bn.output.type
-    add = new_node("Add", [mul.outputs[0], t_value], [], ctx.namer.fresh(f"{bn.node.name or 'bn'}_add"))
+    add = new_node(
+        "Add", [mul.outputs[0], t_value], [], ctx.namer.fresh(f"{bn.node.name or 'bn'}_add")
+    )
     old = [b.node for b in chain]
     replace_nodes(ctx.graph, old, [mul, add], [chain[-1].output], [add.outputs[0]])
     rule = "bn-chain->mul+add" if len(chain) > 1 else "bn->mul+add"

@@ -60,7 +60,9 @@ class RemoveIdentity(RewritePass):
                 continue
             label = node_label(node)
             reason = _bypass(node, source, node.outputs[0])
-            sites.append(Site("identity", label, not reason, reason, removed=() if reason else (label,)))
+            sites.append(
+                Site("identity", label, not reason, reason, removed=() if reason else (label,))
+            )
         return sites
 
 
@@ -79,13 +81,17 @@ class RemoveDropout(RewritePass):
                 continue
             label = node_label(node)
             reason = self._check(node, opset, policy) or _bypass(node, source, node.outputs[0])
-            sites.append(Site("dropout", label, not reason, reason, removed=() if reason else (label,)))
+            sites.append(
+                Site("dropout", label, not reason, reason, removed=() if reason else (label,))
+            )
         return sites
 
     @staticmethod
     def _check(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
-        if len(node.outputs) > 1 and node.outputs[1].name and (
-            node.outputs[1].uses() or node.outputs[1].is_graph_output()
+        if (
+            len(node.outputs) > 1
+            and node.outputs[1].name
+            and (node.outputs[1].uses() or node.outputs[1].is_graph_output())
         ):
             return "its mask output is used"
         if opset < 7 and attr_int(node, "is_test", 0) == 0:

@@ -36,7 +36,9 @@ NEVER_FOLD = frozenset(
 
 
 class FoldConstants(RewritePass):
-    spec = PassSpec("constants", Exactness.REASSOCIATE, "fold constant subexpressions into initializers")
+    spec = PassSpec(
+        "constants", Exactness.REASSOCIATE, "fold constant subexpressions into initializers"
+    )
 
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
         policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
@@ -68,25 +70,41 @@ class FoldConstants(RewritePass):
         label = node_label(node)
         planned = _planned_size(node, policy)
         if planned > options.constant_fold_max_elements:
-            return Site("constants", label, False,
-                        f"result has {planned} elements, above the cap of {options.constant_fold_max_elements}")
+            return Site(
+                "constants",
+                label,
+                False,
+                f"result has {planned} elements, above the cap of {options.constant_fold_max_elements}",
+            )
         results = self._evaluate(node, policy, opsets)
         if results is None:
             return None
         size = max(r.size for r in results)
         if size > options.constant_fold_max_elements:
-            return Site("constants", label, False,
-                        f"result has {size} elements, above the cap of {options.constant_fold_max_elements}")
+            return Site(
+                "constants",
+                label,
+                False,
+                f"result has {size} elements, above the cap of {options.constant_fold_max_elements}",
+            )
         for out, array in zip(node.outputs, results, strict=True):
             if out.type is not None and isinstance(out.type, ir.TensorType):
                 if out.type.dtype.numpy() != array.dtype:
-                    return Site("constants", label, False,
-                                f"reference evaluator gave {array.dtype}, graph declares {out.type.dtype.name}")
+                    return Site(
+                        "constants",
+                        label,
+                        False,
+                        f"reference evaluator gave {array.dtype}, graph declares {out.type.dtype.name}",
+                    )
         new_values = []
         for out, array in zip(node.outputs, results, strict=True):
             name = namer.fresh(f"{out.name or 'const'}_folded")
-            value = ir.Value(name=name, const_value=ir.tensor(array, name=name),
-                             type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape))
+            value = ir.Value(
+                name=name,
+                const_value=ir.tensor(array, name=name),
+                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                shape=ir.Shape(array.shape),
+            )
             graph.register_initializer(value)
             new_values.append(value)
         old_names = [out.name for out in node.outputs]
@@ -95,7 +113,9 @@ class FoldConstants(RewritePass):
         for value, old in zip(new_values, old_names, strict=True):
             if old:
                 value.name = old
-        return Site("constants", label, True, removed=(label,), added=tuple(n for n in old_names if n))
+        return Site(
+            "constants", label, True, removed=(label,), added=tuple(n for n in old_names if n)
+        )
 
     @staticmethod
     def _evaluate(
@@ -109,7 +129,11 @@ class FoldConstants(RewritePass):
             if dims is None:
                 return None
             attr = node.attributes.get("value")
-            fill = attr.as_tensor().numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
+            fill = (
+                attr.as_tensor().numpy().reshape(-1)
+                if attr is not None
+                else np.zeros(1, np.float32)
+            )
             return [np.full(tuple(int(d) for d in dims), fill[0], dtype=fill.dtype)]
         if node.op_type in ("Shape", "Size") and node.inputs and node.inputs[0] is not None:
             shape = node.inputs[0].shape
@@ -129,7 +153,10 @@ class FoldConstants(RewritePass):
             if value is None:
                 continue
             if node.op_type == "CastLike" and index == 1:  # only the type of `target_type` matters
-                if not isinstance(value.type, ir.TensorType) or value.type.dtype.numpy() == object:
+                if (
+                    not isinstance(value.type, ir.TensorType)
+                    or value.type.dtype == ir.DataType.STRING
+                ):
                     return None
                 feeds[value.name or ""] = np.zeros((0,), dtype=value.type.dtype.numpy())
                 continue
@@ -157,7 +184,9 @@ def _run_reference(
     """Evaluate one node on constant inputs with onnx's reference implementation."""
     node_proto = ir.serde.serialize_node(node)
     inputs = [
-        onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
+        )
         for name, a in feeds.items()
     ]
     outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node_proto.output if o]

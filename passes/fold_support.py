@@ -26,7 +26,9 @@ class FoldContext:
     policy: ConstantPolicy
     namer: Namer
 
-    def weight(self, value: ir.Value | None, what: str) -> tuple[np.ndarray | None, ir.DataType, str]:
+    def weight(
+        self, value: ir.Value | None, what: str
+    ) -> tuple[np.ndarray | None, ir.DataType, str]:
         """A constant float tensor as float64 with its stored dtype, or None and why not."""
         if value is None:
             return None, ir.DataType.UNDEFINED, f"{what} is missing"

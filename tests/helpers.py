@@ -20,8 +20,9 @@ from optkit.contract import PassOptions
 F32 = onnx.TensorProto.FLOAT
 
 
-def bn_params(rng: np.random.Generator, channels: int, prefix: str = "bn",
-              dtype: type = np.float32) -> dict[str, np.ndarray]:
+def bn_params(
+    rng: np.random.Generator, channels: int, prefix: str = "bn", dtype: type = np.float32
+) -> dict[str, np.ndarray]:
     """Non-trivial BN parameters: gamma, beta, mean, var (var in [0.5, 2])."""
     return {
         f"{prefix}.scale": rng.uniform(0.5, 1.5, channels).astype(dtype),
@@ -49,14 +50,22 @@ def make_model(
     init_protos = [numpy_helper.from_array(v, k) for k, v in initializers.items()]
     graph_inputs = [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs]
     if inits_as_inputs:
-        graph_inputs += [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                         for k, v in initializers.items()]
+        graph_inputs += [
+            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for k, v in initializers.items()
+        ]
     graph = helper.make_graph(
-        list(nodes), "test", graph_inputs,
-        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs], init_protos)
+        list(nodes),
+        "test",
+        graph_inputs,
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        init_protos,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = ir_version or min(onnx.IR_VERSION, 10)
-    if any(shape is None for _, _, shape in outputs):  # let shape inference fill unknown output shapes
+    if any(
+        shape is None for _, _, shape in outputs
+    ):  # let shape inference fill unknown output shapes
         inferred = onnx.shape_inference.infer_shapes(model)
         for out, new in zip(model.graph.output, inferred.graph.output, strict=True):
             if not out.type.tensor_type.HasField("shape"):
@@ -66,17 +75,22 @@ def make_model(
     return model
 
 
-def ort_outputs(model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def ort_outputs(
+    model: onnx.ModelProto | ir.Model, feeds: dict[str, np.ndarray]
+) -> list[np.ndarray]:
     proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, feeds)
 
 
-def assert_same_outputs(before, after, feeds, *, rtol: float = 1e-5, atol: float = 1e-5,
-                        exact: bool = False) -> None:
+def assert_same_outputs(
+    before, after, feeds, *, rtol: float = 1e-5, atol: float = 1e-5, exact: bool = False
+) -> None:
     """Both models agree on `feeds`: exactly, or within `atol + rtol * max|reference|`."""
     want = ort_outputs(before, feeds)
     got = ort_outputs(after, feeds)
@@ -95,8 +109,13 @@ def op_types(model: ir.Model) -> list[str]:
     return [n.op_type for n in model.graph]
 
 
-def fold(proto: onnx.ModelProto, *, passes: Sequence[str] = ("batchnorm", "unused"),
-         options: PassOptions | None = None, verify: bool = False) -> optkit.FuseResult:
+def fold(
+    proto: onnx.ModelProto,
+    *,
+    passes: Sequence[str] = ("batchnorm", "unused"),
+    options: PassOptions | None = None,
+    verify: bool = False,
+) -> optkit.FuseResult:
     """Run only the named passes."""
     return optkit.fuse(proto, passes=list(passes), options=options, verify_result=verify)
 

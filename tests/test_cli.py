@@ -15,14 +15,19 @@ from optkit.cli import default_output
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "optkit", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "optkit", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
 def model_path(tmp_path, rng):
     inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
-    nodes = [onnx.helper.make_node("Conv", ["x", "W"], ["h"], name="conv"), bn_node("h", "y"),
-             onnx.helper.make_node("Relu", ["y"], ["z"])]
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "W"], ["h"], name="conv"),
+        bn_node("h", "y"),
+        onnx.helper.make_node("Relu", ["y"], ["z"]),
+    ]
     path = tmp_path / "net.onnx"
     onnx.save(make_model(nodes, [("x", F32, ["N", 3, 8, 8])], [("z", F32, None)], inits), str(path))
     return path
@@ -69,8 +74,12 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, content):
 
 
 def test_model_failing_the_checker_exits_2(tmp_path):
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["missing"], ["y"])], "g", [],
-                                   [onnx.helper.make_tensor_value_info("y", F32, [1])])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["missing"], ["y"])],
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("y", F32, [1])],
+    )
     path = tmp_path / "broken.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     done = run_cli("fuse", str(path))
@@ -78,7 +87,9 @@ def test_model_failing_the_checker_exits_2(tmp_path):
 
 
 def test_passes_and_skip_select_passes(model_path, tmp_path):
-    done = run_cli("fuse", str(model_path), "-o", str(tmp_path / "o.onnx"), "--skip", "batchnorm", "--json")
+    done = run_cli(
+        "fuse", str(model_path), "-o", str(tmp_path / "o.onnx"), "--skip", "batchnorm", "--json"
+    )
     assert json.loads(done.stdout)["batchnorm_after"] == 1
     done = run_cli("fuse", str(model_path), "--passes", "nonsense")
     assert done.returncode == 2 and "unknown pass" in done.stderr
@@ -116,4 +127,8 @@ def test_demo_runs(tmp_path):
 
 def test_help_teaches():
     done = run_cli("fuse", "--help")
-    assert done.returncode == 0 and "Examples:" in done.stdout and "--freeze-initializer-inputs" in done.stdout
+    assert (
+        done.returncode == 0
+        and "Examples:" in done.stdout
+        and "--freeze-initializer-inputs" in done.stdout
+    )

@@ -35,14 +35,20 @@ def node_cases():
 def _feeds(case) -> dict:
     inputs, _ = case.data_sets[0]
     names = [value.name for value in case.model.graph.input]
-    return {n: onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v
-            for n, v in zip(names, inputs, strict=False)}
+    return {
+        n: onnx.numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v
+        for n, v in zip(names, inputs, strict=False)
+    }
 
 
 def _same(want, got, exactness) -> bool:
     if isinstance(want, list) or isinstance(got, list):
-        return (isinstance(want, list) and isinstance(got, list) and len(want) == len(got)
-                and all(_same(w, g, exactness) for w, g in zip(want, got, strict=True)))
+        return (
+            isinstance(want, list)
+            and isinstance(got, list)
+            and len(want) == len(got)
+            and all(_same(w, g, exactness) for w, g in zip(want, got, strict=True))
+        )
     if want is None or got is None:
         return want is None and got is None
     want, got = np.asarray(want), np.asarray(got)
@@ -93,7 +99,9 @@ def test_backend_node_cases_survive_the_pipeline(chunk):
     assert compared >= 0.7 * len(cases), (compared, not_runnable, len(cases))
 
 
-LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx")))
+LIGHT = sorted(
+    glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx"))
+)
 
 
 def _dummy_input(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -116,7 +124,11 @@ def test_light_zoo_models(path):
     # Every BN left is one the rules call unfoldable: no absorbing layer on either side.
     for site in (s for p in report.pipeline.passes if p.name == "batchnorm" for s in p.declined):
         assert "not into its producer" in site.reason and "cannot absorb it" in site.reason, site
-    if os.path.basename(path) in ("light_resnet50.onnx", "light_inception_v2.onnx", "light_shufflenet.onnx"):
+    if os.path.basename(path) in (
+        "light_resnet50.onnx",
+        "light_inception_v2.onnx",
+        "light_shufflenet.onnx",
+    ):
         assert report.batchnorm_before > 0 and report.batchnorm_after == 0
     feeds = _dummy_input(original)
     expected = onnx.numpy_helper.to_array(onnx.load_tensor(path.replace(".onnx", "_output_0.pb")))

@@ -27,7 +27,7 @@ def test_missing_file(tmp_path):
 def test_not_an_onnx_file(tmp_path):
     path = tmp_path / "text.onnx"
     path.write_text("this is not a model\n")
-    with pytest.raises(InputError, match="text.onnx"):
+    with pytest.raises(InputError, match=r"text\.onnx"):
         optkit.load(path)
 
 
@@ -35,7 +35,7 @@ def test_truncated_file(tmp_path, rng):
     path = tmp_path / "model.onnx"
     data = conv_bn_proto(rng).SerializeToString()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="model.onnx"):
+    with pytest.raises(InputError, match=r"model\.onnx"):
         optkit.fuse(path)
 
 
@@ -65,7 +65,9 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, rng, monkeypatch):
 def test_external_data_round_trip_and_no_overwrite_of_referenced_data(tmp_path, rng):
     proto = conv_bn_proto(rng)
     src = tmp_path / "model.onnx"
-    onnx.save(proto, str(src), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    onnx.save(
+        proto, str(src), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+    )
     model = optkit.load(src)
     result = optkit.fuse(src)
     assert result.report.ok and result.report.batchnorm_after == 0

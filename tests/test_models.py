@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_same_outputs
+from optkit.models import ZOO, randomize_batchnorm
 
 import optkit
-from optkit.models import ZOO, randomize_batchnorm
 from optkit.torch import export_onnx
 
 
@@ -43,11 +43,20 @@ def test_training_mode_export_is_caught():
     import onnx
 
     buffer = _io.BytesIO()
-    torch.onnx.export(model, (torch.randn(4, 64),), buffer, dynamo=False, opset_version=17,
-                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    torch.onnx.export(
+        model,
+        (torch.randn(4, 64),),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        training=torch.onnx.TrainingMode.TRAINING,
+        do_constant_folding=False,
+    )
     result = optkit.fuse(onnx.load_from_string(buffer.getvalue()), verify_result=False)
     assert result.report.batchnorm_after == result.report.batchnorm_before > 0
-    reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined if p.name == "batchnorm"]
+    reasons = [
+        s.reason for p in result.report.pipeline.passes for s in p.declined if p.name == "batchnorm"
+    ]
     assert all("training_mode=1" in r or "running-statistics" in r for r in reasons), reasons
 
 

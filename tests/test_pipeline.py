@@ -6,10 +6,10 @@ import numpy as np
 import onnx_ir as ir
 from helpers import F32, bn_node, bn_params, make_model
 from onnx import helper
+from optkit.passes import DEFAULT_PASSES
 
 import optkit
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
-from optkit.passes import DEFAULT_PASSES
 from optkit.verify import verify_rewrite
 
 
@@ -32,8 +32,11 @@ class NegateOutput(RewritePass):
 
 def small_model(rng):
     inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
-    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), bn_node("h", "b"),
-             helper.make_node("Identity", ["b"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"]),
+        bn_node("h", "b"),
+        helper.make_node("Identity", ["b"], ["y"]),
+    ]
     return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, None)], inits)
 
 
@@ -68,7 +71,14 @@ def test_fixed_point_stops_when_nothing_changes_and_times_each_pass(rng):
     # A pass reruns only if the model changed since it last ran: `unused` made the last change, so
     # it and the passes after it are not rerun.
     assert {p.name: p.iterations for p in report.passes} == {
-        "identity": 2, "dropout": 2, "constants": 2, "batchnorm": 2, "unused": 1, "dedupe": 1, "toposort": 1}
+        "identity": 2,
+        "dropout": 2,
+        "constants": 2,
+        "batchnorm": 2,
+        "unused": 1,
+        "dedupe": 1,
+        "toposort": 1,
+    }
     assert all(p.seconds >= 0 for p in report.passes)
     assert report.exactness() is Exactness.REASSOCIATE
 

@@ -21,11 +21,17 @@ def test_one_ulp_fails_bitwise_but_passes_reassociate():
     assert compare_arrays("y", a, b, Exactness.REASSOCIATE).ok
 
 
-@pytest.mark.parametrize(("dtype", "relative_error", "ok"), [
-    (np.float32, 1e-6, True), (np.float32, 1e-3, False),
-    (np.float16, 2e-3, True), (np.float16, 5e-2, False),
-    (np.float64, 1e-12, True), (np.float64, 1e-6, False),
-])
+@pytest.mark.parametrize(
+    ("dtype", "relative_error", "ok"),
+    [
+        (np.float32, 1e-6, True),
+        (np.float32, 1e-3, False),
+        (np.float16, 2e-3, True),
+        (np.float16, 5e-2, False),
+        (np.float64, 1e-12, True),
+        (np.float64, 1e-6, False),
+    ],
+)
 def test_tolerance_depends_on_dtype(rng, dtype, relative_error, ok):
     a = rng.standard_normal((4, 8)).astype(dtype)
     b = (a.astype(np.float64) + relative_error * np.max(np.abs(a))).astype(dtype)

@@ -28,9 +28,17 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (sample,), buffer, dynamo=False, opset_version=opset,
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-            input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
+            model,
+            (sample,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}
+            if dynamic_batch
+            else None,
         )
     return onnx.load_from_string(buffer.getvalue())

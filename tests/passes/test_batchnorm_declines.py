@@ -13,7 +13,11 @@ from optkit import PassOptions
 
 def conv_bn(rng, *, extra_nodes=(), outputs=(("y", F32, None),), **model_kwargs):
     inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
-    nodes = [helper.make_node("Conv", ["x", "W"], ["h"], name="conv"), bn_node("h", "y"), *extra_nodes]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"], name="conv"),
+        bn_node("h", "y"),
+        *extra_nodes,
+    ]
     return make_model(nodes, [("x", F32, [1, 3, 6, 6])], list(outputs), inits, **model_kwargs)
 
 
@@ -23,8 +27,11 @@ def only_site(result):
 
 
 def test_conv_output_with_another_consumer(rng):
-    model = conv_bn(rng, extra_nodes=[helper.make_node("Relu", ["h"], ["z"])],
-                    outputs=[("y", F32, None), ("z", F32, None)])
+    model = conv_bn(
+        rng,
+        extra_nodes=[helper.make_node("Relu", ["h"], ["z"])],
+        outputs=[("y", F32, None), ("z", F32, None)],
+    )
     result = fold(model)
     assert "BatchNormalization" in op_types(result.model)
     site = only_site(result)
@@ -40,7 +47,9 @@ def test_conv_output_that_is_a_graph_output(rng):
 def test_weight_is_a_graph_input(rng):
     inits = bn_params(rng, 4)
     nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), bn_node("h", "y")]
-    model = make_model(nodes, [("x", F32, [1, 3, 6, 6]), ("W", F32, [4, 3, 3, 3])], [("y", F32, None)], inits)
+    model = make_model(
+        nodes, [("x", F32, [1, 3, 6, 6]), ("W", F32, [4, 3, 3, 3])], [("y", F32, None)], inits
+    )
     site = only_site(fold(model))
     assert "'W' is a graph input, not a constant" in site.reason
 
@@ -55,7 +64,9 @@ def test_freeze_initializer_inputs_folds_them(rng):
     model = conv_bn(rng, inits_as_inputs=True, ir_version=7)
     result = fold(model, options=PassOptions(freeze_initializer_inputs=True))
     assert op_types(result.model) == ["Conv"]
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)})
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    )
 
 
 def test_ir_version_3_initializer_inputs_are_constants(rng):
@@ -64,7 +75,9 @@ def test_ir_version_3_initializer_inputs_are_constants(rng):
     assert op_types(result.model) == ["Conv"]
     listed = {v.name for v in result.model.graph.inputs}
     assert {name for name in result.model.graph.initializers} <= listed  # IR 3 rule kept
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)})
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    )
 
 
 def test_training_mode_is_declined(rng):
@@ -96,42 +109,71 @@ def test_nonpositive_variance_plus_epsilon_is_declined(rng):
 
 
 def test_spatial_zero_with_per_activation_parameters_is_declined(rng):
-    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-             **{k: np.resize(v, (4, 4, 4)) for k, v in bn_params(rng, 4).items()}}
+    inits = {
+        "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        **{k: np.resize(v, (4, 4, 4)) for k, v in bn_params(rng, 4).items()},
+    }
     nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), bn_node("h", "y", spatial=0)]
-    model = make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, [1, 4, 4, 4])], inits, opset=7,
-                       ir_version=3, inits_as_inputs=True)
+    model = make_model(
+        nodes,
+        [("x", F32, [1, 3, 6, 6])],
+        [("y", F32, [1, 4, 4, 4])],
+        inits,
+        opset=7,
+        ir_version=3,
+        inits_as_inputs=True,
+    )
     site = only_site(fold(model))
     assert "spatial=0" in site.reason
 
 
 def test_shared_weight_is_cloned_never_overwritten(rng):
-    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-             **bn_params(rng, 4, "bn1"), **bn_params(rng, 4, "bn2")}
-    nodes = [helper.make_node("Conv", ["x", "W"], ["h1"]), bn_node("h1", "y1", "bn1"),
-             helper.make_node("Conv", ["x", "W"], ["h2"]), bn_node("h2", "y2", "bn2"),
-             helper.make_node("Conv", ["x", "W"], ["y3"])]
-    model = make_model(nodes, [("x", F32, [1, 3, 6, 6])],
-                       [("y1", F32, None), ("y2", F32, None), ("y3", F32, None)], inits)
+    inits = {
+        "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        **bn_params(rng, 4, "bn1"),
+        **bn_params(rng, 4, "bn2"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h1"]),
+        bn_node("h1", "y1", "bn1"),
+        helper.make_node("Conv", ["x", "W"], ["h2"]),
+        bn_node("h2", "y2", "bn2"),
+        helper.make_node("Conv", ["x", "W"], ["y3"]),
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, [1, 3, 6, 6])],
+        [("y1", F32, None), ("y2", F32, None), ("y3", F32, None)],
+        inits,
+    )
     result = fold(model)
     assert op_types(result.model) == ["Conv", "Conv", "Conv"]
     weights = [n.inputs[1] for n in result.model.graph]
     assert len({id(w) for w in weights}) == 3
     np.testing.assert_array_equal(weights[2].const_value.numpy(), inits["W"])  # the unfolded user
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)})
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    )
 
 
 def test_bn_after_an_unknown_domain_op_is_left_alone(rng):
     inits = bn_params(rng, 3)
     nodes = [helper.make_node("Foo", ["x"], ["h"], domain="com.example"), bn_node("h", "y")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", F32, [1, 3, 4, 4])],
-                              [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.example", 1)])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F32, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", F32, [1, 3, 4, 4])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
     result = fold(model)
     assert [(n.domain, n.op_type) for n in result.model.graph] == [
-        ("com.example", "Foo"), ("", "BatchNormalization")]
+        ("com.example", "Foo"),
+        ("", "BatchNormalization"),
+    ]
     assert "com.example::Foo" in only_site(result).reason
 
 
@@ -140,15 +182,29 @@ def test_folds_inside_if_branches(rng):
     inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
     then_graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "W"], ["th"], pads=[1, 1, 1, 1]), bn_node("th", "t_out")],
-        "then", [], [helper.make_tensor_value_info("t_out", F32, [1, 4, 6, 6])])
+        "then",
+        [],
+        [helper.make_tensor_value_info("t_out", F32, [1, 4, 6, 6])],
+    )
     else_graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "W"], ["e_out"], pads=[1, 1, 1, 1])],
-        "else", [], [helper.make_tensor_value_info("e_out", F32, [1, 4, 6, 6])])
-    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)]
-    model = make_model(nodes, [("x", F32, [1, 3, 6, 6]), ("cond", onnx.TensorProto.BOOL, [])],
-                       [("y", F32, [1, 4, 6, 6])], inits)
+        "else",
+        [],
+        [helper.make_tensor_value_info("e_out", F32, [1, 4, 6, 6])],
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)
+    ]
+    model = make_model(
+        nodes,
+        [("x", F32, [1, 3, 6, 6]), ("cond", onnx.TensorProto.BOOL, [])],
+        [("y", F32, [1, 4, 6, 6])],
+        inits,
+    )
     result = fold(model)
-    then_ops = [n.op_type for n in next(iter(result.model.graph)).attributes["then_branch"].as_graph()]
+    then_ops = [
+        n.op_type for n in next(iter(result.model.graph)).attributes["then_branch"].as_graph()
+    ]
     assert then_ops == ["Conv"]
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
     for cond in (True, False):
@@ -157,7 +213,11 @@ def test_folds_inside_if_branches(rng):
 
 def test_lone_bn_declined_by_default_and_mul_add_on_request(rng):
     inits = {**bn_params(rng, 3, "bn1"), **bn_params(rng, 3, "bn2")}
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "h", "bn1"), bn_node("h", "y", "bn2")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "h", "bn1"),
+        bn_node("h", "y", "bn2"),
+    ]
     model = make_model(nodes, [("x", F32, ["N", 3, 4, 4])], [("y", F32, None)], inits)
     default = fold(model)
     assert op_types(default.model).count("BatchNormalization") == 2
@@ -166,14 +226,20 @@ def test_lone_bn_declined_by_default_and_mul_add_on_request(rng):
     assert op_types(affine.model) == ["Relu", "Mul", "Add"]  # the chain became one Mul + Add
     assert [s.rule for s in sites(affine) if s.applied] == ["bn-chain->mul+add"]
     assert affine.model.graph.outputs[0].name == "y"
-    assert_same_outputs(model, affine.model, {"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)})
+    assert_same_outputs(
+        model, affine.model, {"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)}
+    )
 
 
 @pytest.mark.parametrize("passes", [("batchnorm",), ("batchnorm", "unused")])
 def test_declined_sites_do_not_change_the_graph(rng, passes):
-    model = conv_bn(rng, extra_nodes=[helper.make_node("Relu", ["h"], ["z"])],
-                    outputs=[("y", F32, None), ("z", F32, None)])
+    model = conv_bn(
+        rng,
+        extra_nodes=[helper.make_node("Relu", ["h"], ["z"])],
+        outputs=[("y", F32, None), ("z", F32, None)],
+    )
     result = fold(model, passes=passes)
     assert op_types(result.model) == ["Conv", "BatchNormalization", "Relu"]
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)},
-                        exact=True)
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}, exact=True
+    )

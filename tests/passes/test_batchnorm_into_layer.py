@@ -11,7 +11,15 @@ from onnx import helper
 # (name, spatial dims, c_in, c_out, group, attributes, bias)
 CONV_CASES = [
     ("1d", (9,), 3, 4, 1, {"pads": [1, 1]}, True),
-    ("2d-stride-dilation", (11, 9), 3, 5, 1, {"pads": [1, 2, 1, 0], "strides": [2, 1], "dilations": [2, 1]}, True),
+    (
+        "2d-stride-dilation",
+        (11, 9),
+        3,
+        5,
+        1,
+        {"pads": [1, 2, 1, 0], "strides": [2, 1], "dilations": [2, 1]},
+        True,
+    ),
     ("3d", (5, 6, 4), 2, 3, 1, {}, False),
     ("grouped", (8, 8), 4, 6, 2, {"pads": [1, 1, 1, 1]}, True),
     ("depthwise", (8, 8), 4, 4, 4, {"pads": [1, 1, 1, 1]}, False),
@@ -32,13 +40,18 @@ def conv_bn_model(rng, spatial, c_in, c_out, group, attrs, bias, op="Conv", dtyp
         conv_inputs.append("b")
     inits.update(bn_params(rng, c_out, dtype=dtype))
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    nodes = [helper.make_node(op, conv_inputs, ["h"], name="layer", group=group, **attrs),
-             bn_node("h", "y")]
+    nodes = [
+        helper.make_node(op, conv_inputs, ["h"], name="layer", group=group, **attrs),
+        bn_node("h", "y"),
+    ]
     return make_model(nodes, [("x", elem, ["N", c_in, *spatial])], [("y", elem, None)], inits)
 
 
-@pytest.mark.parametrize(("name", "spatial", "c_in", "c_out", "group", "attrs", "bias"), CONV_CASES,
-                         ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize(
+    ("name", "spatial", "c_in", "c_out", "group", "attrs", "bias"),
+    CONV_CASES,
+    ids=[c[0] for c in CONV_CASES],
+)
 def test_conv_bn_folds(rng, name, spatial, c_in, c_out, group, attrs, bias):
     model = conv_bn_model(rng, spatial, c_in, c_out, group, attrs, bias)
     result = fold(model)
@@ -53,13 +66,24 @@ CONV_TRANSPOSE_CASES = [
     ("plain", (5, 5), 4, 6, 1, {"strides": [2, 2]}, True),
     ("grouped", (5, 5), 4, 6, 2, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, False),
     ("depthwise", (5, 5), 4, 4, 4, {}, True),
-    ("grouped-output-padding", (4, 4), 6, 9, 3, {"strides": [2, 2], "output_padding": [1, 1]}, True),
+    (
+        "grouped-output-padding",
+        (4, 4),
+        6,
+        9,
+        3,
+        {"strides": [2, 2], "output_padding": [1, 1]},
+        True,
+    ),
     ("1d", (7,), 2, 4, 2, {}, True),
 ]
 
 
-@pytest.mark.parametrize(("name", "spatial", "c_in", "c_out", "group", "attrs", "bias"),
-                         CONV_TRANSPOSE_CASES, ids=[c[0] for c in CONV_TRANSPOSE_CASES])
+@pytest.mark.parametrize(
+    ("name", "spatial", "c_in", "c_out", "group", "attrs", "bias"),
+    CONV_TRANSPOSE_CASES,
+    ids=[c[0] for c in CONV_TRANSPOSE_CASES],
+)
 def test_conv_transpose_bn_folds(rng, name, spatial, c_in, c_out, group, attrs, bias):
     model = conv_bn_model(rng, spatial, c_in, c_out, group, attrs, bias, op="ConvTranspose")
     result = fold(model)
@@ -70,8 +94,13 @@ def test_conv_transpose_bn_folds(rng, name, spatial, c_in, c_out, group, attrs, 
 
 
 GEMM_CASES = [  # transA, transB, alpha, beta, C shape (None: no C)
-    (0, 0, 1.0, 1.0, None), (0, 1, 1.0, 1.0, (6,)), (1, 0, 0.5, 1.0, (1, 6)),
-    (1, 1, 2.0, 0.3, (3, 6)), (0, 1, 1.0, 0.0, (6,)), (0, 0, 1.0, 2.0, (1,)), (0, 1, 1.5, 1.0, (3, 1)),
+    (0, 0, 1.0, 1.0, None),
+    (0, 1, 1.0, 1.0, (6,)),
+    (1, 0, 0.5, 1.0, (1, 6)),
+    (1, 1, 2.0, 0.3, (3, 6)),
+    (0, 1, 1.0, 0.0, (6,)),
+    (0, 0, 1.0, 2.0, (1,)),
+    (0, 1, 1.5, 1.0, (3, 1)),
 ]
 
 
@@ -84,9 +113,15 @@ def test_gemm_bn_folds(rng, trans_a, trans_b, alpha, beta, c_shape):
         inits["C"] = rng.standard_normal(c_shape).astype(np.float32)
         inputs.append("C")
     inits.update(bn_params(rng, m))
-    nodes = [helper.make_node("Gemm", inputs, ["h"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta),
-             bn_node("h", "y")]
-    model = make_model(nodes, [("a", F32, [k, n] if trans_a else [n, k])], [("y", F32, None)], inits)
+    nodes = [
+        helper.make_node(
+            "Gemm", inputs, ["h"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta
+        ),
+        bn_node("h", "y"),
+    ]
+    model = make_model(
+        nodes, [("a", F32, [k, n] if trans_a else [n, k])], [("y", F32, None)], inits
+    )
     result = fold(model)
     assert op_types(result.model) == ["Gemm"]
     a = rng.standard_normal((k, n) if trans_a else (n, k)).astype(np.float32)
@@ -99,7 +134,9 @@ def test_matmul_bn_becomes_one_gemm(rng, with_add):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="fc")]
     source = "mm"
     if with_add != "none":
-        inits["c"] = rng.standard_normal((1, 6) if with_add == "bias-2d" else (6,)).astype(np.float32)
+        inits["c"] = rng.standard_normal((1, 6) if with_add == "bias-2d" else (6,)).astype(
+            np.float32
+        )
         operands = ["c", "mm"] if with_add == "bias-left" else ["mm", "c"]
         nodes.append(helper.make_node("Add", operands, ["h"]))
         source = "h"
@@ -124,14 +161,24 @@ def test_matmul_on_rank3_input_is_declined(rng):
 
 
 def test_chain_of_batchnorms_after_conv_folds_completely(rng):
-    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-             **bn_params(rng, 4, "bn1"), **bn_params(rng, 4, "bn2"), **bn_params(rng, 4, "bn3")}
-    nodes = [helper.make_node("Conv", ["x", "W"], ["h"], pads=[1, 1, 1, 1]),
-             bn_node("h", "b1", "bn1"), bn_node("b1", "b2", "bn2"), bn_node("b2", "y", "bn3")]
+    inits = {
+        "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        **bn_params(rng, 4, "bn1"),
+        **bn_params(rng, 4, "bn2"),
+        **bn_params(rng, 4, "bn3"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"], pads=[1, 1, 1, 1]),
+        bn_node("h", "b1", "bn1"),
+        bn_node("b1", "b2", "bn2"),
+        bn_node("b2", "y", "bn3"),
+    ]
     model = make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, None)], inits)
     result = fold(model)
     assert op_types(result.model) == ["Conv"]
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)})
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    )
 
 
 @pytest.mark.parametrize("opset", [6, 7, 9, 14, 15])
@@ -145,7 +192,11 @@ def test_batchnorm_opsets(rng, opset):
     model.ir_version = 3 if opset < 7 else 7
     if opset < 7:  # IR version 3: initializers must be listed as inputs (and are constants there)
         model.graph.input.extend(
-            [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer])
+            [
+                helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                for t in model.graph.initializer
+            ]
+        )
     onnx.checker.check_model(model)
     result = fold(model)
     assert op_types(result.model) == ["Conv"], sites(result)
@@ -180,13 +231,19 @@ def test_bf16_weights_fold_with_one_rounding(rng):
     bf16 = ml_dtypes.bfloat16
     for init in model.graph.initializer:
         if init.name in ("W", "b"):
-            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).astype(bf16), init.name))
+            init.CopyFrom(
+                onnx.numpy_helper.from_array(
+                    onnx.numpy_helper.to_array(init).astype(bf16), init.name
+                )
+            )
     for value in (*model.graph.input, *model.graph.output):
         value.type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
     result = fold(model)
     conv = next(iter(result.model.graph))
     assert conv.op_type == "Conv"
-    inits = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    inits = {
+        i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer
+    }
     s = inits["bn.scale"] / np.sqrt(inits["bn.var"] + 1e-5)
     expected_w = (inits["W"] * s[:, None, None, None]).astype(bf16)
     expected_b = (inits["b"] * s + inits["bn.B"] - inits["bn.mean"] * s).astype(bf16)
@@ -197,11 +254,17 @@ def test_bf16_weights_fold_with_one_rounding(rng):
 def test_fp64_gemm_bn(rng):
     inits = {"B": rng.standard_normal((5, 6)), **bn_params(rng, 6, dtype=np.float64)}
     nodes = [helper.make_node("Gemm", ["a", "B"], ["h"]), bn_node("h", "y")]
-    model = make_model(nodes, [("a", onnx.TensorProto.DOUBLE, [3, 5])], [("y", onnx.TensorProto.DOUBLE, None)],
-                       inits)
+    model = make_model(
+        nodes,
+        [("a", onnx.TensorProto.DOUBLE, [3, 5])],
+        [("y", onnx.TensorProto.DOUBLE, None)],
+        inits,
+    )
     result = fold(model)
     assert op_types(result.model) == ["Gemm"]
-    assert_same_outputs(model, result.model, {"a": rng.standard_normal((3, 5))}, rtol=1e-12, atol=1e-12)
+    assert_same_outputs(
+        model, result.model, {"a": rng.standard_normal((3, 5))}, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_TRANSPOSE_CASES[:2], ids=lambda c: c[0])

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
 import onnx_ir as ir
+from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
 from onnx import helper
+from optkit.passes.cleanup import TopologicalSort
 
 from optkit import PassOptions
-from optkit.passes.cleanup import TopologicalSort
 
 
 def test_identity_chain_removed_and_output_name_kept(rng):
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Identity", ["a"], ["b"]),
-             helper.make_node("Identity", ["b"], ["y"])]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Identity", ["a"], ["b"]),
+        helper.make_node("Identity", ["b"], ["y"]),
+    ]
     model = make_model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3])], {})
     result = fold(model, passes=("identity",))
     assert op_types(result.model) == ["Relu"]
     assert result.model.graph.outputs[0].name == "y"
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True)
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True
+    )
 
 
 def test_identity_from_input_to_output_is_kept():
-    model = make_model([helper.make_node("Identity", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])], {})
+    model = make_model(
+        [helper.make_node("Identity", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])], {}
+    )
     result = fold(model, passes=("identity",))
     assert op_types(result.model) == ["Identity"]
     (site,) = sites(result, "identity")
@@ -31,22 +38,37 @@ def test_identity_from_input_to_output_is_kept():
 
 
 def test_dropout_removed_at_inference(rng):
-    nodes = [helper.make_node("Dropout", ["x"], ["d"], name="drop"), helper.make_node("Relu", ["d"], ["y"])]
+    nodes = [
+        helper.make_node("Dropout", ["x"], ["d"], name="drop"),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
     model = make_model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3])], {})
     result = fold(model, passes=("dropout",))
     assert op_types(result.model) == ["Relu"]
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True)
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True
+    )
 
 
 def test_dropout_with_mask_used_or_training_mode_is_kept():
     nodes = [helper.make_node("Dropout", ["x"], ["y", "mask"], name="drop")]
-    model = make_model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3]), ("mask", onnx.TensorProto.BOOL, [2, 3])], {})
+    model = make_model(
+        nodes,
+        [("x", F32, [2, 3])],
+        [("y", F32, [2, 3]), ("mask", onnx.TensorProto.BOOL, [2, 3])],
+        {},
+    )
     result = fold(model, passes=("dropout",))
     assert op_types(result.model) == ["Dropout"]
     assert "mask output is used" in sites(result, "dropout")[0].reason
 
-    nodes = [helper.make_node("Dropout", ["x", "", "train"], ["d"]), helper.make_node("Relu", ["d"], ["y"])]
-    model = make_model(nodes, [("x", F32, [2, 3]), ("train", onnx.TensorProto.BOOL, [])], [("y", F32, [2, 3])], {})
+    nodes = [
+        helper.make_node("Dropout", ["x", "", "train"], ["d"]),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [("x", F32, [2, 3]), ("train", onnx.TensorProto.BOOL, [])], [("y", F32, [2, 3])], {}
+    )
     result = fold(model, passes=("dropout",))
     assert "training_mode is not a constant" in sites(result, "dropout")[0].reason
 
@@ -63,18 +85,27 @@ def test_unused_nodes_and_initializers_removed_signature_kept(rng):
 
 def test_duplicate_initializers_merged(rng):
     w = rng.standard_normal(4).astype(np.float32)
-    nodes = [helper.make_node("Add", ["x", "w1"], ["a"]), helper.make_node("Mul", ["a", "w2"], ["y"])]
+    nodes = [
+        helper.make_node("Add", ["x", "w1"], ["a"]),
+        helper.make_node("Mul", ["a", "w2"], ["y"]),
+    ]
     model = make_model(nodes, [("x", F32, [4])], [("y", F32, [4])], {"w1": w, "w2": w.copy()})
     result = fold(model, passes=("dedupe",))
     assert len(result.model.graph.initializers) == 1
-    assert_same_outputs(model, result.model, {"x": rng.standard_normal(4).astype(np.float32)}, exact=True)
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal(4).astype(np.float32)}, exact=True
+    )
 
 
 def test_toposort_orders_an_unsorted_graph():
     """(`fuse` refuses unsorted input at the checker; the pass itself sorts what a rewrite disordered.)"""
     nodes = [helper.make_node("Neg", ["a"], ["y"]), helper.make_node("Relu", ["x"], ["a"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [2])],
-                              [helper.make_tensor_value_info("y", F32, [2])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F32, [2])],
+        [helper.make_tensor_value_info("y", F32, [2])],
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     site_list = TopologicalSort().run(model, PassOptions())
     assert [n.op_type for n in model.graph] == ["Relu", "Neg"]

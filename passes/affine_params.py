@@ -1,4 +1,4 @@
-"""Reading a test-time BatchNormalization node as a per-channel affine map.
+"""Per-channel affine maps y = s x + t, and reading a test-time BatchNormalization as one.
 
     BN(x)[:, c] = gamma_c * (x[:, c] - mean_c) / sqrt(var_c + eps) + beta_c
                 = s_c * x[:, c] + t_c,   s = gamma / sqrt(var + eps),  t = beta - mean * s
@@ -19,21 +19,18 @@ from optkit.graph import ConstantPolicy, attr_float, attr_int, unused_outputs
 
 @dataclass(frozen=True)
 class Affine:
-    """The BN as y = s * x + t along axis 1 of x."""
+    """A node computing y = s * x + t per channel (axis 1 of x): a test-time BatchNorm, or a Mul /
+    Add / Sub / Div by a per-channel constant (`kind` names which, for reports: "conv+bn")."""
 
     node: ir.Node
+    input: ir.Value  # x
     scale: np.ndarray  # s, float64, shape (C,)
     shift: np.ndarray  # t, float64, shape (C,)
+    kind: str = "bn"
 
     @property
     def channels(self) -> int:
         return int(self.scale.shape[0])
-
-    @property
-    def input(self) -> ir.Value:
-        value = self.node.inputs[0]
-        assert value is not None
-        return value
 
     @property
     def output(self) -> ir.Value:
@@ -69,7 +66,7 @@ def read_batchnorm(node: ir.Node, policy: ConstantPolicy, opset: int) -> tuple[A
     shift = beta - mean * scale
     if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
         return None, "BN parameters give a non-finite scale or shift"
-    return Affine(node, scale, shift), ""
+    return Affine(node, node.inputs[0], scale, shift), ""
 
 
 def along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:

@@ -30,42 +30,46 @@ from optkit.graph import (
     sole_consumer,
 )
 
-from .batchnorm_params import Affine
+from .affine_params import Affine
 from .conv_geometry import ConvGeometry
 from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
 
 
-def fold_into_consumer(bn: Affine, ctx: FoldContext) -> Applied | str:
-    """Fold `bn` into the one layer that reads its output, or say why not."""
-    layer = sole_consumer(bn.output)
+def fold_into_consumer(affine: Affine, ctx: FoldContext) -> Applied | str:
+    """Fold `affine` into the one layer that reads its output, or say why not."""
+    layer = sole_consumer(affine.output)
     if layer is None:
-        return consumers_reason(bn.output, "BN output")
+        return consumers_reason(affine.output, "its output")
     rule = _CONSUMER_RULES.get(layer.op_type) if layer.domain == "" else None
     if rule is None:
         return f"its output feeds {layer.op_type}, which cannot absorb it"
-    if layer.inputs[0] is not bn.output:
+    if layer.inputs[0] is not affine.output:
         return f"its output is not the data input of {node_label(layer)}"
-    if layer.graph is not bn.node.graph:
+    if layer.graph is not affine.node.graph:
         return "its consumer is in another graph"
-    return rule(bn, layer, ctx)
+    return rule(affine, layer, ctx)
 
 
-def _replace(bn: Affine, layer: ir.Node, nodes: list[ir.Node], rule: str, ctx: FoldContext) -> Applied:
-    removed = (node_label(bn.node), node_label(layer))
-    replace_nodes(ctx.graph, [bn.node, layer], nodes, [layer.outputs[0]], [nodes[-1].outputs[0]])
+def _replace(
+    affine: Affine, layer: ir.Node, nodes: list[ir.Node], rule: str, ctx: FoldContext
+) -> Applied:
+    removed = (node_label(affine.node), node_label(layer))
+    replace_nodes(
+        ctx.graph, [affine.node, layer], nodes, [layer.outputs[0]], [nodes[-1].outputs[0]]
+    )
     return Applied(rule, removed, tuple(node_label(n) for n in nodes))
 
 
-def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
+def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
     if attr_int(gemm, "transA", 0):
-        return "Gemm has transA=1: BN's channels would run along the batch"
+        return "Gemm has transA=1: the channels would run along the batch"
     b_mat, dtype, why = ctx.weight(gemm.inputs[1], "Gemm B")
     if b_mat is None:
         return why
     trans_b = attr_int(gemm, "transB", 0)
     op_b = b_mat.T if trans_b else b_mat  # (K, M)
-    if op_b.shape[0] != bn.channels:
-        return f"Gemm reads {op_b.shape[0]} input features, BN has {bn.channels}"
+    if op_b.shape[0] != affine.channels:
+        return f"Gemm reads {op_b.shape[0]} input features, it has {affine.channels}"
     alpha, beta = attr_float(gemm, "alpha", 1.0), attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
     c_arr = np.zeros(())
@@ -73,41 +77,43 @@ def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         c_arr, _, why = ctx.weight(c_in, "Gemm C")
         if c_arr is None:
             return why
-    new_op_b = op_b * bn.scale[:, None]
-    new_c = (beta * c_arr if beta != 0 else 0.0) + alpha * (bn.shift @ op_b)
-    b_value = ctx.constant(base_name(gemm.inputs[1], "B"), new_op_b.T if trans_b else new_op_b, dtype)
+    new_op_b = op_b * affine.scale[:, None]
+    new_c = (beta * c_arr if beta != 0 else 0.0) + alpha * (affine.shift @ op_b)
+    b_value = ctx.constant(
+        base_name(gemm.inputs[1], "B"), new_op_b.T if trans_b else new_op_b, dtype
+    )
     c_value = ctx.constant(base_name(c_in, f"{b_value.name}_C"), np.asarray(new_c), dtype)
     attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
-    node = new_node("Gemm", [bn.input, b_value, c_value], attrs, gemm.name)
-    return _replace(bn, gemm, [node], "bn+gemm", ctx)
+    node = new_node("Gemm", [affine.input, b_value, c_value], attrs, gemm.name)
+    return _replace(affine, gemm, [node], f"{affine.kind}+gemm", ctx)
 
 
-def _matmul(bn: Affine, matmul: ir.Node, ctx: FoldContext) -> Applied | str:
+def _matmul(affine: Affine, matmul: ir.Node, ctx: FoldContext) -> Applied | str:
     weight, dtype, why = ctx.weight(matmul.inputs[1], "MatMul weight")
     if weight is None:
         return why
     if weight.ndim != 2:
         return f"MatMul weight has rank {weight.ndim}, not 2"
-    shape = bn.input.shape
+    shape = affine.input.shape
     if shape is None or len(shape) != 2:
         what = "unknown" if shape is None else str(len(shape))
         return f"BN input rank is {what}, not 2 (BN's channel axis must be MatMul's feature axis)"
-    if weight.shape[0] != bn.channels:
-        return f"MatMul reads {weight.shape[0]} input features, BN has {bn.channels}"
-    w_value = ctx.constant(base_name(matmul.inputs[1], "W"), weight * bn.scale[:, None], dtype)
-    c_value = ctx.constant(f"{w_value.name}_bias", bn.shift @ weight, dtype)
-    node = new_node("Gemm", [bn.input, w_value, c_value], [], matmul.name)
-    return _replace(bn, matmul, [node], "bn+matmul", ctx)
+    if weight.shape[0] != affine.channels:
+        return f"MatMul reads {weight.shape[0]} input features, it has {affine.channels}"
+    w_value = ctx.constant(base_name(matmul.inputs[1], "W"), weight * affine.scale[:, None], dtype)
+    c_value = ctx.constant(f"{w_value.name}_bias", affine.shift @ weight, dtype)
+    node = new_node("Gemm", [affine.input, w_value, c_value], [], matmul.name)
+    return _replace(affine, matmul, [node], f"{affine.kind}+matmul", ctx)
 
 
-def _conv(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
+def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     weight, dtype, why = ctx.weight(conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight")
     if weight is None:
         return why
     groups = attr_int(conv, "group", 1)
     c_out, c_in_per_group = weight.shape[0], weight.shape[1]
-    if groups * c_in_per_group != bn.channels or c_out % groups:
-        return f"Conv reads {groups * c_in_per_group} input channels, BN has {bn.channels}"
+    if groups * c_in_per_group != affine.channels or c_out % groups:
+        return f"Conv reads {groups * c_in_per_group} input channels, it has {affine.channels}"
     bias = np.zeros(c_out)
     b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
     if b_in is not None:
@@ -116,8 +122,8 @@ def _conv(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
             return why
     # s and t as seen by each (output channel, input-channel-in-group) weight slice.
     group_of_out = np.arange(c_out) // (c_out // groups)
-    scale = bn.scale.reshape(groups, c_in_per_group)[group_of_out]
-    shift = bn.shift.reshape(groups, c_in_per_group)[group_of_out]
+    scale = affine.scale.reshape(groups, c_in_per_group)[group_of_out]
+    shift = affine.shift.reshape(groups, c_in_per_group)[group_of_out]
     kernel_dims = weight.shape[2:]
     new_w = weight * scale.reshape(c_out, c_in_per_group, *([1] * len(kernel_dims)))
     # Shift pushed through the weights, per output channel and kernel offset: (c_out, K).
@@ -127,23 +133,29 @@ def _conv(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     if not geometry.has_padding():
         new_b = bias + shift_by_offset.sum(axis=1)
         b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), new_b, dtype)
-        node = new_node("Conv", [bn.input, w_value, b_value], copy_attributes(conv), conv.name)
-        return _replace(bn, conv, [node], "bn+conv", ctx)
-    spatial = _static_spatial(bn.input, len(kernel_dims))
+        node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
+        return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
+    spatial = _static_spatial(affine.input, len(kernel_dims))
     if spatial is None:
-        return ("Conv pads its input and the input's spatial shape is not static: "
-                "the BN shift is not uniform at the borders")
+        return (
+            "Conv pads its input and the input's spatial shape is not static: "
+            "the BN shift is not uniform at the borders"
+        )
     mask, out_spatial = geometry.valid_mask(spatial)
     correction = shift_by_offset @ mask.T + bias[:, None]  # (c_out, positions)
     if np.all(correction == correction[:, :1]):
         b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), correction[:, 0], dtype)
-        node = new_node("Conv", [bn.input, w_value, b_value], copy_attributes(conv), conv.name)
-        return _replace(bn, conv, [node], "bn+conv", ctx)
-    border = ctx.constant(f"{w_value.name}_border", correction.reshape(1, c_out, *out_spatial), dtype)
-    conv_node = new_node("Conv", [bn.input, w_value], copy_attributes(conv), conv.name)
+        node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
+        return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
+    border = ctx.constant(
+        f"{w_value.name}_border", correction.reshape(1, c_out, *out_spatial), dtype
+    )
+    conv_node = new_node("Conv", [affine.input, w_value], copy_attributes(conv), conv.name)
     conv_node.outputs[0].name = ctx.namer.fresh(f"{conv.outputs[0].name}_unshifted")
-    add = new_node("Add", [conv_node.outputs[0], border], [], ctx.namer.fresh(f"{conv.name or 'conv'}_border"))
-    return _replace(bn, conv, [conv_node, add], "bn+conv(border)", ctx)
+    add = new_node(
+        "Add", [conv_node.outputs[0], border], [], ctx.namer.fresh(f"{conv.name or 'conv'}_border")
+    )
+    return _replace(affine, conv, [conv_node, add], f"{affine.kind}+conv(border)", ctx)
 
 
 def _static_spatial(value: ir.Value, rank: int) -> tuple[int, ...] | None:

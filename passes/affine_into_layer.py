@@ -24,13 +24,14 @@ from optkit.graph import (
     replace_nodes,
     sole_consumer,
 )
-from .batchnorm_params import Affine, along
+
+from .affine_params import Affine, along
 from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
 
 
-def fold_into_producer(bn: Affine, ctx: FoldContext) -> Applied | str:
-    """Fold `bn` into the layer that produces its input, or say why not."""
-    layer = bn.input.producer()
+def fold_into_producer(affine: Affine, ctx: FoldContext) -> Applied | str:
+    """Fold `affine` into the layer that produces its input, or say why not."""
+    layer = affine.input.producer()
     if layer is None:
         return "its input is not produced by a layer (graph input or initializer)"
     if layer.domain != "":
@@ -38,32 +39,34 @@ def fold_into_producer(bn: Affine, ctx: FoldContext) -> Applied | str:
     rule = _PRODUCER_RULES.get(layer.op_type)
     if rule is None:
         return f"its input comes from {layer.op_type}, which cannot absorb it"
-    if sole_consumer(bn.input) is not bn.node:
-        return consumers_reason(bn.input, f"{layer.op_type} output")
-    return rule(bn, layer, ctx)
+    if sole_consumer(affine.input) is not affine.node:
+        return consumers_reason(affine.input, f"{layer.op_type} output")
+    return rule(affine, layer, ctx)
 
 
-def _replace(bn: Affine, old: list[ir.Node], node: ir.Node, rule: str, ctx: FoldContext) -> Applied:
-    removed = tuple(node_label(n) for n in [*old, bn.node])
-    replace_nodes(ctx.graph, [*old, bn.node], [node], [bn.output], [node.outputs[0]])
+def _replace(
+    affine: Affine, old: list[ir.Node], node: ir.Node, rule: str, ctx: FoldContext
+) -> Applied:
+    removed = tuple(node_label(n) for n in [*old, affine.node])
+    replace_nodes(ctx.graph, [*old, affine.node], [node], [affine.output], [node.outputs[0]])
     return Applied(rule, removed, (node_label(node),))
 
 
-def _conv(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
+def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     weight, dtype, why = ctx.weight(conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight")
     if weight is None:
         return why
-    if weight.shape[0] != bn.channels:
-        return f"Conv has {weight.shape[0]} output channels, BN has {bn.channels}"
-    bias, why = _optional_bias(conv, 2, bn.channels, ctx)
+    if weight.shape[0] != affine.channels:
+        return f"Conv has {weight.shape[0]} output channels, it has {affine.channels}"
+    bias, why = _optional_bias(conv, 2, affine.channels, ctx)
     if bias is None:
         return why
-    new_w = weight * along(bn.scale, 0, weight.ndim)
-    new_b = bias * bn.scale + bn.shift
-    return _emit_conv_like(bn, conv, new_w, new_b, dtype, ctx, "conv+bn")
+    new_w = weight * along(affine.scale, 0, weight.ndim)
+    new_b = bias * affine.scale + affine.shift
+    return _emit_conv_like(affine, conv, new_w, new_b, dtype, ctx, f"conv+{affine.kind}")
 
 
-def _conv_transpose(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
+def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     weight, dtype, why = ctx.weight(
         conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight"
     )
@@ -71,27 +74,37 @@ def _conv_transpose(bn: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | st
         return why
     groups = attr_int(conv, "group", 1)
     c_in, c_out_per_group = weight.shape[0], weight.shape[1]
-    if groups * c_out_per_group != bn.channels or c_in % groups:
-        return f"ConvTranspose has {groups * c_out_per_group} output channels, BN has {bn.channels}"
-    bias, why = _optional_bias(conv, 2, bn.channels, ctx)
+    if groups * c_out_per_group != affine.channels or c_in % groups:
+        return f"ConvTranspose has {groups * c_out_per_group} output channels, it has {affine.channels}"
+    bias, why = _optional_bias(conv, 2, affine.channels, ctx)
     if bias is None:
         return why
     grouped = weight.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
-    scale = bn.scale.reshape(groups, 1, c_out_per_group, *([1] * (weight.ndim - 2)))
+    scale = affine.scale.reshape(groups, 1, c_out_per_group, *([1] * (weight.ndim - 2)))
     new_w = (grouped * scale).reshape(weight.shape)
-    new_b = bias * bn.scale + bn.shift
-    return _emit_conv_like(bn, conv, new_w, new_b, dtype, ctx, "convtranspose+bn")
+    new_b = bias * affine.scale + affine.shift
+    return _emit_conv_like(affine, conv, new_w, new_b, dtype, ctx, f"convtranspose+{affine.kind}")
 
 
 def _emit_conv_like(
-    bn: Affine, conv: ir.Node, new_w: np.ndarray, new_b: np.ndarray, dtype: ir.DataType,
-    ctx: FoldContext, rule: str,
+    affine: Affine,
+    conv: ir.Node,
+    new_w: np.ndarray,
+    new_b: np.ndarray,
+    dtype: ir.DataType,
+    ctx: FoldContext,
+    rule: str,
 ) -> Applied:
     w_value = ctx.constant(base_name(conv.inputs[1], "W"), new_w, dtype)
-    b_value = ctx.constant(base_name(conv.inputs[2] if len(conv.inputs) > 2 else None,
-                                     f"{w_value.name}_bias"), new_b, dtype)
-    node = new_node(conv.op_type, [conv.inputs[0], w_value, b_value], copy_attributes(conv), conv.name)
-    return _replace(bn, [conv], node, rule, ctx)
+    b_value = ctx.constant(
+        base_name(conv.inputs[2] if len(conv.inputs) > 2 else None, f"{w_value.name}_bias"),
+        new_b,
+        dtype,
+    )
+    node = new_node(
+        conv.op_type, [conv.inputs[0], w_value, b_value], copy_attributes(conv), conv.name
+    )
+    return _replace(affine, [conv], node, rule, ctx)
 
 
 def _optional_bias(
@@ -109,7 +122,7 @@ def _optional_bias(
     return bias, ""
 
 
-def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
+def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
     b_mat, dtype, why = ctx.weight(gemm.inputs[1] if len(gemm.inputs) > 1 else None, "Gemm B")
     if b_mat is None:
         return why
@@ -117,8 +130,8 @@ def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         return f"Gemm B has rank {b_mat.ndim}"
     trans_b = attr_int(gemm, "transB", 0)
     columns = b_mat.shape[0] if trans_b else b_mat.shape[1]
-    if columns != bn.channels:
-        return f"Gemm has {columns} output features, BN has {bn.channels}"
+    if columns != affine.channels:
+        return f"Gemm has {columns} output features, it has {affine.channels}"
     beta = attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
     c_arr = np.zeros(())
@@ -126,17 +139,26 @@ def _gemm(bn: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         c_arr, _, why = ctx.weight(c_in, "Gemm C")
         if c_arr is None:
             return why
-    new_b = b_mat * (bn.scale[:, None] if trans_b else bn.scale[None, :])
-    new_c = beta * c_arr * bn.scale + bn.shift if beta != 0 else np.broadcast_to(bn.shift, (bn.channels,))
+    new_b = b_mat * (affine.scale[:, None] if trans_b else affine.scale[None, :])
+    new_c = (
+        beta * c_arr * affine.scale + affine.shift
+        if beta != 0
+        else np.broadcast_to(affine.shift, (affine.channels,))
+    )
     b_value = ctx.constant(base_name(gemm.inputs[1], "B"), new_b, dtype)
     c_value = ctx.constant(base_name(c_in, f"{b_value.name}_C"), np.asarray(new_c), dtype)
     attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
     node = new_node("Gemm", [gemm.inputs[0], b_value, c_value], attrs, gemm.name)
-    return _replace(bn, [gemm], node, "gemm+bn", ctx)
+    return _replace(affine, [gemm], node, f"gemm+{affine.kind}", ctx)
 
 
-def _matmul(bn: Affine, matmul: ir.Node, ctx: FoldContext, bias: np.ndarray | None = None,
-            extra: list[ir.Node] | None = None) -> Applied | str:
+def _matmul(
+    affine: Affine,
+    matmul: ir.Node,
+    ctx: FoldContext,
+    bias: np.ndarray | None = None,
+    extra: list[ir.Node] | None = None,
+) -> Applied | str:
     """MatMul (optionally followed by a constant Add, `extra`) into one Gemm."""
     if matmul.domain != "" or matmul.op_type != "MatMul":
         return "not a MatMul"
@@ -145,21 +167,21 @@ def _matmul(bn: Affine, matmul: ir.Node, ctx: FoldContext, bias: np.ndarray | No
         return why
     if weight.ndim != 2:
         return f"MatMul weight has rank {weight.ndim}, not 2"
-    rank_reason = _rank_two(bn.input, "MatMul output")
+    rank_reason = _rank_two(affine.input, "MatMul output")
     if rank_reason:
         return rank_reason
-    if weight.shape[1] != bn.channels:
-        return f"MatMul has {weight.shape[1]} output features, BN has {bn.channels}"
-    new_w = weight * bn.scale[None, :]
-    new_c = (bias if bias is not None else np.zeros(())) * bn.scale + bn.shift
+    if weight.shape[1] != affine.channels:
+        return f"MatMul has {weight.shape[1]} output features, it has {affine.channels}"
+    new_w = weight * affine.scale[None, :]
+    new_c = (bias if bias is not None else np.zeros(())) * affine.scale + affine.shift
     w_value = ctx.constant(base_name(matmul.inputs[1], "W"), new_w, dtype)
     c_value = ctx.constant(f"{w_value.name}_bias", np.asarray(new_c), dtype)
     node = new_node("Gemm", [matmul.inputs[0], w_value, c_value], [], matmul.name)
-    rule = "matmul+add+bn" if extra else "matmul+bn"
-    return _replace(bn, [matmul, *(extra or [])], node, rule, ctx)
+    rule = f"matmul+add+{affine.kind}" if extra else f"matmul+{affine.kind}"
+    return _replace(affine, [matmul, *(extra or [])], node, rule, ctx)
 
 
-def _matmul_add(bn: Affine, add: ir.Node, ctx: FoldContext) -> Applied | str:
+def _matmul_add(affine: Affine, add: ir.Node, ctx: FoldContext) -> Applied | str:
     for mm_index in (0, 1):
         mm_out, bias_in = add.inputs[mm_index], add.inputs[1 - mm_index]
         producer = mm_out.producer() if mm_out is not None else None
@@ -173,7 +195,7 @@ def _matmul_add(bn: Affine, add: ir.Node, ctx: FoldContext) -> Applied | str:
             return why
         if bias.ndim > 2:
             return f"Add bias has rank {bias.ndim}: it broadcasts the output to a higher rank"
-        return _matmul(bn, producer, ctx, bias=bias, extra=[add])
+        return _matmul(affine, producer, ctx, bias=bias, extra=[add])
     return "its input comes from an Add that does not follow a MatMul"
 
 
