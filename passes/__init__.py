@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from optkit.contract import RewritePass
 
+from .affine import FoldAffine
 from .batchnorm import FoldBatchNorm
 from .cleanup import (
     DeduplicateInitializers,
@@ -23,6 +24,7 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
     RemoveDropout(),
     FoldConstants(),
     FoldBatchNorm(),
+    FoldAffine(),
     RemoveUnused(),
     DeduplicateInitializers(),
     TopologicalSort(),
@@ -30,4 +32,4 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
 
 ALL_PASSES: dict[str, RewritePass] = {p.spec.name: p for p in DEFAULT_PASSES}
 
-__all__ = ["ALL_PASSES", "DEFAULT_PASSES", "FoldBatchNorm", "FoldConstants"]
+__all__ = ["ALL_PASSES", "DEFAULT_PASSES", "FoldAffine", "FoldBatchNorm", "FoldConstants"]

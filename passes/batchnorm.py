@@ -30,13 +30,14 @@ from optkit.shapes import infer_shapes
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
 from .affine_params import Affine, along, read_batchnorm
-from .fold_support import Applied, FoldContext, new_node
-
-MAX_ROUNDS = 16
+from .fold_support import Applied, FoldContext, new_node, sweep, sweep_to_fixed_point
 
 
 def is_batchnorm(node: ir.Node) -> bool:
     return node.op_type == "BatchNormalization" and node.domain == ""
+
+
+FOLDS = (("into its producer", fold_into_producer), ("into its consumer", fold_into_consumer))
 
 
 class FoldBatchNorm(RewritePass):
@@ -53,67 +54,42 @@ class FoldBatchNorm(RewritePass):
         policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
         namer = Namer(model)
         opset = opset_version(model)
-        applied: list[Site] = []
-        declined: dict[int, Site] = {}
-        for _ in range(MAX_ROUNDS):
-            done, declined = self._sweep(model, policy, namer, opset, affine=False)
-            applied += done
-            if not done:
-                break
+
+        def read(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | None, str]:
+            return read_batchnorm(node, policy, opset)
+
+        applied, declined = sweep_to_fixed_point(
+            model, policy, namer, is_batchnorm, read, FOLDS, "batchnorm", opset
+        )
         if options.bn_to_affine:
-            done, not_affine = self._sweep(model, policy, namer, opset, affine=True)
+
+            def mul_add(affine: Affine, ctx: FoldContext) -> Applied | str:
+                return to_mul_add(affine, ctx)
+
+            done, not_affine = sweep(
+                model,
+                policy,
+                namer,
+                is_batchnorm,
+                read,
+                [("to Mul+Add", mul_add)],
+                "batchnorm",
+                opset,
+            )
             applied += done
             for key, site in not_affine.items():
                 if key in declined and site.reason != declined[key].reason:
-                    declined[key] = Site(
-                        site.rule,
-                        site.node,
-                        False,
-                        f"{declined[key].reason}; not to Mul+Add ({site.reason})",
-                    )
-        return applied + [s for key, s in declined.items() if key in _live_batchnorms(model)]
-
-    @staticmethod
-    def _sweep(
-        model: ir.Model, policy: ConstantPolicy, namer: Namer, opset: int, *, affine: bool
-    ) -> tuple[list[Site], dict[int, Site]]:
-        """One pass over every BN: the sites that applied, and the declined ones by node id."""
-        applied, declined = [], {}
-        for graph in list(iter_graphs(model.graph)):
-            ctx = FoldContext(graph, policy, namer)
-            for node in [n for n in graph if is_batchnorm(n)]:
-                if node.graph is None:  # merged into a chain rewritten just before
-                    continue
-                label = node_label(node)
-                bn, why = read_batchnorm(node, policy, opset)
-                if bn is None:
-                    declined[id(node)] = Site("batchnorm", label, False, why)
-                    continue
-                if affine:
-                    result = to_mul_add(bn, ctx, opset)
-                    why = result if isinstance(result, str) else ""
-                else:
-                    result = fold_into_producer(bn, ctx)
-                    if isinstance(result, str):
-                        before = fold_into_consumer(bn, ctx)
-                        why = f"not into its producer ({result}); not into its consumer ({before})"
-                        result = before
-                if isinstance(result, Applied):
-                    applied.append(_site(label, result))
-                else:
-                    declined[id(node)] = Site("batchnorm", label, False, why)
-        return applied, declined
+                    reason = f"{declined[key].reason}; {site.reason}"
+                    declined[key] = Site(site.rule, site.node, False, reason)
+        live = _live_batchnorms(model)
+        return applied + [site for key, site in declined.items() if key in live]
 
 
 def _live_batchnorms(model: ir.Model) -> set[int]:
     return {id(n) for g in iter_graphs(model.graph) for n in g if is_batchnorm(n)}
 
 
-def _site(label: str, applied: Applied) -> Site:
-    return Site(applied.rule, label, True, removed=applied.removed, added=applied.added)
-
-
-def to_mul_add(bn: Affine, ctx: FoldContext, opset: int) -> Applied | str:
+def to_mul_add(bn: Affine, ctx: FoldContext) -> Applied | str:
     """y = s x + t as Mul + Add; BNs that follow it alone are merged in (s = s1 s2, t = t1 s2 + t2).
 
     Needs the input's rank to shape s and t along axis 1.
@@ -126,7 +102,7 @@ def to_mul_add(bn: Affine, ctx: FoldContext, opset: int) -> Applied | str:
     chain = [bn]
     scale, shift = bn.scale, bn.shift
     while (nxt := sole_consumer(chain[-1].output)) is not None and is_batchnorm(nxt):
-        follower, _ = read_batchnorm(nxt, ctx.policy, opset)
+        follower, _ = read_batchnorm(nxt, ctx.policy, ctx.opset)
         if follower is None or follower.channels != bn.channels or nxt.graph is not ctx.graph:
             break
         scale, shift = scale * follower.scale, shift * follower.scale + follower.shift

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
-from optkit.graph import FLOAT_TYPES, ConstantPolicy, Namer, add_initializer
+from optkit.contract import Site
+from optkit.graph import (
+    FLOAT_TYPES,
+    ConstantPolicy,
+    Namer,
+    add_initializer,
+    iter_graphs,
+    node_label,
+)
+
+from .affine_params import Affine
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class FoldContext:
     graph: ir.Graph
     policy: ConstantPolicy
     namer: Namer
+    opset: int = 0  # the model's default-domain opset
 
     def weight(
         self, value: ir.Value | None, what: str
@@ -64,3 +75,74 @@ def new_node(
 
 def base_name(value: ir.Value | None, fallback: str) -> str:
     return (value.name if value is not None and value.name else fallback) + "_bnfold"
+
+
+# --- the sweep driver shared by the BatchNorm and affine passes -------------------------------
+
+Rule = Callable[[Affine, FoldContext], "Applied | str"]
+Reader = Callable[[ir.Node, ConstantPolicy], tuple["Affine | None", str]]
+MAX_ROUNDS = 16
+
+
+def sweep(
+    model: ir.Model,
+    policy: ConstantPolicy,
+    namer: Namer,
+    select: Callable[[ir.Node], bool],
+    read: Reader,
+    rules: Sequence[tuple[str, Rule]],
+    site_rule: str,
+    opset: int = 0,
+) -> tuple[list[Site], dict[int, Site]]:
+    """Try `rules` in order on every selected node that `read` turns into an Affine map.
+
+    Returns the applied sites and, by node id, the declined ones with every rule's reason. A node
+    `read` rejects with an empty reason is not a candidate and gets no site.
+    """
+    applied: list[Site] = []
+    declined: dict[int, Site] = {}
+    for graph in list(iter_graphs(model.graph)):
+        ctx = FoldContext(graph, policy, namer, opset)
+        for node in [n for n in graph if select(n)]:
+            if node.graph is None:  # removed by a rewrite earlier in this sweep
+                continue
+            label = node_label(node)
+            affine, why = read(node, policy)
+            if affine is None:
+                if why:
+                    declined[id(node)] = Site(site_rule, label, False, why)
+                continue
+            reasons = []
+            for name, rule in rules:
+                result = rule(affine, ctx)
+                if isinstance(result, Applied):
+                    applied.append(
+                        Site(result.rule, label, True, removed=result.removed, added=result.added)
+                    )
+                    break
+                reasons.append(f"not {name} ({result})")
+            else:
+                declined[id(node)] = Site(site_rule, label, False, "; ".join(reasons))
+    return applied, declined
+
+
+def sweep_to_fixed_point(
+    model: ir.Model,
+    policy: ConstantPolicy,
+    namer: Namer,
+    select: Callable[[ir.Node], bool],
+    read: Reader,
+    rules: Sequence[tuple[str, Rule]],
+    site_rule: str,
+    opset: int = 0,
+) -> tuple[list[Site], dict[int, Site]]:
+    """Sweep until a sweep applies nothing (a chain folds one link per sweep); the declines of the
+    last sweep are the ones that stand."""
+    applied: list[Site] = []
+    declined: dict[int, Site] = {}
+    for _ in range(MAX_ROUNDS):
+        done, declined = sweep(model, policy, namer, select, read, rules, site_rule, opset)
+        applied += done
+        if not done:
+            break
+    return applied, declined

@@ -75,6 +75,7 @@ def test_fixed_point_stops_when_nothing_changes_and_times_each_pass(rng):
         "dropout": 2,
         "constants": 2,
         "batchnorm": 2,
+        "affine": 2,
         "unused": 1,
         "dedupe": 1,
         "toposort": 1,
