@@ -1,0 +1,129 @@
+"""Per-channel Mul / Add / Sub / Div by constants: folded into layers, merged into BatchNorm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
+from onnx import helper
+
+PASSES = ("affine", "unused")
+
+
+def conv_then(rng, ops, consts, c=4):
+    """x -> Conv -> op_1(., const_1) -> ... -> y."""
+    inits = {"W": rng.standard_normal((c, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h0"], pads=[1, 1, 1, 1])]
+    for i, (op, const) in enumerate(zip(ops, consts, strict=True)):
+        inits[f"c{i}"] = const.astype(np.float32)
+        out = "y" if i == len(ops) - 1 else f"h{i + 1}"
+        operands = [f"c{i}", f"h{i}"] if op.endswith("-left") else [f"h{i}", f"c{i}"]
+        nodes.append(helper.make_node(op.removesuffix("-left"), operands, [out]))
+    return make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("y", F32, None)], inits)
+
+
+X = {"x": np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("ops", "shapes"),
+    [
+        (["Mul", "Add"], [(4, 1, 1), (1, 4, 1, 1)]),
+        (["Mul"], [()]),
+        (["Sub"], [(4, 1, 1)]),
+        (["Sub-left"], [(4, 1, 1)]),
+        (["Div", "Add-left"], [(4, 1, 1), (1,)]),
+    ],
+)
+def test_per_channel_arithmetic_after_conv_folds_into_it(rng, ops, shapes):
+    consts = [rng.uniform(0.5, 1.5, s) for s in shapes]
+    model = conv_then(rng, ops, consts)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Conv"]
+    assert result.model.graph.outputs[0].name == "y"
+    assert_same_outputs(model, result.model, X)
+    second = fold(result.to_proto(), passes=PASSES)
+    assert not [s for s in sites(second, "affine") if s.applied]
+
+
+def test_constant_that_is_not_per_channel_is_not_a_candidate(rng):
+    model = conv_then(rng, ["Mul"], [rng.uniform(size=(1, 1, 6, 6))])
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Conv", "Mul"]
+    assert sites(result, "affine") == []
+
+
+def test_division_by_zero_is_declined(rng):
+    divisor = np.array([1.0, 0.0, 2.0, 3.0]).reshape(4, 1, 1)
+    result = fold(conv_then(rng, ["Div"], [divisor]), passes=PASSES)
+    assert op_types(result.model) == ["Conv", "Div"]
+    assert "divides by a constant with zeros" in sites(result, "affine")[0].reason
+
+
+def test_residual_add_of_two_computed_values_is_untouched(rng):
+    inits = {"W": rng.standard_normal((3, 3, 1, 1)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"]),
+        helper.make_node("Add", ["h", "x"], ["y"]),
+    ]
+    model = make_model(nodes, [("x", F32, [1, 3, 4, 4])], [("y", F32, None)], inits)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Conv", "Add"] and sites(result, "affine") == []
+
+
+def test_mul_add_after_unfoldable_batchnorm_merge_into_it(rng):
+    """DenseNet as exported from Caffe2: Concat -> BN -> Mul -> Add -> Relu. One BN is left."""
+    inits = {
+        **bn_params(rng, 4),
+        "s": rng.uniform(0.5, 2, (4, 1, 1)).astype(np.float32),
+        "t": rng.uniform(-1, 1, (4, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+        bn_node("cat", "n"),
+        helper.make_node("Mul", ["n", "s"], ["m"]),
+        helper.make_node("Add", ["m", "t"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [("a", F32, [1, 2, 5, 5]), ("b", F32, [1, 2, 5, 5])], [("y", F32, None)], inits
+    )
+    result = fold(model, passes=("batchnorm", *PASSES))
+    assert op_types(result.model) == ["Concat", "BatchNormalization", "Relu"]
+    assert [s.rule for s in sites(result, "affine") if s.applied] == ["bn+mul", "bn+add"]
+    feeds = {k: rng.standard_normal((1, 2, 5, 5)).astype(np.float32) for k in ("a", "b")}
+    assert_same_outputs(model, result.model, feeds)
+
+
+def test_mul_before_conv_folds_into_the_conv(rng):
+    inits = {
+        "s": rng.uniform(0.5, 2, (1, 3, 1, 1)).astype(np.float32),
+        "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Mul", ["r", "s"], ["m"]),
+        helper.make_node("Conv", ["m", "W"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    model = make_model(nodes, [("x", F32, ["N", 3, 6, 6])], [("y", F32, None)], inits)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Relu", "Conv"]  # a pure scale needs no border correction
+    assert [s.rule for s in sites(result, "affine") if s.applied] == ["mul+conv"]
+    assert_same_outputs(model, result.model, X)
+
+
+def test_gemm_then_per_feature_scale_and_shift(rng):
+    inits = {
+        "B": rng.standard_normal((5, 6)).astype(np.float32),
+        "s": rng.uniform(0.5, 2, 6).astype(np.float32),
+        "t": rng.uniform(-1, 1, 6).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["a", "B"], ["g"]),
+        helper.make_node("Mul", ["s", "g"], ["m"]),
+        helper.make_node("Sub", ["m", "t"], ["y"]),
+    ]
+    model = make_model(nodes, [("a", F32, [3, 5])], [("y", F32, None)], inits)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Gemm"]
+    assert_same_outputs(model, result.model, {"a": rng.standard_normal((3, 5)).astype(np.float32)})
