@@ -20,7 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """Fill in missing tensor types and shapes of node outputs; best effort, never raises."""
+    """Fill in missing tensor types and shapes of node outputs; best effort, never raises.
+
+    Does nothing when every node output already has both (rewrites copy them to new values).
+    """
+    if all(
+        v.type is not None and v.shape is not None
+        for g in iter_graphs(model.graph)
+        for n in g
+        for v in n.outputs
+        if v.name
+    ):
+        return
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton_proto(model), data_prop=True)
     except (
@@ -54,3 +65,16 @@ def _value_infos(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
                 yield from _value_infos(attr.g)
             for sub in attr.graphs:
                 yield from _value_infos(sub)
+
+
+class ShapesOnDemand:
+    """Runs `infer_shapes` on the model the first time it is called, and never again: rewrites
+    that read shapes call it first, so models whose folds need no shapes never pay for inference."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model: ir.Model | None = model
+
+    def __call__(self) -> None:
+        if self._model is not None:
+            infer_shapes(self._model)
+            self._model = None

@@ -46,6 +46,12 @@ def is_arithmetic(node: ir.Node) -> bool:
     return node.op_type in ARITHMETIC and node.domain == "" and len(node.inputs) == 2
 
 
+def _has_constant_operand(node: ir.Node, policy: ConstantPolicy) -> bool:
+    return is_arithmetic(node) and any(
+        v is not None and policy.array(v)[0] is not None for v in node.inputs
+    )
+
+
 def channel_vector(constant: np.ndarray, rank: int, channels: int | None) -> np.ndarray | None:
     """`constant` as a (C,) vector when it broadcasts along axis 1 of a rank-`rank` tensor only."""
     if constant.ndim > rank:
@@ -141,10 +147,10 @@ class FoldAffine(RewritePass):
     )
 
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
-        if not any(is_arithmetic(n) for g in iter_graphs(model.graph) for n in g):
+        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
+        if not any(_has_constant_operand(n, policy) for g in iter_graphs(model.graph) for n in g):
             return []
         infer_shapes(model)  # ranks and channel counts decide what is per-channel
-        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
         applied, declined = sweep_to_fixed_point(
             model,
             policy,

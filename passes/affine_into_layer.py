@@ -167,6 +167,7 @@ def _matmul(
         return why
     if weight.ndim != 2:
         return f"MatMul weight has rank {weight.ndim}, not 2"
+    ctx.ensure_shapes()
     rank_reason = _rank_two(affine.input, "MatMul output")
     if rank_reason:
         return rank_reason

@@ -94,6 +94,7 @@ def _matmul(affine: Affine, matmul: ir.Node, ctx: FoldContext) -> Applied | str:
         return why
     if weight.ndim != 2:
         return f"MatMul weight has rank {weight.ndim}, not 2"
+    ctx.ensure_shapes()
     shape = affine.input.shape
     if shape is None or len(shape) != 2:
         what = "unknown" if shape is None else str(len(shape))
@@ -135,6 +136,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
         b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), new_b, dtype)
         node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
         return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
+    ctx.ensure_shapes()
     spatial = _static_spatial(affine.input, len(kernel_dims))
     if spatial is None:
         return (

@@ -25,7 +25,7 @@ from optkit.graph import (
     replace_nodes,
     sole_consumer,
 )
-from optkit.shapes import infer_shapes
+from optkit.shapes import ShapesOnDemand
 
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
@@ -50,16 +50,16 @@ class FoldBatchNorm(RewritePass):
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
         if not _live_batchnorms(model):
             return []
-        infer_shapes(model)  # the MatMul rank and Conv border checks read shapes
         policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
         namer = Namer(model)
         opset = opset_version(model)
+        shapes = ShapesOnDemand(model)  # the MatMul rank and Conv border checks read shapes
 
         def read(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | None, str]:
             return read_batchnorm(node, policy, opset)
 
         applied, declined = sweep_to_fixed_point(
-            model, policy, namer, is_batchnorm, read, FOLDS, "batchnorm", opset
+            model, policy, namer, is_batchnorm, read, FOLDS, "batchnorm", opset, shapes
         )
         if options.bn_to_affine:
 
@@ -75,6 +75,7 @@ class FoldBatchNorm(RewritePass):
                 [("to Mul+Add", mul_add)],
                 "batchnorm",
                 opset,
+                shapes,
             )
             applied += done
             for key, site in not_affine.items():
@@ -94,6 +95,7 @@ def to_mul_add(bn: Affine, ctx: FoldContext) -> Applied | str:
 
     Needs the input's rank to shape s and t along axis 1.
     """
+    ctx.ensure_shapes()
     shape = bn.input.shape
     if shape is None:
         return "the input's rank is unknown"

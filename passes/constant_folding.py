@@ -101,7 +101,7 @@ class FoldConstants(RewritePass):
             name = namer.fresh(f"{out.name or 'const'}_folded")
             value = ir.Value(
                 name=name,
-                const_value=ir.tensor(array, name=name),
+                const_value=ir.Tensor(array, name=name),
                 type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                 shape=ir.Shape(array.shape),
             )
@@ -129,11 +129,7 @@ class FoldConstants(RewritePass):
             if dims is None:
                 return None
             attr = node.attributes.get("value")
-            fill = (
-                attr.as_tensor().numpy().reshape(-1)
-                if attr is not None
-                else np.zeros(1, np.float32)
-            )
+            fill = attr.value.numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
             return [np.full(tuple(int(d) for d in dims), fill[0], dtype=fill.dtype)]
         if node.op_type in ("Shape", "Size") and node.inputs and node.inputs[0] is not None:
             shape = node.inputs[0].shape

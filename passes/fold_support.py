@@ -36,6 +36,7 @@ class FoldContext:
     policy: ConstantPolicy
     namer: Namer
     opset: int = 0  # the model's default-domain opset
+    ensure_shapes: Callable[[], None] = lambda: None  # call before reading value shapes
 
     def weight(
         self, value: ir.Value | None, what: str
@@ -93,6 +94,7 @@ def sweep(
     rules: Sequence[tuple[str, Rule]],
     site_rule: str,
     opset: int = 0,
+    ensure_shapes: Callable[[], None] = lambda: None,
 ) -> tuple[list[Site], dict[int, Site]]:
     """Try `rules` in order on every selected node that `read` turns into an Affine map.
 
@@ -102,7 +104,7 @@ def sweep(
     applied: list[Site] = []
     declined: dict[int, Site] = {}
     for graph in list(iter_graphs(model.graph)):
-        ctx = FoldContext(graph, policy, namer, opset)
+        ctx = FoldContext(graph, policy, namer, opset, ensure_shapes)
         for node in [n for n in graph if select(n)]:
             if node.graph is None:  # removed by a rewrite earlier in this sweep
                 continue
@@ -135,13 +137,16 @@ def sweep_to_fixed_point(
     rules: Sequence[tuple[str, Rule]],
     site_rule: str,
     opset: int = 0,
+    ensure_shapes: Callable[[], None] = lambda: None,
 ) -> tuple[list[Site], dict[int, Site]]:
     """Sweep until a sweep applies nothing (a chain folds one link per sweep); the declines of the
     last sweep are the ones that stand."""
     applied: list[Site] = []
     declined: dict[int, Site] = {}
     for _ in range(MAX_ROUNDS):
-        done, declined = sweep(model, policy, namer, select, read, rules, site_rule, opset)
+        done, declined = sweep(
+            model, policy, namer, select, read, rules, site_rule, opset, ensure_shapes
+        )
         applied += done
         if not done:
             break
