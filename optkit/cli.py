@@ -110,16 +110,18 @@ def fuse_command(
     seed: int,
     freeze_initializer_inputs: bool,
     bn_to_affine: bool,
+    fold_limit: int,
     as_json: bool,
     verbose_report: bool,
 ) -> None:
     """Fold test-time BatchNorm into adjacent layers and clean the graph, then verify.
 
     \b
-    Folds BatchNorm into the Conv / ConvTranspose / Gemm / MatMul before or after it (computed in
-    float64, rounded once), removes Identity, inference Dropout, unused nodes and duplicate
-    initializers, folds constants, sorts the graph, then runs the onnx checker and compares the
-    outputs with the original's on seeded inputs. Each BatchNorm left in place is listed with the
+    Folds BatchNorm, and Mul / Add / Sub / Div by per-channel constants, into the Conv /
+    ConvTranspose / Gemm / MatMul before or after it (computed in float64, rounded once), removes
+    Identity, inference Dropout, unused nodes and duplicate initializers, folds constants, sorts the
+    graph, then runs the onnx checker and compares the outputs with the original's on seeded inputs
+    (exactly, when only bitwise passes changed the model). Each BatchNorm left in place is listed with the
     reason. The input file is never modified; the output is written atomically, and not at all when
     verification fails (unless --force).
 
@@ -133,7 +135,9 @@ def fuse_command(
     if out.resolve() == model.resolve():
         raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
     options = PassOptions(
-        freeze_initializer_inputs=freeze_initializer_inputs, bn_to_affine=bn_to_affine
+        freeze_initializer_inputs=freeze_initializer_inputs,
+        bn_to_affine=bn_to_affine,
+        constant_fold_max_elements=fold_limit,
     )
     shape_map = dict(parse_shape(s) for s in shapes)
     result = fuse(

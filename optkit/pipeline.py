@@ -114,8 +114,16 @@ class Pipeline:
         snapshot = model.clone() if self.verifier is not None else None
         began = time.perf_counter()
         sites = rewrite.run(model, self.options)
-        report.seconds += time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        report.seconds += seconds
         report.iterations += 1
+        logger.info(
+            "%-10s %4d applied, %4d declined  %8.1f ms",
+            rewrite.spec.name,
+            sum(s.applied for s in sites),
+            sum(not s.applied for s in sites),
+            seconds * 1000,
+        )
         changed = any(site.applied for site in sites)
         if (
             report.iterations > 1
