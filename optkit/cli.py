@@ -94,6 +94,13 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--bn-to-affine", is_flag=True, help="Rewrite BatchNorm that no layer can absorb as Mul + Add."
 )
+@click.option(
+    "--fold-limit",
+    default=PassOptions().constant_fold_max_elements,
+    show_default=True,
+    metavar="ELEMENTS",
+    help="Largest tensor constant folding may create.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--verbose", "verbose_report", is_flag=True, help="List every pass and every decline."

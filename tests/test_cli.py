@@ -132,3 +132,27 @@ def test_help_teaches():
         and "Examples:" in done.stdout
         and "--freeze-initializer-inputs" in done.stdout
     )
+
+
+def test_fold_limit_option(tmp_path):
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+            onnx.helper.make_node("Add", ["x", "big"], ["y"]),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", F32, [8, 8])],
+        [onnx.helper.make_tensor_value_info("y", F32, [8, 8])],
+        [onnx.numpy_helper.from_array(np.array([8, 8], np.int64), "shape")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    done = run_cli("fuse", str(path), "--fold-limit", "10", "--json")
+    assert done.returncode == 0, done.stderr
+    declined = [
+        s
+        for p in json.loads(done.stdout)["pipeline"]["passes"]
+        for s in p["sites"]
+        if not s["applied"]
+    ]
+    assert any("above the cap of 10" in s["reason"] for s in declined)
