@@ -37,7 +37,7 @@ from optkit.shapes import infer_shapes
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
 from .affine_params import Affine, read_batchnorm
-from .fold_support import Applied, FoldContext, copy_attributes, new_node, sweep_to_fixed_point
+from .fold_support import Applied, FoldContext, Folds, copy_attributes, new_node
 
 ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
 
@@ -151,15 +151,8 @@ class FoldAffine(RewritePass):
         if not any(_has_constant_operand(n, policy) for g in iter_graphs(model.graph) for n in g):
             return []
         infer_shapes(model)  # ranks and channel counts decide what is per-channel
-        applied, declined = sweep_to_fixed_point(
-            model,
-            policy,
-            Namer(model),
-            is_arithmetic,
-            read_arithmetic,
-            FOLDS,
-            "affine",
-            opset=opset_version(model),
-        )
+        ctx = FoldContext(model.graph, policy, Namer(model), opset_version(model))
+        folds = Folds(is_arithmetic, read_arithmetic, FOLDS, "affine")
+        applied, declined = folds.to_fixed_point(model, ctx)
         live = {id(n) for g in iter_graphs(model.graph) for n in g}
         return applied + [site for key, site in declined.items() if key in live]

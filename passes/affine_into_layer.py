@@ -57,7 +57,9 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     if weight is None:
         return why
     if weight.shape[0] != affine.channels:
-        return f"Conv has {weight.shape[0]} output channels, it has {affine.channels}"
+        return (
+            f"Conv has {weight.shape[0]} output channels, the {affine.what} has {affine.channels}"
+        )
     bias, why = _optional_bias(conv, 2, affine.channels, ctx)
     if bias is None:
         return why
@@ -75,7 +77,10 @@ def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied 
     groups = attr_int(conv, "group", 1)
     c_in, c_out_per_group = weight.shape[0], weight.shape[1]
     if groups * c_out_per_group != affine.channels or c_in % groups:
-        return f"ConvTranspose has {groups * c_out_per_group} output channels, it has {affine.channels}"
+        channels = groups * c_out_per_group
+        return (
+            f"ConvTranspose has {channels} output channels, the {affine.what} has {affine.channels}"
+        )
     bias, why = _optional_bias(conv, 2, affine.channels, ctx)
     if bias is None:
         return why
@@ -131,7 +136,7 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
     trans_b = attr_int(gemm, "transB", 0)
     columns = b_mat.shape[0] if trans_b else b_mat.shape[1]
     if columns != affine.channels:
-        return f"Gemm has {columns} output features, it has {affine.channels}"
+        return f"Gemm has {columns} output features, the {affine.what} has {affine.channels}"
     beta = attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
     c_arr = np.zeros(())
@@ -172,7 +177,9 @@ def _matmul(
     if rank_reason:
         return rank_reason
     if weight.shape[1] != affine.channels:
-        return f"MatMul has {weight.shape[1]} output features, it has {affine.channels}"
+        return (
+            f"MatMul has {weight.shape[1]} output features, the {affine.what} has {affine.channels}"
+        )
     new_w = weight * affine.scale[None, :]
     new_c = (bias if bias is not None else np.zeros(())) * affine.scale + affine.shift
     w_value = ctx.constant(base_name(matmul.inputs[1], "W"), new_w, dtype)

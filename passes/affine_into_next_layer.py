@@ -69,7 +69,7 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
     trans_b = attr_int(gemm, "transB", 0)
     op_b = b_mat.T if trans_b else b_mat  # (K, M)
     if op_b.shape[0] != affine.channels:
-        return f"Gemm reads {op_b.shape[0]} input features, it has {affine.channels}"
+        return f"Gemm reads {op_b.shape[0]} input features, the {affine.what} has {affine.channels}"
     alpha, beta = attr_float(gemm, "alpha", 1.0), attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
     c_arr = np.zeros(())
@@ -100,7 +100,7 @@ def _matmul(affine: Affine, matmul: ir.Node, ctx: FoldContext) -> Applied | str:
         what = "unknown" if shape is None else str(len(shape))
         return f"BN input rank is {what}, not 2 (BN's channel axis must be MatMul's feature axis)"
     if weight.shape[0] != affine.channels:
-        return f"MatMul reads {weight.shape[0]} input features, it has {affine.channels}"
+        return f"MatMul reads {weight.shape[0]} input features, the {affine.what} has {affine.channels}"
     w_value = ctx.constant(base_name(matmul.inputs[1], "W"), weight * affine.scale[:, None], dtype)
     c_value = ctx.constant(f"{w_value.name}_bias", affine.shift @ weight, dtype)
     node = new_node("Gemm", [affine.input, w_value, c_value], [], matmul.name)
@@ -114,7 +114,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     groups = attr_int(conv, "group", 1)
     c_out, c_in_per_group = weight.shape[0], weight.shape[1]
     if groups * c_in_per_group != affine.channels or c_out % groups:
-        return f"Conv reads {groups * c_in_per_group} input channels, it has {affine.channels}"
+        return f"Conv reads {groups * c_in_per_group} input channels, the {affine.what} has {affine.channels}"
     bias = np.zeros(c_out)
     b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
     if b_in is not None:

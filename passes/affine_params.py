@@ -33,6 +33,11 @@ class Affine:
         return int(self.scale.shape[0])
 
     @property
+    def what(self) -> str:
+        """How messages name the node: "BatchNorm", "Mul constant", ..."""
+        return "BatchNorm" if self.kind == "bn" else f"{self.node.op_type} constant"
+
+    @property
     def output(self) -> ir.Value:
         return self.node.outputs[0]
 

@@ -30,7 +30,7 @@ from optkit.shapes import ShapesOnDemand
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
 from .affine_params import Affine, along, read_batchnorm
-from .fold_support import Applied, FoldContext, new_node, sweep, sweep_to_fixed_point
+from .fold_support import Applied, FoldContext, Folds, new_node
 
 
 def is_batchnorm(node: ir.Node) -> bool:
@@ -50,33 +50,22 @@ class FoldBatchNorm(RewritePass):
     def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
         if not _live_batchnorms(model):
             return []
-        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
-        namer = Namer(model)
         opset = opset_version(model)
-        shapes = ShapesOnDemand(model)  # the MatMul rank and Conv border checks read shapes
+        ctx = FoldContext(
+            model.graph,
+            ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs),
+            Namer(model),
+            opset,
+            ShapesOnDemand(model),  # the MatMul rank and Conv border checks read shapes
+        )
 
         def read(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | None, str]:
             return read_batchnorm(node, policy, opset)
 
-        applied, declined = sweep_to_fixed_point(
-            model, policy, namer, is_batchnorm, read, FOLDS, "batchnorm", opset, shapes
-        )
+        applied, declined = Folds(is_batchnorm, read, FOLDS, "batchnorm").to_fixed_point(model, ctx)
         if options.bn_to_affine:
-
-            def mul_add(affine: Affine, ctx: FoldContext) -> Applied | str:
-                return to_mul_add(affine, ctx)
-
-            done, not_affine = sweep(
-                model,
-                policy,
-                namer,
-                is_batchnorm,
-                read,
-                [("to Mul+Add", mul_add)],
-                "batchnorm",
-                opset,
-                shapes,
-            )
+            affine_folds = Folds(is_batchnorm, read, [("to Mul+Add", to_mul_add)], "batchnorm")
+            done, not_affine = affine_folds.sweep(model, ctx)
             applied += done
             for key, site in not_affine.items():
                 if key in declined and site.reason != declined[key].reason:

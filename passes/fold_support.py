@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -85,69 +86,61 @@ Reader = Callable[[ir.Node, ConstantPolicy], tuple["Affine | None", str]]
 MAX_ROUNDS = 16
 
 
-def sweep(
-    model: ir.Model,
-    policy: ConstantPolicy,
-    namer: Namer,
-    select: Callable[[ir.Node], bool],
-    read: Reader,
-    rules: Sequence[tuple[str, Rule]],
-    site_rule: str,
-    opset: int = 0,
-    ensure_shapes: Callable[[], None] = lambda: None,
-) -> tuple[list[Site], dict[int, Site]]:
-    """Try `rules` in order on every selected node that `read` turns into an Affine map.
+@dataclass(frozen=True)
+class Folds:
+    """One family of folds: which nodes to look at, how to read one as y = s x + t, and the rules
+    to try on it in order (each named for the report: "not <name> (<reason>)")."""
 
-    Returns the applied sites and, by node id, the declined ones with every rule's reason. A node
-    `read` rejects with an empty reason is not a candidate and gets no site.
-    """
-    applied: list[Site] = []
-    declined: dict[int, Site] = {}
-    for graph in list(iter_graphs(model.graph)):
-        ctx = FoldContext(graph, policy, namer, opset, ensure_shapes)
-        for node in [n for n in graph if select(n)]:
-            if node.graph is None:  # removed by a rewrite earlier in this sweep
-                continue
-            label = node_label(node)
-            affine, why = read(node, policy)
-            if affine is None:
-                if why:
-                    declined[id(node)] = Site(site_rule, label, False, why)
-                continue
-            reasons = []
-            for name, rule in rules:
-                result = rule(affine, ctx)
-                if isinstance(result, Applied):
-                    applied.append(
-                        Site(result.rule, label, True, removed=result.removed, added=result.added)
-                    )
-                    break
-                reasons.append(f"not {name} ({result})")
-            else:
-                declined[id(node)] = Site(site_rule, label, False, "; ".join(reasons))
-    return applied, declined
+    select: Callable[[ir.Node], bool]
+    read: Reader
+    rules: Sequence[tuple[str, Rule]]
+    site_rule: str
 
+    def sweep(self, model: ir.Model, ctx: FoldContext) -> tuple[list[Site], dict[int, Site]]:
+        """One pass over every graph: the applied sites, and the declined ones by node id.
 
-def sweep_to_fixed_point(
-    model: ir.Model,
-    policy: ConstantPolicy,
-    namer: Namer,
-    select: Callable[[ir.Node], bool],
-    read: Reader,
-    rules: Sequence[tuple[str, Rule]],
-    site_rule: str,
-    opset: int = 0,
-    ensure_shapes: Callable[[], None] = lambda: None,
-) -> tuple[list[Site], dict[int, Site]]:
-    """Sweep until a sweep applies nothing (a chain folds one link per sweep); the declines of the
-    last sweep are the ones that stand."""
-    applied: list[Site] = []
-    declined: dict[int, Site] = {}
-    for _ in range(MAX_ROUNDS):
-        done, declined = sweep(
-            model, policy, namer, select, read, rules, site_rule, opset, ensure_shapes
-        )
-        applied += done
-        if not done:
-            break
-    return applied, declined
+        `ctx` is the context for the main graph; each subgraph gets a copy pointing at it. A node
+        `read` rejects with an empty reason is not a candidate and gets no site.
+        """
+        applied: list[Site] = []
+        declined: dict[int, Site] = {}
+        for graph in list(iter_graphs(model.graph)):
+            graph_ctx = dataclasses.replace(ctx, graph=graph)
+            for node in [n for n in graph if self.select(n)]:
+                if node.graph is None:  # removed by a rewrite earlier in this sweep
+                    continue
+                site = self._try(node, graph_ctx)
+                if site is None:
+                    continue
+                if site.applied:
+                    applied.append(site)
+                else:
+                    declined[id(node)] = site
+        return applied, declined
+
+    def _try(self, node: ir.Node, ctx: FoldContext) -> Site | None:
+        label = node_label(node)
+        affine, why = self.read(node, ctx.policy)
+        if affine is None:
+            return Site(self.site_rule, label, False, why) if why else None
+        reasons = []
+        for name, rule in self.rules:
+            result = rule(affine, ctx)
+            if isinstance(result, Applied):
+                return Site(result.rule, label, True, removed=result.removed, added=result.added)
+            reasons.append(f"not {name} ({result})")
+        return Site(self.site_rule, label, False, "; ".join(reasons))
+
+    def to_fixed_point(
+        self, model: ir.Model, ctx: FoldContext
+    ) -> tuple[list[Site], dict[int, Site]]:
+        """Sweep until a sweep applies nothing (a chain folds one link per sweep); the declines
+        of the last sweep are the ones that stand."""
+        applied: list[Site] = []
+        declined: dict[int, Site] = {}
+        for _ in range(MAX_ROUNDS):
+            done, declined = self.sweep(model, ctx)
+            applied += done
+            if not done:
+                break
+        return applied, declined
