@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -36,7 +36,6 @@ class FuseReport:
     unverified_reason: str = ""
     seconds: float = 0.0
     output: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -57,7 +56,6 @@ class FuseReport:
             "seconds": round(self.seconds, 6),
             "pipeline": self.pipeline.to_dict(),
             "verification": self.verdict.to_dict() if self.verdict else None,
-            "notes": self.notes,
         }
 
     def format_text(self, *, verbose: bool = False) -> str:
@@ -87,7 +85,6 @@ class FuseReport:
             lines.append(f"  verification: {self.verdict.summary()}")
         else:
             lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
-        lines += [f"  note: {n}" for n in self.notes]
         lines.append(
             f"  time: {self.seconds:.3f} s" + (f"  -> {self.output}" if self.output else "")
         )

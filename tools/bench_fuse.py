@@ -203,12 +203,62 @@ def measure(tool: str, name: str, path: str, repeats: int, folder: str) -> dict:
     result = onnx.load(out)
     row["bn_left"] = sum(n.op_type == "BatchNormalization" for n in result.graph.node)
     row["nodes"] = len(result.graph.node)
+    if name.endswith("-fp16"):
+        row["fold_rms"] = fold_error(path, out)
     try:
         row["max_err"] = max_error(path, out)
     except Exception as exc:
         row["max_err"] = float("nan")
         row["error"] = f"result does not run: {str(exc)[:80]}"
     return row
+
+
+def fold_error(path: str, candidate: str) -> float | None:
+    """Root-mean-square error of the folded Conv weights and biases against the float64 fold of
+    the original's Conv -> BatchNorm pairs; None unless every BN went into its Conv."""
+    original = onnx.load(path)
+    result = onnx.load(candidate)
+    arrays = {i.name: onnx.numpy_helper.to_array(i) for i in original.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in original.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    exact = []
+    for conv in (n for n in original.graph.node if n.op_type == "Conv"):
+        (bn,) = readers[conv.output[0]]
+        if bn.op_type != "BatchNormalization":
+            return None
+        gamma, beta, mean, var = (arrays[name].astype(np.float64) for name in bn.input[1:])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        s = gamma / np.sqrt(var + eps)
+        bias = arrays[conv.input[2]].astype(np.float64) if len(conv.input) > 2 else 0.0
+        exact.append(
+            (
+                arrays[conv.input[1]].astype(np.float64) * s[:, None, None, None],
+                bias * s + beta - mean * s,
+            )
+        )
+    folded = [n for n in result.graph.node if n.op_type == "Conv"]
+    if len(folded) != len(exact) or any(
+        n.op_type == "BatchNormalization" for n in result.graph.node
+    ):
+        return None
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in result.graph.initializer}
+    squares, count = 0.0, 0
+    for conv in folded:  # tools may reorder Convs: pair each with the nearest exact fold
+        if conv.input[1] not in values or len(conv.input) < 3 or conv.input[2] not in values:
+            return None
+        got_w = values[conv.input[1]].astype(np.float64)
+        got_b = values[conv.input[2]].astype(np.float64)
+        candidates = [(w, b) for w, b in exact if w.shape == got_w.shape]
+        if not candidates:
+            return None
+        best = min(
+            float(np.sum((got_w - w) ** 2) + np.sum((got_b - b) ** 2)) for w, b in candidates
+        )
+        squares += best
+        count += got_w.size + got_b.size
+    return float(np.sqrt(squares / count))
 
 
 def max_error(path: str, candidate: str, samples: int = SAMPLES) -> float:
@@ -230,7 +280,7 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="resnet,vgg,mlp,mlp-bn-first,decoder,depthwise,input-norm,"
-        "resnet-fp16," + ",".join(f"light-{m}" for m in LIGHT_WITH_BN),
+        "resnet-fp16,vgg-fp16,depthwise-fp16," + ",".join(f"light-{m}" for m in LIGHT_WITH_BN),
     )
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--json", help="also write all rows to this file")
@@ -264,6 +314,7 @@ def main() -> None:
                 print(
                     f"{'':<18} {tool:<14} {row['seconds'] * 1000:9.1f} {row['peak_mb']:8.1f} "
                     f"{row['bn_left']:>7} {row['nodes']:>6} {row['max_err']:10.2e}"
+                    + (f"  fold rms {row['fold_rms']:.2e}" if row.get("fold_rms") else "")
                     + (f"  {row['error']}" if "error" in row else "")
                 )
             sys.stdout.flush()
