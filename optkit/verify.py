@@ -7,6 +7,7 @@ Each output is judged by the tolerance its element type gets at the given exactn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,22 +20,27 @@ from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError
 from optkit.inputs import synthetic_inputs
 
+NAN = float("nan")
+
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """How one output of the rewritten model compares with the original's."""
+    """How one output of the rewritten model compares with the original's.
+
+    Error statistics are NaN where the comparison stopped early (`problem` says why).
+    """
 
     name: str
     dtype: str
-    max_abs_error: float
-    max_rel_error: float
-    mean_abs_error: float
-    cosine: float
-    reference_max_abs: float
     tolerance: Tolerance
     ok: bool
-    top1_agreement: float | None = None
     problem: str = ""
+    max_abs_error: float = NAN
+    max_rel_error: float = NAN
+    mean_abs_error: float = NAN
+    cosine: float = NAN
+    reference_max_abs: float = NAN
+    top1_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,84 +88,49 @@ class Verdict:
 def compare_arrays(
     name: str, reference: Any, candidate: Any, exactness: Exactness
 ) -> OutputComparison:
-    """Compare one output; NaN and inf must appear at the same places in both."""
-    ref = np.asarray(reference)
-    got = np.asarray(candidate)
-    dtype = ref.dtype.name
-    tolerance = tolerance_for(exactness, dtype)
+    """Compare one output; NaN and inf must appear at the same places in both.
 
-    def failed(problem: str) -> OutputComparison:
-        nan = float("nan")
-        return OutputComparison(
-            name, dtype, nan, nan, nan, nan, nan, tolerance, False, None, problem
-        )
-
+    Float outputs pass within `tolerance_for(exactness, dtype)`; bitwise rewrites and integer, bool
+    and string outputs must match exactly.
+    """
+    ref, got = np.asarray(reference), np.asarray(candidate)
+    tolerance = tolerance_for(exactness, ref.dtype.name)
+    outcome = functools.partial(OutputComparison, name, ref.dtype.name, tolerance)
     if ref.shape != got.shape:
-        return failed(f"shape {got.shape} != {ref.shape}")
+        return outcome(False, f"shape {got.shape} != {ref.shape}")
     if ref.dtype != got.dtype:
-        return failed(f"dtype {got.dtype} != {ref.dtype}")
+        return outcome(False, f"dtype {got.dtype} != {ref.dtype}")
     if ref.dtype.kind not in "fiub":
-        ok = bool(np.array_equal(ref, got))
-        return OutputComparison(
-            name,
-            dtype,
-            0.0 if ok else 1.0,
-            0.0,
-            0.0,
-            1.0,
-            0.0,
-            tolerance,
-            ok,
-            None,
-            "" if ok else "values differ",
-        )
-    a = ref.astype(np.float64)
-    b = got.astype(np.float64)
+        same = bool(np.array_equal(ref, got))
+        return outcome(same, "" if same else "values differ")
+    a, b = ref.astype(np.float64), got.astype(np.float64)
+    if not (
+        np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[np.isinf(a)], b[np.isinf(a)])
+    ):
+        return outcome(False, "NaN/inf positions differ")
     finite = np.isfinite(a)
-    same_special = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(
-        np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0)
-    )
-    a_f, b_f = a[finite], b[finite]
-    if a_f.size == 0:
-        return OutputComparison(
-            name,
-            dtype,
-            0.0,
-            0.0,
-            0.0,
-            1.0,
-            0.0,
-            tolerance,
-            same_special,
-            None,
-            "" if same_special else "NaN/inf positions differ",
-        )
-    diff = np.abs(a_f - b_f)
-    if not np.all(np.isfinite(b_f)):
-        return failed("non-finite values where the original is finite")
-    ref_max = float(np.max(np.abs(a_f)))
-    max_abs = float(diff.max())
-    max_rel = float(np.max(diff / np.maximum(np.abs(a_f), np.finfo(np.float64).tiny)))
-    norm = float(np.linalg.norm(a_f) * np.linalg.norm(b_f))
-    cosine = float(np.dot(a_f.ravel(), b_f.ravel()) / norm) if norm > 0 else float(max_abs == 0)
-    ok = same_special and tolerance.allows(max_abs, ref_max)
-    if exactness is Exactness.BITWISE or ref.dtype.kind in "iub":
-        ok = same_special and max_abs == 0.0
+    a, b = a[finite], b[finite]
+    if not np.all(np.isfinite(b)):
+        return outcome(False, "non-finite values where the original is finite")
+    if a.size == 0:
+        return outcome(True, max_abs_error=0.0)
+    diff = np.abs(a - b)
+    ref_max, max_abs = float(np.max(np.abs(a))), float(diff.max())
+    exact = exactness is Exactness.BITWISE or ref.dtype.kind in "iub"
+    ok = max_abs == 0.0 if exact else tolerance.allows(max_abs, ref_max)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     top1 = None
-    if ref.ndim == 2 and ref.shape[1] > 1 and ref.dtype.kind == "f":
-        top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
-    return OutputComparison(
-        name,
-        dtype,
-        max_abs,
-        max_rel,
-        float(diff.mean()),
-        cosine,
-        ref_max,
-        tolerance,
+    if ref.ndim == 2 and ref.shape[1] > 1 and ref.dtype.kind == "f" and np.all(finite):
+        top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))
+    return outcome(
         ok,
-        top1,
-        "" if same_special else "NaN/inf positions differ",
+        "" if ok else "beyond tolerance",
+        max_abs_error=max_abs,
+        max_rel_error=float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny))),
+        mean_abs_error=float(diff.mean()),
+        cosine=float(np.dot(a, b) / norm) if norm > 0 else float(max_abs == 0),
+        reference_max_abs=ref_max,
+        top1_agreement=top1,
     )
 
 
@@ -182,32 +153,21 @@ def compare_outputs(
 
 def _compare_nested(name: str, ref: Any, got: Any, exactness: Exactness) -> list[OutputComparison]:
     """Sequence outputs come back as lists, optional ones as None: compare them element by element."""
+    mismatch = functools.partial(
+        OutputComparison, name, "none", tolerance_for(exactness, "none"), False
+    )
     if isinstance(ref, list) or isinstance(got, list):
         if not (isinstance(ref, list) and isinstance(got, list)) or len(ref) != len(got):
-            return [compare_arrays(name, np.zeros(1), np.zeros(2), exactness)]
+            return [mismatch("sequence lengths or kinds differ")]
         return [
             c
             for i, (r, g) in enumerate(zip(ref, got, strict=True))
             for c in _compare_nested(f"{name}[{i}]", r, g, exactness)
         ]
+    if ref is None and got is None:
+        return []
     if ref is None or got is None:
-        same = ref is None and got is None
-        tol = tolerance_for(exactness, "none")
-        return [
-            OutputComparison(
-                name,
-                "none",
-                0.0,
-                0.0,
-                0.0,
-                1.0,
-                0.0,
-                tol,
-                same,
-                None,
-                "" if same else "optional presence differs",
-            )
-        ]
+        return [mismatch("optional presence differs")]
     return [compare_arrays(name, ref, got, exactness)]
 
 
@@ -240,19 +200,19 @@ def verify(
                 runtime.run(ref_session, feeds), runtime.run(new_session, feeds), exactness
             )
         )
-    if len(verdicts) == 1:
-        return verdicts[0]
-    worst = {}
-    for verdict in verdicts:
-        for comp in verdict.outputs:
-            if (
-                comp.name not in worst
-                or not comp.ok
-                or comp.max_abs_error > worst[comp.name].max_abs_error
-            ):
-                if comp.name not in worst or worst[comp.name].ok:
-                    worst[comp.name] = comp
-    return Verdict(all(v.ok for v in verdicts), exactness, list(worst.values()))
+    return worst_of(verdicts)
+
+
+def worst_of(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict over several samples: per output, its first failure, else its largest error."""
+    worst: dict[str, OutputComparison] = {}
+    for comparison in (c for v in verdicts for c in v.outputs):
+        held = worst.get(comparison.name)
+        if held is None or (
+            held.ok and (not comparison.ok or comparison.max_abs_error > held.max_abs_error)
+        ):
+            worst[comparison.name] = comparison
+    return Verdict(all(v.ok for v in verdicts), verdicts[0].exactness, list(worst.values()))
 
 
 def verify_rewrite(
@@ -276,11 +236,11 @@ def verify_rewrite(
     try:
         candidate = runtime.run(runtime.make_session(after), feeds)
     except Exception as exc:
-        failure = compare_arrays("<model>", np.zeros(1), np.zeros(2), exactness)
         problem = f"rewritten model fails on ONNX Runtime: {_first_line(exc)}"
-        return Verdict(
-            False, exactness, [OutputComparison(**{**failure.__dict__, "problem": problem})]
+        failure = OutputComparison(
+            "<model>", "none", tolerance_for(exactness, "none"), False, problem
         )
+        return Verdict(False, exactness, [failure])
     return compare_outputs(reference, candidate, exactness)
 
 

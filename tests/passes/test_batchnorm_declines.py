@@ -243,3 +243,28 @@ def test_declined_sites_do_not_change_the_graph(rng, passes):
     assert_same_outputs(
         model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}, exact=True
     )
+
+
+def test_new_names_never_clash_with_existing_ones(rng):
+    """onnxoptimizer once reused names that already existed; optkit's new initializers are fresh."""
+    taken = rng.standard_normal((4, 1, 1)).astype(np.float32)
+    inits = {
+        "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        **bn_params(rng, 4),
+        "W_bnfold": taken,
+    }  # the name optkit's folded weight would take first
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"]),
+        bn_node("h", "b"),
+        helper.make_node("Relu", ["b"], ["r"]),
+        helper.make_node("Add", ["r", "W_bnfold"], ["y"]),
+    ]
+    model = make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, None)], inits)
+    result = fold(model, passes=("batchnorm", "unused"))
+    initializers = result.model.graph.initializers
+    np.testing.assert_array_equal(initializers["W_bnfold"].const_value.numpy(), taken)
+    conv = next(iter(result.model.graph))
+    assert conv.op_type == "Conv" and conv.inputs[1].name not in ("W", "W_bnfold")
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    )
