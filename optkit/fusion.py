@@ -17,6 +17,7 @@ from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError
 from optkit.graph import count_ops, node_count
+from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.verify import Verdict, verify_rewrite
@@ -168,6 +169,7 @@ def fuse(
     source = str(model) if not isinstance(model, onnx.ModelProto | ir.Model) else "<model>"
     original = io.load(model)
     check_input(model, original, source)
+    check_shapes(original, shapes or {})
     nodes_before, bn_before = node_count(original), count_ops(original, "BatchNormalization")
     external_data = bool(io.external_data_paths(original))
     # `original` is a private copy already; a second one is only needed to compare against.

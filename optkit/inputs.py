@@ -14,6 +14,11 @@ import onnx_ir as ir
 
 from optkit.errors import InputError
 
+
+class UnsynthesizableInput(InputError):
+    """The model's own signature does not say enough to make inputs (the user's options are fine)."""
+
+
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
 
@@ -41,20 +46,31 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
 
 def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, ...]:
     if override is not None:
-        if value.shape is not None and len(override) != len(value.shape):
-            raise InputError(
-                f"--shape for input '{value.name}' has rank {len(override)}, "
-                f"the model declares rank {len(value.shape)}"
-            )
         return tuple(override)
     if value.shape is None:
-        raise InputError(
+        raise UnsynthesizableInput(
             f"input '{value.name}' has no declared shape; give one with --shape {value.name}=..."
         )
     dims = []
     for i, dim in enumerate(value.shape):
         dims.append(dim if isinstance(dim, int) else (DEFAULT_BATCH if i == 0 else DEFAULT_DIM))
     return tuple(dims)
+
+
+def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
+    """`--shape` values must name runtime inputs and match their declared rank."""
+    inputs = {v.name: v for v in runtime_inputs(model)}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise InputError(
+            f"--shape names unknown input(s) {', '.join(unknown)}; inputs are {', '.join(sorted(inputs))}"
+        )
+    for name, dims in shapes.items():
+        declared = inputs[name].shape
+        if declared is not None and len(dims) != len(declared):
+            raise InputError(
+                f"--shape for input '{name}' has rank {len(dims)}, the model declares rank {len(declared)}"
+            )
 
 
 def synthetic_inputs(
@@ -64,20 +80,19 @@ def synthetic_inputs(
     seed: int = 0,
     int_range: tuple[int, int] = (0, 10),
 ) -> dict[str, np.ndarray]:
-    """One seeded sample per runtime input of `model`."""
+    """One seeded sample per runtime input of `model`.
+
+    Raises `UnsynthesizableInput` (an InputError) when an input has no declared shape and none was
+    given, or is not a numeric/bool/string tensor.
+    """
     shapes = dict(shapes or {})
-    known = {v.name for v in runtime_inputs(model)}
-    unknown = sorted(set(shapes) - known)
-    if unknown:
-        raise InputError(
-            f"--shape names unknown input(s) {', '.join(unknown)}; inputs are {', '.join(sorted(known))}"
-        )
+    check_shapes(model, shapes)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for value in runtime_inputs(model):
         assert value.name is not None
         if not isinstance(value.type, ir.TensorType):
-            raise InputError(
+            raise UnsynthesizableInput(
                 f"input '{value.name}' is not a tensor ({value.type}); cannot synthesize it"
             )
         dtype = value.type.dtype
@@ -102,4 +117,4 @@ def random_array(
         return rng.integers(max(low, info.min), min(high, int(info.max) + 1), size=shape).astype(
             np_dtype
         )
-    raise InputError(f"cannot synthesize inputs of type {dtype.name}")
+    raise UnsynthesizableInput(f"cannot synthesize inputs of type {dtype.name}")

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from optkit import runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError
-from optkit.inputs import synthetic_inputs
+from optkit.inputs import UnsynthesizableInput, synthetic_inputs
 
 NAN = float("nan")
 
@@ -226,7 +226,10 @@ def verify_rewrite(
     """Like `verify`, for a model and its rewrite: a string says why the original itself cannot run
     on ONNX Runtime (so nothing can be concluded); a rewrite that fails to run is a failed verdict.
     """
-    feeds = synthetic_inputs(before, shapes, seed=seed)
+    try:
+        feeds = synthetic_inputs(before, shapes, seed=seed)
+    except UnsynthesizableInput as exc:
+        return f"no inputs to run it on: {exc}"
     try:
         reference = runtime.run(runtime.make_session(before), feeds)
     except InputError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from helpers import F32, bn_node, bn_params, make_model
 from onnx import helper
@@ -106,3 +107,16 @@ def test_output_is_reproducible(rng):
     first = optkit.fuse(proto).to_proto().SerializeToString()
     second = optkit.fuse(proto).to_proto().SerializeToString()
     assert first == second
+
+
+def test_input_optkit_cannot_make_leaves_the_result_unverified_not_an_error(rng):
+    """The model is fine; only verification cannot make a sequence input: say so, do not fail."""
+    model = small_model(rng)
+    seq_type = helper.make_sequence_type_proto(helper.make_tensor_type_proto(F32, [2]))
+    model.graph.input.append(helper.make_value_info("seq", seq_type))
+    model.graph.node.append(helper.make_node("SequenceLength", ["seq"], ["n"]))
+    model.graph.output.append(helper.make_tensor_value_info("n", onnx.TensorProto.INT64, []))
+    result = optkit.fuse(model)
+    assert result.report.verdict is None
+    assert "'seq' is not a tensor" in result.report.unverified_reason
+    assert result.report.batchnorm_after == 0
