@@ -7,7 +7,9 @@ Floats are standard normal, integers uniform in ``int_range``, bools fair coin f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -21,6 +23,18 @@ class UnsynthesizableInput(InputError):
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
+
+
+def parse_int_range(text: str) -> tuple[int, int]:
+    """Parse ``LOW:HIGH`` (HIGH exclusive), e.g. ``0:30522`` for token ids."""
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high))
+        if not sep or bounds[0] >= bounds[1]:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"bad --int-range '{text}': expected LOW:HIGH with LOW < HIGH") from None
+    return bounds
 
 
 def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -118,3 +132,68 @@ def random_array(
             np_dtype
         )
     raise UnsynthesizableInput(f"cannot synthesize inputs of type {dtype.name}")
+
+
+def load_samples(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.ndarray]]:
+    """Real inputs from a file, validated against the model's signature, as one feed dict per sample.
+
+    `.npz`: one array per input, keyed by input name. `.npy`: the one input of a single-input model.
+    An array of the input's rank is one sample; one more leading axis stacks several samples.
+    Dtypes must match exactly; static dims must match; every runtime input must be present.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file")
+    inputs = {v.name: v for v in runtime_inputs(model)}
+    try:
+        if file.suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        elif file.suffix == ".npy":
+            if len(inputs) != 1:
+                raise InputError(
+                    f"{file}: a .npy file feeds a one-input model; this one has {len(inputs)} "
+                    f"inputs ({', '.join(inputs)}): use .npz with one array per input"
+                )
+            arrays = {next(iter(inputs)): np.load(file, allow_pickle=False)}
+        else:
+            raise InputError(f"{file}: expected a .npz or .npy file")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file}: not a readable numpy file ({exc})") from None
+    missing = sorted(set(inputs) - set(arrays))
+    if missing:
+        raise InputError(f"{file}: no array for input(s) {', '.join(missing)}")
+    extra = sorted(set(arrays) - set(inputs))
+    if extra:
+        raise InputError(
+            f"{file}: arrays {', '.join(extra)} match no model input ({', '.join(inputs)})"
+        )
+    stacks = {name: _as_stack(file, inputs[name], array) for name, array in arrays.items()}
+    counts = {len(stack) for stack in stacks.values()}
+    if len(counts) != 1:
+        raise InputError(f"{file}: inputs have different sample counts {sorted(counts)}")
+    return [{name: stack[i] for name, stack in stacks.items()} for i in range(counts.pop())]
+
+
+def _as_stack(file: Path, value: ir.Value, array: np.ndarray) -> np.ndarray:
+    """`array` as a stack of samples for `value`, or a clear error."""
+    assert isinstance(value.type, ir.TensorType) and value.shape is not None
+    want = value.type.dtype.numpy()
+    if array.dtype != want:
+        raise InputError(
+            f"{file}: input '{value.name}' expects {np.dtype(want).name}, the file has {array.dtype.name}"
+        )
+    rank = len(value.shape)
+    if array.ndim == rank:
+        array = array[None]
+    if array.ndim != rank + 1:
+        raise InputError(
+            f"{file}: input '{value.name}' has rank {rank}; the array has shape {array.shape}"
+        )
+    for axis, dim in enumerate(value.shape):
+        if isinstance(dim, int) and array.shape[axis + 1] != dim:
+            raise InputError(
+                f"{file}: input '{value.name}' needs dim {axis} = {dim}; a sample has shape "
+                f"{array.shape[1:]}"
+            )
+    return array

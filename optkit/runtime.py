@@ -44,13 +44,22 @@ def resolve_provider(provider: str) -> list[str]:
     return [PROVIDERS[provider]] if provider == "cpu" else [PROVIDERS[provider], PROVIDERS["cpu"]]
 
 
-def session_options(optimize: bool = False, threads: int = 0) -> ort.SessionOptions:
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(optimization: str = "disable", threads: int = 0) -> ort.SessionOptions:
+    """Session options: ORT graph optimization level by name, intra-op threads (0: ORT's default)."""
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise InputError(
+            f"unknown optimization level '{optimization}' (choose {', '.join(OPTIMIZATION_LEVELS)})"
+        )
     options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return options
@@ -60,11 +69,15 @@ def make_session(
     model: ir.Model | onnx.ModelProto | str | os.PathLike,
     *,
     provider: str = "cpu",
-    optimize: bool = False,
+    optimization: str = "disable",
     threads: int = 0,
 ) -> ort.InferenceSession:
-    """An ORT session for `model`; graph optimizations are off unless `optimize`."""
-    options = session_options(optimize, threads)
+    """An ORT session for `model` (graph optimizations off unless `optimization` says otherwise).
+
+    A path is handed to ORT as a path, so external data is read from disk, never copied into one
+    protobuf; an in-memory model over 2 GB is written to a temporary folder first.
+    """
+    options = session_options(optimization, threads)
     providers = resolve_provider(provider)
     if isinstance(model, str | os.PathLike):
         return ort.InferenceSession(os.fspath(model), options, providers=providers)

@@ -1,8 +1,10 @@
 """Accuracy equivalence: run two models on the same inputs on ONNX Runtime and compare every output.
 
-Graph optimizations are off in both sessions, so that ORT's own fusions cannot hide a wrong rewrite.
-Each output is judged by the tolerance its element type gets at the given exactness level
-(`optkit.contract.tolerance_for`): bitwise rewrites must agree exactly, integer outputs always exactly.
+Graph optimizations are off in both sessions by default, so that ORT's own fusions cannot hide a wrong
+rewrite. Each output is judged by the tolerance its element type gets at the given exactness level
+(`optkit.contract.tolerance_for`), unless the caller sets one for it: bitwise rewrites must agree
+exactly, integer outputs always exactly. With several samples, each output is compared over all of
+them at once (concatenated along the first axis).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from optkit.errors import InputError
 from optkit.inputs import UnsynthesizableInput, synthetic_inputs
 
 NAN = float("nan")
+Feeds = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class OutputComparison:
     """How one output of the rewritten model compares with the original's.
 
-    Error statistics are NaN where the comparison stopped early (`problem` says why).
+    Error statistics are NaN where the comparison stopped early (`problem` says why). For outputs
+    shaped (rows, classes), `top1_agreement` is the share of rows whose arg-max agrees and
+    `top5_agreement` the share whose reference arg-max is among the candidate's five largest.
     """
 
     name: str
@@ -41,6 +46,7 @@ class OutputComparison:
     cosine: float = NAN
     reference_max_abs: float = NAN
     top1_agreement: float | None = None
+    top5_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,10 +59,25 @@ class OutputComparison:
             "cosine": self.cosine,
             "reference_max_abs": self.reference_max_abs,
             "top1_agreement": self.top1_agreement,
+            "top5_agreement": self.top5_agreement,
             "rtol": self.tolerance.rtol,
             "atol": self.tolerance.atol,
             "problem": self.problem,
         }
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Classifier accuracy of both models against labels, and how often they agree."""
+
+    output: str
+    reference: float
+    candidate: float
+    agreement: float
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,8 @@ class Verdict:
     ok: bool
     exactness: Exactness
     outputs: list[OutputComparison] = field(default_factory=list)
+    samples: int = 1
+    accuracy: Accuracy | None = None
 
     @property
     def max_abs_error(self) -> float:
@@ -81,20 +104,27 @@ class Verdict:
         return {
             "ok": self.ok,
             "exactness": self.exactness.value,
+            "samples": self.samples,
             "outputs": [o.to_dict() for o in self.outputs],
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
         }
 
 
 def compare_arrays(
-    name: str, reference: Any, candidate: Any, exactness: Exactness
+    name: str,
+    reference: Any,
+    candidate: Any,
+    exactness: Exactness,
+    tolerance: Tolerance | None = None,
 ) -> OutputComparison:
     """Compare one output; NaN and inf must appear at the same places in both.
 
-    Float outputs pass within `tolerance_for(exactness, dtype)`; bitwise rewrites and integer, bool
-    and string outputs must match exactly.
+    Float outputs pass when ``max|a - b| <= atol + rtol * max|a|`` with `tolerance` (default:
+    `tolerance_for(exactness, dtype)`); bitwise rewrites and integer, bool and string outputs must
+    match exactly.
     """
     ref, got = np.asarray(reference), np.asarray(candidate)
-    tolerance = tolerance_for(exactness, ref.dtype.name)
+    tolerance = tolerance or tolerance_for(exactness, ref.dtype.name)
     outcome = functools.partial(OutputComparison, name, ref.dtype.name, tolerance)
     if ref.shape != got.shape:
         return outcome(False, f"shape {got.shape} != {ref.shape}")
@@ -119,9 +149,7 @@ def compare_arrays(
     exact = exactness is Exactness.BITWISE or ref.dtype.kind in "iub"
     ok = max_abs == 0.0 if exact else tolerance.allows(max_abs, ref_max)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    top1 = None
-    if ref.ndim == 2 and ref.shape[1] > 1 and ref.dtype.kind == "f" and np.all(finite):
-        top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))
+    top1, top5 = _agreement(ref, got) if np.all(finite) else (None, None)
     return outcome(
         ok,
         "" if ok else "beyond tolerance",
@@ -131,27 +159,53 @@ def compare_arrays(
         cosine=float(np.dot(a, b) / norm) if norm > 0 else float(max_abs == 0),
         reference_max_abs=ref_max,
         top1_agreement=top1,
+        top5_agreement=top5,
     )
 
 
+def _agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float | None, float | None]:
+    """Top-1 and top-5 agreement for (rows, classes) float outputs; None for other shapes."""
+    if ref.ndim != 2 or ref.shape[1] < 2 or ref.dtype.kind != "f":
+        return None, None
+    expected = np.argmax(ref, axis=1)
+    top1 = float(np.mean(expected == np.argmax(got, axis=1)))
+    if ref.shape[1] < 5:
+        return top1, None
+    best5 = np.argsort(-got, axis=1, kind="stable")[:, :5]
+    return top1, float(np.mean(np.any(best5 == expected[:, None], axis=1)))
+
+
 def compare_outputs(
-    reference: Mapping[str, Any], candidate: Mapping[str, Any], exactness: Exactness
+    reference: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    exactness: Exactness,
+    tolerances: Mapping[str, Tolerance] | None = None,
 ) -> Verdict:
     """Match outputs by name, then by position for the names that differ."""
+    tolerances = tolerances or {}
+    unknown = sorted(set(tolerances) - set(reference))
+    if unknown:
+        raise InputError(
+            f"tolerance given for unknown output(s) {', '.join(unknown)}; outputs are "
+            f"{', '.join(reference)}"
+        )
     ref_names, cand_names = list(reference), list(candidate)
     if len(ref_names) != len(cand_names):
         raise InputError(f"models have {len(ref_names)} and {len(cand_names)} outputs")
-    pairs = []
+    comparisons: list[OutputComparison] = []
     for i, name in enumerate(ref_names):
         other = name if name in candidate else cand_names[i]
-        pairs.append((name, reference[name], candidate[other]))
-    comparisons: list[OutputComparison] = []
-    for name, ref, got in pairs:
-        comparisons.extend(_compare_nested(name, ref, got, exactness))
+        comparisons.extend(
+            _compare_nested(
+                name, reference[name], candidate[other], exactness, tolerances.get(name)
+            )
+        )
     return Verdict(all(c.ok for c in comparisons), exactness, comparisons)
 
 
-def _compare_nested(name: str, ref: Any, got: Any, exactness: Exactness) -> list[OutputComparison]:
+def _compare_nested(
+    name: str, ref: Any, got: Any, exactness: Exactness, tolerance: Tolerance | None
+) -> list[OutputComparison]:
     """Sequence outputs come back as lists, optional ones as None: compare them element by element."""
     mismatch = functools.partial(
         OutputComparison, name, "none", tolerance_for(exactness, "none"), False
@@ -162,57 +216,108 @@ def _compare_nested(name: str, ref: Any, got: Any, exactness: Exactness) -> list
         return [
             c
             for i, (r, g) in enumerate(zip(ref, got, strict=True))
-            for c in _compare_nested(f"{name}[{i}]", r, g, exactness)
+            for c in _compare_nested(f"{name}[{i}]", r, g, exactness, tolerance)
         ]
     if ref is None and got is None:
         return []
     if ref is None or got is None:
         return [mismatch("optional presence differs")]
-    return [compare_arrays(name, ref, got, exactness)]
+    return [compare_arrays(name, ref, got, exactness, tolerance)]
+
+
+def pool_samples(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Outputs of several runs as one: arrays concatenated along their first axis (scalars stacked);
+    sequence and optional outputs kept per run as a list."""
+    pooled: dict[str, Any] = {}
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        if all(isinstance(v, np.ndarray) for v in values):
+            pooled[name] = np.concatenate(values) if values[0].ndim else np.stack(values)
+        else:
+            pooled[name] = values
+    return pooled
+
+
+def accuracy(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any], labels: np.ndarray
+) -> Accuracy:
+    """Top-1 accuracy of both models on `labels` (one class per row of the first classifier-shaped
+    output), and their agreement."""
+    by_position = list(candidate.values())
+    for index, (name, ref) in enumerate(reference.items()):
+        if isinstance(ref, np.ndarray) and ref.ndim == 2 and ref.shape[1] > 1:
+            got = candidate[name] if name in candidate else by_position[index]
+            flat = np.asarray(labels).reshape(-1)
+            if flat.shape[0] != ref.shape[0]:
+                raise InputError(
+                    f"labels: {flat.shape[0]} labels for {ref.shape[0]} rows of output '{name}'"
+                )
+            want, mine = np.argmax(ref, axis=1), np.argmax(got, axis=1)
+            return Accuracy(
+                name,
+                float(np.mean(want == flat)),
+                float(np.mean(mine == flat)),
+                float(np.mean(want == mine)),
+                int(flat.shape[0]),
+            )
+    raise InputError("labels given, but no output is shaped (rows, classes)")
 
 
 def verify(
-    before: ir.Model,
-    after: ir.Model,
-    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+    before: ir.Model | str,
+    after: ir.Model | str,
+    inputs: Feeds | Sequence[Feeds] | None = None,
     *,
     exactness: Exactness = Exactness.REASSOCIATE,
+    tolerances: Mapping[str, Tolerance] | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    samples: int = 1,
+    int_range: tuple[int, int] = (0, 10),
+    labels: np.ndarray | None = None,
     provider: str = "cpu",
+    reference_provider: str | None = None,
+    optimization: str = "disable",
 ) -> Verdict:
-    """Run `before` and `after` on ORT (optimizations off) and compare all outputs.
+    """Run `before` and `after` on ORT and compare all outputs over every sample.
 
-    `inputs` is one feed dict or a list of them; by default one seeded synthetic sample.
+    `inputs` is one feed dict or a list of them; by default `samples` seeded synthetic ones.
+    `reference_provider` runs `before` on another execution provider (CUDA against CPU, say).
     """
+    from optkit import io
+
+    before_model = io.load(before, copy=False)
+    feeds = _samples(before_model, inputs, shapes, seed, samples, int_range)
+    reference = _run_all(before, feeds, reference_provider or provider, optimization)
+    candidate = _run_all(after, feeds, provider, optimization)
+    verdict = compare_outputs(reference, candidate, exactness, tolerances)
+    score = accuracy(reference, candidate, labels) if labels is not None else None
+    return Verdict(verdict.ok, exactness, verdict.outputs, len(feeds), score)
+
+
+def _samples(
+    model: ir.Model,
+    inputs: Feeds | Sequence[Feeds] | None,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    count: int,
+    int_range: tuple[int, int],
+) -> list[Feeds]:
     if inputs is None:
-        samples: list[Mapping[str, np.ndarray]] = [synthetic_inputs(before, shapes, seed=seed)]
-    elif isinstance(inputs, Mapping):
-        samples = [inputs]
-    else:
-        samples = list(inputs)
-    ref_session = runtime.make_session(before, provider=provider)
-    new_session = runtime.make_session(after, provider=provider)
-    verdicts = []
-    for feeds in samples:
-        verdicts.append(
-            compare_outputs(
-                runtime.run(ref_session, feeds), runtime.run(new_session, feeds), exactness
-            )
-        )
-    return worst_of(verdicts)
+        return [
+            synthetic_inputs(model, shapes, seed=seed + i, int_range=int_range)
+            for i in range(max(1, count))
+        ]
+    if isinstance(inputs, Mapping):
+        return [inputs]
+    return list(inputs)
 
 
-def worst_of(verdicts: Sequence[Verdict]) -> Verdict:
-    """One verdict over several samples: per output, its first failure, else its largest error."""
-    worst: dict[str, OutputComparison] = {}
-    for comparison in (c for v in verdicts for c in v.outputs):
-        held = worst.get(comparison.name)
-        if held is None or (
-            held.ok and (not comparison.ok or comparison.max_abs_error > held.max_abs_error)
-        ):
-            worst[comparison.name] = comparison
-    return Verdict(all(v.ok for v in verdicts), verdicts[0].exactness, list(worst.values()))
+def _run_all(
+    model: ir.Model | str, feeds: Sequence[Feeds], provider: str, optimization: str
+) -> dict[str, Any]:
+    session = runtime.make_session(model, provider=provider, optimization=optimization)
+    return pool_samples([runtime.run(session, sample) for sample in feeds])
 
 
 def verify_rewrite(
@@ -235,11 +340,11 @@ def verify_rewrite(
     except InputError:
         raise
     except Exception as exc:  # ORT rejects the original: nothing to compare against
-        return f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
+        return f"ONNX Runtime cannot run the original model: {first_line(exc)}"
     try:
         candidate = runtime.run(runtime.make_session(after), feeds)
     except Exception as exc:
-        problem = f"rewritten model fails on ONNX Runtime: {_first_line(exc)}"
+        problem = f"rewritten model fails on ONNX Runtime: {first_line(exc)}"
         failure = OutputComparison(
             "<model>", "none", tolerance_for(exactness, "none"), False, problem
         )
@@ -247,6 +352,6 @@ def verify_rewrite(
     return compare_outputs(reference, candidate, exactness)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
