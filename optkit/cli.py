@@ -13,13 +13,17 @@ import tempfile
 from pathlib import Path
 
 import click
+import numpy as np
+import onnx_ir as ir
 
 from optkit import io
-from optkit.contract import PassOptions
+from optkit.contract import Exactness, PassOptions, Tolerance
 from optkit.errors import InputError, OptkitError
 from optkit.fusion import FuseResult, fuse
-from optkit.inputs import parse_shape
+from optkit.inputs import parse_shape, synthetic_inputs
 from optkit.passes import DEFAULT_PASSES
+from optkit.runtime import OPTIMIZATION_LEVELS
+from optkit.verify import Verdict, first_line
 
 INTERNAL_ERROR = 3
 
@@ -45,6 +49,9 @@ def cli(verbose: bool) -> None:
       optkit demo                  build a small CNN, fuse it, verify it, print the report
       optkit fuse model.onnx       fold BatchNorm and clean up -> model.optkit.onnx
       optkit passes                what each pass does and how exact it is
+      optkit inspect model.onnx    what is in a model, and what fuse would do to it
+      optkit verify a.onnx b.onnx  do two models compute the same thing? (--bisect: where not)
+      optkit bench b.onnx --baseline a.onnx   latency and throughput, as a ratio
 
     Every rewrite is checked on ONNX Runtime (graph optimizations off) against the original.
     Exit codes: 0 ok, 1 outputs differ, 2 bad input or usage, 3 internal error.
@@ -146,7 +153,7 @@ def fuse_command(
         bn_to_affine=bn_to_affine,
         constant_fold_max_elements=fold_limit,
     )
-    shape_map = dict(parse_shape(s) for s in shapes)
+    shape_map = _shapes(shapes)
     result = fuse(
         model,
         passes=_split(passes) or None,
@@ -175,6 +182,329 @@ def _print_report(result: FuseResult, as_json: bool, verbose: bool) -> None:
         click.echo(json.dumps(result.report.to_dict(), indent=2, default=str))
     else:
         click.echo(result.report.format_text(verbose=verbose))
+
+
+def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_shape(s) for s in values)
+
+
+def _tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, Tolerance]]:
+    """``RTOL,ATOL`` for every output, or ``OUTPUT=RTOL,ATOL`` for one."""
+    default, per_output = None, {}
+    for text in values:
+        name, _, numbers = text.rpartition("=")
+        try:
+            rtol, atol = (float(x) for x in numbers.split(","))
+        except ValueError:
+            raise InputError(f"bad --tolerance '{text}': expected [OUTPUT=]RTOL,ATOL") from None
+        if name:
+            per_output[name] = Tolerance(rtol, atol)
+        else:
+            default = Tolerance(rtol, atol)
+    return default, per_output
+
+
+def _load_checked(path: Path) -> ir.Model:
+    """A model file, loaded (weights stay on disk) and run through the checker; InputError if not."""
+    from optkit.fusion import check_input
+
+    model = io.load(path, copy=False)
+    check_input(path, model, str(path))
+    return model
+
+
+_provider_choice = click.Choice(["cpu", "cuda", "auto"])
+_optimization_choice = click.Choice(list(OPTIMIZATION_LEVELS))
+
+
+@cli.command("verify")
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Real inputs: .npz (one array per input) or .npy (one-input models); an extra "
+    "leading axis stacks samples.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=".npy of class ids, one per row of the classifier output: report accuracy.",
+)
+@click.option(
+    "--samples",
+    default=1,
+    show_default=True,
+    help="Synthetic samples to compare over (without --data).",
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD...",
+    help="Shape for a dynamic input of the synthetic samples.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic samples.")
+@click.option(
+    "--int-range",
+    default="0:10",
+    show_default=True,
+    metavar="LOW:HIGH",
+    help="Range of synthetic integer inputs (HIGH exclusive), e.g. 0:30522 for token ids.",
+)
+@click.option(
+    "--exactness",
+    type=click.Choice(["bitwise", "reassociate"]),
+    default="reassociate",
+    show_default=True,
+    help="bitwise: outputs must be equal; reassociate: dtype tolerance.",
+)
+@click.option(
+    "--tolerance",
+    "tolerance_texts",
+    multiple=True,
+    metavar="[OUTPUT=]RTOL,ATOL",
+    help="Override the dtype tolerance: max|a-b| <= ATOL + RTOL * max|a|.",
+)
+@click.option(
+    "--provider",
+    type=_provider_choice,
+    default="cpu",
+    show_default=True,
+    help="Execution provider for CANDIDATE (and REFERENCE unless --reference-provider).",
+)
+@click.option(
+    "--reference-provider",
+    type=_provider_choice,
+    help="Run REFERENCE elsewhere, e.g. --provider cuda --reference-provider cpu.",
+)
+@click.option(
+    "--optimization",
+    type=_optimization_choice,
+    default="disable",
+    show_default=True,
+    help="ORT graph optimization level for both (off by default, so ORT's fusions "
+    "cannot hide a wrong rewrite).",
+)
+@click.option(
+    "--bisect",
+    "do_bisect",
+    is_flag=True,
+    help="Name the first tensor where the models diverge, with its producer in each.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def verify_command(
+    reference: Path,
+    candidate: Path,
+    data: Path | None,
+    labels: Path | None,
+    samples: int,
+    shapes: tuple[str, ...],
+    seed: int,
+    int_range: str,
+    exactness: str,
+    tolerance_texts: tuple[str, ...],
+    provider: str,
+    reference_provider: str | None,
+    optimization: str,
+    do_bisect: bool,
+    as_json: bool,
+) -> None:
+    """Check that CANDIDATE computes what REFERENCE computes, on ONNX Runtime.
+
+    \b
+    Runs both on the same inputs (seeded synthetic ones, or --data), matches outputs by name, then
+    by position, and reports per output max abs / max rel / mean abs error, cosine similarity and,
+    for (rows, classes) outputs, top-1 / top-5 agreement. Tolerances follow the output dtype (fp16
+    is not fp32) unless --tolerance sets them. Exit 0 when equivalent, 1 when not, 2 on bad input.
+
+    \b
+    Examples:
+      optkit verify model.onnx model.optkit.onnx
+      optkit verify model.onnx fused.onnx --bisect --json
+      optkit verify model.onnx fused.onnx --data val.npz --labels val_labels.npy
+      optkit verify model.onnx model.onnx --provider cuda --reference-provider cpu
+    """
+    from optkit.bisect import bisect
+    from optkit.inputs import load_samples, parse_int_range
+    from optkit.verify import verify
+
+    model = _load_checked(reference)
+    _load_checked(candidate)
+    default, per_output = _tolerances(tolerance_texts)
+    feeds = load_samples(data, model) if data is not None else None
+    label_array = _load_labels(labels) if labels is not None else None
+    level = Exactness(exactness)
+    if default is not None:
+        per_output = {
+            o.name: per_output.get(o.name, default) for o in model.graph.outputs
+        } | per_output
+    try:
+        verdict = verify(
+            str(reference),
+            str(candidate),
+            feeds,
+            exactness=level,
+            tolerances=per_output,
+            shapes=_shapes(shapes),
+            seed=seed,
+            samples=samples,
+            int_range=parse_int_range(int_range),
+            labels=label_array,
+            provider=provider,
+            reference_provider=reference_provider,
+            optimization=optimization,
+        )
+        located = None
+        if do_bisect:
+            inputs = feeds or [
+                synthetic_inputs(
+                    model, _shapes(shapes), seed=seed + i, int_range=parse_int_range(int_range)
+                )
+                for i in range(max(1, samples))
+            ]
+            located = bisect(
+                str(reference),
+                str(candidate),
+                inputs,
+                level,
+                tolerances=per_output,
+                provider=provider,
+            )
+    except OptkitError:
+        raise
+    except Exception as exc:  # ORT refused a model or an input
+        raise InputError(f"ONNX Runtime cannot run the models: {first_line(exc)}") from None
+    if as_json:
+        result = {"reference": str(reference), "candidate": str(candidate), **verdict.to_dict()}
+        if located is not None:
+            result["bisect"] = located.to_dict()
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        click.echo(_format_verdict(reference, candidate, verdict))
+        if located is not None:
+            click.echo(f"  bisect: {located.summary()}")
+    sys.exit(0 if verdict.ok else 1)
+
+
+def _load_labels(path: Path) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{path}: labels must be integer class ids, found {labels.dtype.name}")
+    return labels
+
+
+def _format_verdict(reference: Path, candidate: Path, verdict: Verdict) -> str:
+    state = "equivalent" if verdict.ok else "NOT equivalent"
+    lines = [
+        f"{candidate} vs {reference}: {state} ({verdict.exactness.value}, "
+        f"{verdict.samples} sample{'s' if verdict.samples != 1 else ''})",
+        f"  {'output':<20} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'mean abs':>10} "
+        f"{'cosine':>9} {'top-1':>6} {'top-5':>6}  {'rtol, atol':<16} ok",
+    ]
+
+    def pct(value: float | None) -> str:
+        return "" if value is None else f"{value:.0%}"
+
+    for o in verdict.outputs:
+        lines.append(
+            f"  {o.name[:20]:<20} {o.dtype:<8} {o.max_abs_error:10.3g} {o.max_rel_error:10.3g} "
+            f"{o.mean_abs_error:10.3g} {o.cosine:9.6f} {pct(o.top1_agreement):>6} "
+            f"{pct(o.top5_agreement):>6}  {f'{o.tolerance.rtol:g}, {o.tolerance.atol:g}':<16} "
+            f"{'yes' if o.ok else 'NO: ' + o.problem}"
+        )
+    if verdict.accuracy is not None:
+        a = verdict.accuracy
+        lines.append(
+            f"  accuracy on {a.count} labels ({a.output}): reference {a.reference:.2%}, "
+            f"candidate {a.candidate:.2%}, agreement {a.agreement:.2%}"
+        )
+    return "\n".join(lines)
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Another model, run alternately with MODEL on the same inputs; prints the ratio.",
+)
+@click.option("--batch", default=1, show_default=True, help="Batch size (the dynamic first dim).")
+@click.option("--threads", default=0, show_default=True, help="Intra-op threads (0: ORT's choice).")
+@click.option("--provider", type=_provider_choice, default="cpu", show_default=True)
+@click.option(
+    "--optimization",
+    type=_optimization_choice,
+    default="all",
+    show_default=True,
+    help="ORT graph optimization level (ORT's default is all).",
+)
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
+@click.option("--runs", default=50, show_default=True, help="Timed runs per model.")
+@click.option(
+    "--shape", "shapes", multiple=True, metavar="NAME=DxD...", help="Shape for a dynamic input."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def bench_command(
+    model: Path,
+    baseline: Path | None,
+    batch: int,
+    threads: int,
+    provider: str,
+    optimization: str,
+    warmup: int,
+    runs: int,
+    shapes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Time MODEL on ONNX Runtime: session creation, latency (median, p90), throughput.
+
+    \b
+    Examples:
+      optkit bench model.optkit.onnx --baseline model.onnx
+      optkit bench model.onnx --batch 8 --threads 1 --optimization disable --json
+    """
+    from optkit.bench import bench
+
+    _load_checked(model)
+    if baseline is not None:
+        _load_checked(baseline)
+    if runs < 1 or batch < 1:
+        raise InputError("--runs and --batch must be at least 1")
+    try:
+        report = bench(
+            str(model),
+            str(baseline) if baseline else None,
+            batch=batch,
+            threads=threads,
+            provider=provider,
+            optimization=optimization,
+            warmup=warmup,
+            runs=runs,
+            shapes=_shapes(shapes),
+        )
+    except OptkitError:
+        raise
+    except Exception as exc:
+        raise InputError(f"ONNX Runtime cannot run the model: {first_line(exc)}") from None
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-dry-run", is_flag=True, help="Do not show what `fuse` would do.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def inspect_command(model: Path, no_dry_run: bool, as_json: bool) -> None:
+    """Opsets, inputs and outputs, op histogram, parameters, BatchNorm count, and what `fuse` would
+    do (each site it would rewrite, each decline with its reason; nothing is written)."""
+    from optkit.inspection import format_inspection, inspect_model
+
+    _load_checked(model)
+    info = inspect_model(model, dry_run=not no_dry_run)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
 @cli.command("demo")
