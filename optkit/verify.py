@@ -149,12 +149,14 @@ def compare_arrays(
     exact = exactness is Exactness.BITWISE or ref.dtype.kind in "iub"
     ok = max_abs == 0.0 if exact else tolerance.allows(max_abs, ref_max)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    with np.errstate(over="ignore", divide="ignore"):  # inf where the reference is 0: honest
+        max_rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)))
     top1, top5 = _agreement(ref, got) if np.all(finite) else (None, None)
     return outcome(
         ok,
         "" if ok else "beyond tolerance",
         max_abs_error=max_abs,
-        max_rel_error=float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny))),
+        max_rel_error=max_rel,
         mean_abs_error=float(diff.mean()),
         cosine=float(np.dot(a, b) / norm) if norm > 0 else float(max_abs == 0),
         reference_max_abs=ref_max,

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from helpers import F32, bn_node, bn_params, make_model
 
+from helpers import F32, bn_node, bn_params, make_model
 from optkit.cli import default_output
 
 

@@ -15,9 +15,9 @@ from functools import cache
 import numpy as np
 import onnx
 import pytest
-from helpers import ort_outputs
 
 import optkit
+from helpers import ort_outputs
 from optkit.contract import tolerance_for
 
 CHUNKS = 6

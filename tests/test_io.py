@@ -7,9 +7,9 @@ import os
 import numpy as np
 import onnx
 import pytest
-from helpers import F32, bn_node, bn_params, make_model
 
 import optkit
+from helpers import F32, bn_node, bn_params, make_model
 from optkit.errors import InputError
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_outputs
-from optkit.models import ZOO, randomize_batchnorm
 
 import optkit
+from helpers import assert_same_outputs
+from optkit.models import ZOO, randomize_batchnorm
 from optkit.torch import export_onnx
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from helpers import F32, bn_node, bn_params, make_model
 from onnx import helper
-from optkit.passes import DEFAULT_PASSES
 
 import optkit
+from helpers import F32, bn_node, bn_params, make_model
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.passes import DEFAULT_PASSES
 from optkit.verify import verify_rewrite
 
 

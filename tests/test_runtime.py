@@ -7,8 +7,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from helpers import F32, make_model
 
+from helpers import F32, make_model
 from optkit import runtime
 from optkit.errors import InputError
 from optkit.inputs import parse_shape, synthetic_inputs

@@ -108,8 +108,8 @@ def child(mode: str, tool: str, model_path: str, out_path: str, repeats: int) ->
 
 def export_models(folder: str, names: list[str]) -> dict[str, str]:
     import torch
-    from optkit.models import ZOO, randomize_batchnorm
 
+    from optkit.models import ZOO, randomize_batchnorm
     from optkit.torch import export_onnx
 
     paths = {}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
 from onnx import helper
+
+from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
 from onnx import helper
-from optkit.passes.cleanup import TopologicalSort
 
+from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
 from optkit import PassOptions
+from optkit.passes.cleanup import TopologicalSort
 
 
 def test_identity_chain_removed_and_output_name_kept(rng):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
 from onnx import helper, numpy_helper
 
+from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
 from optkit import PassOptions
 
 
