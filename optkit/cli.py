@@ -20,7 +20,7 @@ from optkit import io
 from optkit.contract import Exactness, PassOptions, Tolerance
 from optkit.errors import InputError, OptkitError
 from optkit.fusion import FuseResult, fuse
-from optkit.inputs import parse_shape, synthetic_inputs
+from optkit.inputs import parse_int_range, parse_shape, synthetic_inputs
 from optkit.passes import DEFAULT_PASSES
 from optkit.runtime import OPTIMIZATION_LEVELS
 from optkit.verify import Verdict, first_line
@@ -94,6 +94,13 @@ def cli(verbose: bool) -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for the verification inputs.")
 @click.option(
+    "--int-range",
+    default="0:10",
+    show_default=True,
+    metavar="LOW:HIGH",
+    help="Range of integer verification inputs (HIGH exclusive), e.g. 0:30522 for token ids.",
+)
+@click.option(
     "--freeze-initializer-inputs",
     is_flag=True,
     help="Treat initializers that are also graph inputs as constants (fold them).",
@@ -122,6 +129,7 @@ def fuse_command(
     force: bool,
     shapes: tuple[str, ...],
     seed: int,
+    int_range: str,
     freeze_initializer_inputs: bool,
     bn_to_affine: bool,
     fold_limit: int,
@@ -163,6 +171,7 @@ def fuse_command(
         verify_each=verify_each,
         shapes=shape_map,
         seed=seed,
+        int_range=parse_int_range(int_range),
     )
     failed = not result.report.ok
     if not failed or force:
@@ -326,7 +335,7 @@ def verify_command(
       optkit verify model.onnx model.onnx --provider cuda --reference-provider cpu
     """
     from optkit.bisect import bisect
-    from optkit.inputs import load_samples, parse_int_range
+    from optkit.inputs import load_samples
     from optkit.verify import verify
 
     model = _load_checked(reference)

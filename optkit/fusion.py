@@ -158,6 +158,7 @@ def fuse(
     verify_each: bool = False,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    int_range: tuple[int, int] = (0, 10),
     max_iterations: int = 4,
 ) -> FuseResult:
     """Fold and clean `model` (a path, ModelProto or onnx_ir.Model; never modified) and verify it.
@@ -179,7 +180,9 @@ def fuse(
     if verify_each:
 
         def verifier(before: ir.Model, after: ir.Model, exactness: Exactness) -> tuple[bool, str]:
-            verdict = _try_verify(before, after, exactness, shapes, seed)
+            verdict = verify_rewrite(
+                before, after, exactness, shapes=shapes, seed=seed, int_range=int_range
+            )
             return (True, "") if isinstance(verdict, str) else (verdict.ok, verdict.summary())
 
     pipeline = Pipeline(
@@ -200,7 +203,14 @@ def fuse(
     )
     check_model(result, f"{source} (after fuse; this is an optkit bug, please report it)")
     if verify_result:
-        outcome = _try_verify(original, result, pipeline_report.exactness(), shapes, seed)
+        outcome = verify_rewrite(
+            original,
+            result,
+            pipeline_report.exactness(),
+            shapes=shapes,
+            seed=seed,
+            int_range=int_range,
+        )
         if isinstance(outcome, str):
             report.unverified_reason = outcome
         else:
@@ -209,13 +219,3 @@ def fuse(
         report.unverified_reason = "verification disabled"
     report.seconds = time.perf_counter() - began
     return FuseResult(result, report, external_data=external_data)
-
-
-def _try_verify(
-    before: ir.Model,
-    after: ir.Model,
-    exactness: Exactness,
-    shapes: Mapping[str, Sequence[int]] | None,
-    seed: int,
-) -> Verdict | str:
-    return verify_rewrite(before, after, exactness, shapes=shapes, seed=seed)

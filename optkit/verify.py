@@ -329,12 +329,13 @@ def verify_rewrite(
     *,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    int_range: tuple[int, int] = (0, 10),
 ) -> Verdict | str:
     """Like `verify`, for a model and its rewrite: a string says why the original itself cannot run
     on ONNX Runtime (so nothing can be concluded); a rewrite that fails to run is a failed verdict.
     """
     try:
-        feeds = synthetic_inputs(before, shapes, seed=seed)
+        feeds = synthetic_inputs(before, shapes, seed=seed, int_range=int_range)
     except UnsynthesizableInput as exc:
         return f"no inputs to run it on: {exc}"
     try:
