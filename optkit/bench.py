@@ -3,6 +3,7 @@ against a baseline model run alternately with it, so that machine noise hits bot
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,12 @@ import onnx_ir as ir
 from optkit import io, runtime
 from optkit.inputs import input_shape, runtime_inputs, synthetic_inputs
 
+SESSION_ROUNDS = 3  # session creations per model; the median is reported
+
 
 @dataclass(frozen=True)
 class Timing:
-    """One model's numbers: session creation, per-run latency, samples per second."""
+    """One model's numbers: session creation (median of 3), per-run latency, samples per second."""
 
     model: str
     session_seconds: float
@@ -102,15 +105,24 @@ def bench(
     candidates = [model] if baseline is None else [model, baseline]
     loaded = [io.load(m, copy=False) for m in candidates]
     feeds = synthetic_inputs(loaded[0], batch_shapes(loaded[0], batch, shapes or {}), seed=seed)
-    sessions, created = [], []
-    for item in candidates:
-        began = time.perf_counter()
-        sessions.append(
-            runtime.make_session(
-                item, provider=provider, optimization=optimization, threads=threads
-            )
+
+    def create(item: io.ModelLike) -> Any:
+        return runtime.make_session(
+            item, provider=provider, optimization=optimization, threads=threads
         )
-        created.append(time.perf_counter() - began)
+
+    create(candidates[-1])  # ORT's one-time start-up is nobody's creation time
+    creation: list[list[float]] = [[] for _ in candidates]
+    for round_ in range(SESSION_ROUNDS):  # alternating, each session dropped before the next
+        order = range(len(candidates)) if round_ % 2 == 0 else reversed(range(len(candidates)))
+        for index in order:
+            gc.collect()
+            began = time.perf_counter()
+            session = create(candidates[index])
+            creation[index].append(time.perf_counter() - began)
+            del session
+    created = [statistics.median(times) for times in creation]
+    sessions = [create(item) for item in candidates]
     for _ in range(warmup):
         for session in sessions:
             runtime.run(session, feeds)
