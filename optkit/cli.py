@@ -10,7 +10,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -30,6 +32,34 @@ INTERNAL_ERROR = 3
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def input_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--shape, --seed and --int-range: how the synthetic inputs for `purpose` are made."""
+    options = [
+        click.option(
+            "--shape",
+            "shapes",
+            multiple=True,
+            metavar="NAME=DxD...",
+            help=f"Shape for a dynamic input of the {purpose}, e.g. image=1x3x224x224.",
+        ),
+        click.option("--seed", default=0, show_default=True, help=f"Seed of the {purpose}."),
+        click.option(
+            "--int-range",
+            default="0:10",
+            show_default=True,
+            metavar="LOW:HIGH",
+            help=f"Range of integer {purpose} (HIGH exclusive), e.g. 0:30522 for token ids.",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def default_output(path: Path) -> Path:
@@ -85,21 +115,7 @@ def cli(verbose: bool) -> None:
     help="Verify after every pass and roll back a pass whose result differs.",
 )
 @click.option("--force", is_flag=True, help="Write the result even when verification fails.")
-@click.option(
-    "--shape",
-    "shapes",
-    multiple=True,
-    metavar="NAME=DxD...",
-    help="Shape for a dynamic input during verification, e.g. image=1x3x224x224.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed for the verification inputs.")
-@click.option(
-    "--int-range",
-    default="0:10",
-    show_default=True,
-    metavar="LOW:HIGH",
-    help="Range of integer verification inputs (HIGH exclusive), e.g. 0:30522 for token ids.",
-)
+@input_options("verification inputs")
 @click.option(
     "--freeze-initializer-inputs",
     is_flag=True,
@@ -246,21 +262,7 @@ _optimization_choice = click.Choice(list(OPTIMIZATION_LEVELS))
     show_default=True,
     help="Synthetic samples to compare over (without --data).",
 )
-@click.option(
-    "--shape",
-    "shapes",
-    multiple=True,
-    metavar="NAME=DxD...",
-    help="Shape for a dynamic input of the synthetic samples.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic samples.")
-@click.option(
-    "--int-range",
-    default="0:10",
-    show_default=True,
-    metavar="LOW:HIGH",
-    help="Range of synthetic integer inputs (HIGH exclusive), e.g. 0:30522 for token ids.",
-)
+@input_options("synthetic samples")
 @click.option(
     "--exactness",
     type=click.Choice(["bitwise", "reassociate"]),
