@@ -20,12 +20,12 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.contract import Exactness, PassOptions, Tolerance
-from optkit.errors import InputError, OptkitError
+from optkit.errors import InputError, OptkitError, first_line
 from optkit.fusion import FuseResult, fuse
 from optkit.inputs import parse_int_range, parse_shape, synthetic_inputs
 from optkit.passes import DEFAULT_PASSES
 from optkit.runtime import OPTIMIZATION_LEVELS
-from optkit.verify import Verdict, first_line
+from optkit.verify import Verdict
 
 INTERNAL_ERROR = 3
 

@@ -24,3 +24,15 @@ class VerificationError(OptkitError):
     """A rewritten model does not match the original within tolerance."""
 
     exit_code = 1
+
+
+class InternalError(OptkitError):
+    """optkit produced something invalid: a bug to report, never the user's fault."""
+
+    exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

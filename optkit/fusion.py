@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.contract import Exactness, PassOptions
-from optkit.errors import InputError
+from optkit.errors import InputError, InternalError, first_line
 from optkit.graph import count_ops, node_count
 from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
@@ -128,12 +128,7 @@ def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
         else:
             check_model(model, what)
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
-        raise InputError(f"{what}: fails the ONNX checker: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+        raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
 
 
 def check_model(model: ir.Model, what: str) -> None:
@@ -145,7 +140,7 @@ def check_model(model: ir.Model, what: str) -> None:
     try:
         onnx.checker.check_model(io.skeleton_proto(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
-        raise InputError(f"{what}: fails the ONNX checker: {_first_line(exc)}") from None
+        raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
 
 
 def fuse(
@@ -201,7 +196,10 @@ def fuse(
         count_ops(result, "BatchNormalization"),
         pipeline_report,
     )
-    check_model(result, f"{source} (after fuse; this is an optkit bug, please report it)")
+    try:
+        check_model(result, f"{source} after fuse")
+    except InputError as exc:
+        raise InternalError(f"{exc} (an optkit bug: please report it)") from None
     if verify_result:
         outcome = verify_rewrite(
             original,

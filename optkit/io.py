@@ -16,7 +16,7 @@ import google.protobuf.message
 import onnx
 import onnx_ir as ir
 
-from optkit.errors import InputError
+from optkit.errors import InputError, first_line
 from optkit.graph import iter_graphs
 
 ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
@@ -39,13 +39,13 @@ def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except (google.protobuf.message.DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise InputError(f"{path}: not an ONNX model (no graph or no IR version)")
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the deserializer raises many types on malformed graphs
-        raise InputError(f"{path}: malformed ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{path}: malformed ONNX model ({first_line(exc)})") from None
     for graph in iter_graphs(model.graph):
         ir.external_data.set_base_dir(graph, str(path.parent.resolve()))
     return model
@@ -155,8 +155,3 @@ def skeleton_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 _SKELETON_BYTES = 1 << 16
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from optkit import runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
-from optkit.errors import InputError
+from optkit.errors import InputError, first_line
 from optkit.inputs import UnsynthesizableInput, synthetic_inputs
 
 NAN = float("nan")
@@ -353,8 +353,3 @@ def verify_rewrite(
         )
         return Verdict(False, exactness, [failure])
     return compare_outputs(reference, candidate, exactness)
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
