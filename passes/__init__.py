@@ -18,6 +18,7 @@ from .cleanup import (
     TopologicalSort,
 )
 from .constant_folding import FoldConstants
+from .permutation import FoldPermutation
 
 DEFAULT_PASSES: tuple[RewritePass, ...] = (
     RemoveIdentity(),
@@ -25,6 +26,7 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
     FoldConstants(),
     FoldBatchNorm(),
     FoldAffine(),
+    FoldPermutation(),
     RemoveUnused(),
     DeduplicateInitializers(),
     TopologicalSort(),
@@ -32,4 +34,11 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
 
 ALL_PASSES: dict[str, RewritePass] = {p.spec.name: p for p in DEFAULT_PASSES}
 
-__all__ = ["ALL_PASSES", "DEFAULT_PASSES", "FoldAffine", "FoldBatchNorm", "FoldConstants"]
+__all__ = [
+    "ALL_PASSES",
+    "DEFAULT_PASSES",
+    "FoldAffine",
+    "FoldBatchNorm",
+    "FoldConstants",
+    "FoldPermutation",
+]

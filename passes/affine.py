@@ -84,10 +84,10 @@ def read_arithmetic(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | Non
         return None, ""
     rank = len(shape)
     channels = shape[1] if rank > 1 and isinstance(shape[1], int) else None
+    constant_first = x is second
     vector = channel_vector(c.astype(np.float64), rank, channels)
     if vector is None:
-        return None, ""
-    constant_first = x is second
+        return _read_image_shift(node, x, c, shape, constant_first)
     ones, zeros = np.ones_like(vector), np.zeros_like(vector)
     if node.op_type == "Mul":
         scale, shift = vector, zeros
@@ -104,9 +104,35 @@ def read_arithmetic(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | Non
     return Affine(node, x, scale, shift, kind=node.op_type.lower()), ""
 
 
+def _read_image_shift(
+    node: ir.Node, x: ir.Value, c: np.ndarray, shape: ir.Shape, constant_first: bool
+) -> tuple[Affine | None, str]:
+    """x + M, x - M or M - x for a whole constant image M (C, *spatial) of x's static shape: a mean
+    image. Folds only into a following Conv (per position) or Flatten -> Gemm (per feature)."""
+    dims = list(shape)[1:]
+    if (
+        node.op_type not in ("Add", "Sub")
+        or len(dims) < 2
+        or not all(isinstance(d, int) for d in dims)
+    ):
+        return None, ""
+    image = c.astype(np.float64)
+    while image.ndim > len(dims) and image.shape[0] == 1:
+        image = image[0]
+    if image.shape != tuple(dims):
+        return None, ""
+    channels = int(dims[0])
+    sign = -1.0 if node.op_type == "Sub" and not constant_first else 1.0
+    scale = np.full(channels, -1.0 if node.op_type == "Sub" and constant_first else 1.0)
+    kind = f"{node.op_type.lower()}-image"
+    return Affine(node, x, scale, np.zeros(channels), kind, shift_image=sign * image), ""
+
+
 def merge_into_batchnorm(affine: Affine, ctx: FoldContext) -> Applied | str:
     """s (gamma (x - mean) / sqrt(var + eps) + beta) + t is a BatchNorm with gamma' = s gamma and
     beta' = s beta + t."""
+    if affine.shift_image is not None:
+        return "a per-position shift does not fit a BatchNorm"
     bn_node = affine.input.producer()
     if bn_node is None or bn_node.op_type != "BatchNormalization" or bn_node.domain != "":
         return "its input does not come from a BatchNormalization"

@@ -31,6 +31,8 @@ from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_
 
 def fold_into_producer(affine: Affine, ctx: FoldContext) -> Applied | str:
     """Fold `affine` into the layer that produces its input, or say why not."""
+    if affine.shift_image is not None:
+        return "a per-position shift gains nothing folded into the layer before it"
     layer = affine.input.producer()
     if layer is None:
         return "its input is not produced by a layer (graph input or initializer)"

@@ -131,7 +131,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     shift_by_offset = np.einsum("oik,oi->ok", weight.reshape(c_out, c_in_per_group, -1), shift)
     geometry = ConvGeometry.of(conv, tuple(int(k) for k in kernel_dims))
     w_value = ctx.constant(base_name(conv.inputs[1], "W"), new_w, dtype)
-    if not geometry.has_padding():
+    if not geometry.has_padding() and affine.shift_image is None:
         new_b = bias + shift_by_offset.sum(axis=1)
         b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), new_b, dtype)
         node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
@@ -141,10 +141,14 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     if spatial is None:
         return (
             "Conv pads its input and the input's spatial shape is not static: "
-            "the BN shift is not uniform at the borders"
+            "the shift is not uniform at the borders"
         )
     mask, out_spatial = geometry.valid_mask(spatial)
     correction = shift_by_offset @ mask.T + bias[:, None]  # (c_out, positions)
+    if affine.shift_image is not None:  # a mean image: its own Conv, per output position
+        if affine.shift_image.shape[1:] != spatial:
+            return f"the shift image is {affine.shift_image.shape}, the Conv input {spatial}"
+        correction = correction + geometry.convolve(weight, affine.shift_image, groups)[0]
     if np.all(correction == correction[:, :1]):
         b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), correction[:, 0], dtype)
         node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
@@ -170,4 +174,47 @@ def _static_spatial(value: ir.Value, rank: int) -> tuple[int, ...] | None:
     return tuple(int(d) for d in dims)
 
 
-_CONSUMER_RULES = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv}
+def _flatten(affine: Affine, flatten: ir.Node, ctx: FoldContext) -> Applied | str:
+    """Move the map past a Flatten(axis=1) that feeds a Gemm or MatMul, as a per-feature Mul / Add
+    (s and t repeated over the positions of each channel, a shift image flattened), which the next
+    sweep folds into that layer."""
+    if attr_int(flatten, "axis", 1) != 1:
+        return "the Flatten after it does not flatten from axis 1"
+    reader = sole_consumer(flatten.outputs[0])
+    if (
+        reader is None
+        or reader.domain != ""
+        or reader.op_type not in ("Gemm", "MatMul")
+        or reader.inputs[0] is not flatten.outputs[0]
+        or (reader.op_type == "Gemm" and attr_int(reader, "transA", 0))
+    ):
+        return "the Flatten after it does not feed exactly one Gemm or MatMul"
+    weight, dtype, why = ctx.weight(reader.inputs[1], f"{reader.op_type} weight")
+    if weight is None:
+        return why
+    ctx.ensure_shapes()
+    shape = affine.input.shape
+    if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+        return "the input's shape is not static, so its flattened features are unknown"
+    positions = int(np.prod(list(shape)[2:]))
+    scale = np.repeat(affine.scale, positions)
+    shift = np.repeat(affine.shift, positions)
+    if affine.shift_image is not None:
+        shift = shift + affine.shift_image.reshape(-1)
+    nodes = [new_node("Flatten", [affine.input], copy_attributes(flatten), flatten.name)]
+    for op, constant, needed in (("Mul", scale, np.any(scale != 1)), ("Add", shift, np.any(shift))):
+        if needed:
+            nodes[-1].outputs[0].name = ctx.namer.fresh(f"{flatten.outputs[0].name}_{op.lower()}")
+            nodes[-1].outputs[0].type = flatten.outputs[0].type
+            value = ctx.constant(f"{flatten.name or 'flatten'}_{op.lower()}", constant, dtype)
+            nodes.append(
+                new_node(op, [nodes[-1].outputs[0], value], [], ctx.namer.fresh(op.lower()))
+            )
+    removed = (node_label(affine.node), node_label(flatten))
+    replace_nodes(
+        ctx.graph, [affine.node, flatten], nodes, [flatten.outputs[0]], [nodes[-1].outputs[0]]
+    )
+    return Applied(f"{affine.kind}+flatten", removed, tuple(node_label(n) for n in nodes))
+
+
+_CONSUMER_RULES = {"Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "Flatten": _flatten}

@@ -27,6 +27,7 @@ class Affine:
     scale: np.ndarray  # s, float64, shape (C,)
     shift: np.ndarray  # t, float64, shape (C,)
     kind: str = "bn"
+    shift_image: np.ndarray | None = None  # an extra per-position shift (C, *spatial): a mean image
 
     @property
     def channels(self) -> int:

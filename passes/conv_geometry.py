@@ -80,3 +80,40 @@ class ConvGeometry:
                 mask.shape[0] * valid.shape[0], mask.shape[1] * valid.shape[1]
             )
         return mask, outs
+
+    def convolve(
+        self, weight: np.ndarray, image: np.ndarray, groups: int
+    ) -> tuple[np.ndarray, list[int]]:
+        """Conv (no bias) of one constant image (C_in, *spatial) with zero padding, in float64.
+
+        Returns (C_out, prod(out)) and the output spatial shape: what a per-position input shift
+        (a mean image) adds to the Conv's output.
+        """
+        spatial = image.shape[1:]
+        begins, outs = self.begin_pads_and_out(tuple(int(d) for d in spatial))
+        ends = [
+            max(
+                0,
+                (outs[d] - 1) * self.strides[d]
+                + (self.kernel[d] - 1) * self.dilations[d]
+                + 1
+                - begins[d]
+                - spatial[d],
+            )
+            for d in range(len(spatial))
+        ]
+        padded = np.pad(image, [(0, 0), *zip(begins, ends, strict=True)])
+        c_out, c_in_per_group = weight.shape[:2]
+        out_per_group = c_out // groups
+        result = np.zeros((c_out, int(np.prod(outs))))
+        for offset in np.ndindex(*self.kernel):
+            index = [
+                np.arange(outs[d]) * self.strides[d] + offset[d] * self.dilations[d]
+                for d in range(len(spatial))
+            ]
+            patch = padded[(slice(None), *np.ix_(*index))].reshape(padded.shape[0], -1)
+            for g in range(groups):
+                rows = slice(g * out_per_group, (g + 1) * out_per_group)
+                cols = slice(g * c_in_per_group, (g + 1) * c_in_per_group)
+                result[rows] += weight[(rows, slice(None), *offset)] @ patch[cols]
+        return result, outs

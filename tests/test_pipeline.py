@@ -77,6 +77,7 @@ def test_fixed_point_stops_when_nothing_changes_and_times_each_pass(rng):
         "constants": 2,
         "batchnorm": 2,
         "affine": 2,
+        "permute": 2,
         "unused": 1,
         "dedupe": 1,
         "toposort": 1,

@@ -1,0 +1,150 @@
+"""A constant channel permutation (Gather on axis 1, as a BGR -> RGB swap), folded into the weights
+of the layer that reads it:
+
+    Conv (group 1):       Conv(x[:, p], W)  = Conv(x, W[:, q])       q = p^-1 (argsort of p)
+    Gemm (transA 0):      x[:, p] @ B       = x @ B[q, :]            (columns of B when transB = 1)
+    MatMul (2-D):         x[:, p] @ W       = x @ W[q, :]
+    Flatten -> Gemm:      the permutation is moved past the Flatten, over channel blocks of features
+
+Exactness `reassociate`: the sums run in another order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.graph import (
+    ConstantPolicy,
+    Namer,
+    attr_int,
+    consumers_reason,
+    iter_graphs,
+    node_label,
+    replace_nodes,
+    sole_consumer,
+)
+from optkit.shapes import ShapesOnDemand
+
+from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
+
+
+def read_permutation(node: ir.Node, policy: ConstantPolicy) -> np.ndarray | None:
+    """The permutation a Gather(axis=1) applies, when its indices are a constant permutation."""
+    if node.op_type != "Gather" or node.domain != "" or attr_int(node, "axis", 0) != 1:
+        return None
+    indices, _ = policy.array(node.inputs[1] if len(node.inputs) > 1 else None)
+    if indices is None or indices.ndim != 1:
+        return None
+    order = indices.astype(np.int64)
+    return order if sorted(order.tolist()) == list(range(len(order))) else None
+
+
+def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Applied | str:
+    layer = sole_consumer(gather.outputs[0])
+    if layer is None:
+        return consumers_reason(gather.outputs[0], "its output")
+    if layer.domain != "" or layer.inputs[0] is not gather.outputs[0]:
+        return f"its output is not the data input of a layer ({node_label(layer)})"
+    inverse = np.argsort(order)
+    if layer.op_type == "Flatten":
+        return _through_flatten(gather, order, layer, ctx)
+    if layer.op_type not in ("Conv", "Gemm", "MatMul"):
+        return f"its output feeds {layer.op_type}, which cannot absorb it"
+    weight_in = layer.inputs[1] if len(layer.inputs) > 1 else None
+    weight, dtype, why = ctx.weight(weight_in, f"{layer.op_type} weight")
+    if weight is None:
+        return why
+    if layer.op_type == "Conv":
+        if attr_int(layer, "group", 1) != 1:
+            return "grouped Conv: a permutation across groups does not fold"
+        new_weight = weight[:, inverse]
+    elif layer.op_type == "Gemm":
+        if attr_int(layer, "transA", 0):
+            return "Gemm has transA=1"
+        new_weight = weight[:, inverse] if attr_int(layer, "transB", 0) else weight[inverse]
+    else:
+        if weight.ndim != 2:
+            return f"MatMul weight has rank {weight.ndim}, not 2"
+        new_weight = weight[inverse]
+    if new_weight.shape != weight.shape:
+        return "the permutation does not match the layer's input channels"
+    value = ctx.constant(base_name(weight_in, "W"), new_weight, dtype)
+    inputs = [gather.inputs[0], value, *layer.inputs[2:]]
+    node = new_node(layer.op_type, inputs, copy_attributes(layer), layer.name)
+    replace_nodes(ctx.graph, [gather, layer], [node], [layer.outputs[0]], [node.outputs[0]])
+    return Applied(
+        f"permute+{layer.op_type.lower()}",
+        (node_label(gather), node_label(layer)),
+        (node_label(node),),
+    )
+
+
+def _through_flatten(
+    gather: ir.Node, order: np.ndarray, flatten: ir.Node, ctx: FoldContext
+) -> Applied | str:
+    """Gather(x, p, axis=1) -> Flatten  ==  Flatten(x) -> Gather(features, p expanded over blocks)."""
+    if attr_int(flatten, "axis", 1) != 1:
+        return "the Flatten after it does not flatten from axis 1"
+    ctx.ensure_shapes()
+    shape = gather.inputs[0].shape
+    if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+        return "the input's shape is not static, so its flattened features are unknown"
+    positions = int(np.prod(list(shape)[2:]))
+    features = (order[:, None] * positions + np.arange(positions)[None, :]).reshape(-1)
+    indices = ctx.constant(f"{gather.name or 'gather'}_features", features, ir.DataType.INT64)
+    new_flatten = new_node("Flatten", [gather.inputs[0]], copy_attributes(flatten), flatten.name)
+    new_flatten.outputs[0].name = ctx.namer.fresh(f"{flatten.outputs[0].name}_unpermuted")
+    new_flatten.outputs[0].type = flatten.outputs[0].type
+    new_gather = new_node(
+        "Gather", [new_flatten.outputs[0], indices], copy_attributes(gather), gather.name
+    )
+    replace_nodes(
+        ctx.graph,
+        [gather, flatten],
+        [new_flatten, new_gather],
+        [flatten.outputs[0]],
+        [new_gather.outputs[0]],
+    )
+    return Applied(
+        "permute+flatten",
+        (node_label(gather), node_label(flatten)),
+        (node_label(new_flatten), node_label(new_gather)),
+    )
+
+
+class FoldPermutation(RewritePass):
+    spec = PassSpec(
+        "permute",
+        Exactness.REASSOCIATE,
+        "fold constant channel permutations (Gather on axis 1) into the weights that read them",
+    )
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
+        candidates = [
+            (g, n)
+            for g in iter_graphs(model.graph)
+            for n in g
+            if read_permutation(n, policy) is not None
+        ]
+        if not candidates:
+            return []
+        namer, shapes = Namer(model), ShapesOnDemand(model)
+        sites = []
+        for graph, node in candidates:
+            if node.graph is None:
+                continue
+            order = read_permutation(node, policy)
+            assert order is not None
+            ctx = FoldContext(graph, policy, namer, ensure_shapes=shapes)
+            label = node_label(node)
+            result = fold_permutation(node, order, ctx)
+            if isinstance(result, Applied):
+                sites.append(
+                    Site(result.rule, label, True, removed=result.removed, added=result.added)
+                )
+            else:
+                sites.append(Site("permute", label, False, result))
+        return sites
