@@ -12,7 +12,7 @@ from torch import nn
 
 from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
 from .common import conv_bn_relu, randomize_batchnorm
-from .mlp import MLP
+from .mlp import MLP, ImageMLP
 
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet": (ResNetStyle, (2, 3, 32, 32)),
@@ -22,6 +22,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "decoder": (ConvTransposeDecoder, (2, 16, 4, 4)),
     "depthwise": (DepthwiseNet, (2, 3, 32, 32)),
     "input-norm": (InputNormNet, (2, 3, 16, 16)),
+    "image-mlp": (ImageMLP, (4, 3, 8, 8)),
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "BasicBlock",
     "ConvTransposeDecoder",
     "DepthwiseNet",
+    "ImageMLP",
     "InputNormNet",
     "ResNetStyle",
     "VGGStyle",

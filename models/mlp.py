@@ -28,3 +28,21 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class ImageMLP(nn.Module):
+    """A fully connected classifier on images: Flatten, then the MLP (as in the lecture's CIFAR-10
+    linear and two-layer examples)."""
+
+    def __init__(
+        self,
+        image: tuple[int, int, int] = (3, 8, 8),
+        hidden: tuple[int, ...] = (64,),
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        c, h, w = image
+        self.net = nn.Sequential(nn.Flatten(), MLP(c * h * w, hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

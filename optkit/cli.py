@@ -554,6 +554,15 @@ def passes_command() -> None:
         click.echo(f"{spec.name:<10} {spec.exactness.value:<12} {spec.summary}")
 
 
+def _register_preprocess() -> None:
+    from optkit.preprocess_cli import preprocess_group
+
+    cli.add_command(preprocess_group)
+
+
+_register_preprocess()
+
+
 def main() -> None:
     """Entry point: one clear line and a non-zero exit code for every failure, never a traceback."""
     try:
