@@ -6,12 +6,14 @@ a bug in optkit's verification cannot hide a bug in a pass.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 from onnx import helper, numpy_helper
 
 import optkit
@@ -122,3 +124,14 @@ def fold(
 
 def sites(result: optkit.FuseResult, name: str = "batchnorm") -> list[optkit.Site]:
     return [s for r in result.report.pipeline.passes if r.name == name for s in r.sites]
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the `optkit` entry point in-process: exit code, stdout, stderr."""
+    from optkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["optkit", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err

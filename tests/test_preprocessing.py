@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ import torch
 from onnx import helper
 
 import optkit
-from helpers import F32, make_model, ort_outputs
-from optkit.cli import main
+from helpers import F32, make_model, ort_outputs, run_main
 from optkit.embedding import embed
 from optkit.models import ZOO, randomize_batchnorm
 from optkit.preprocessing import PreprocessSpec, apply, fit
@@ -156,14 +154,6 @@ def test_permutation_into_a_grouped_conv_is_declined(rng):
     declined = [s for p in result.report.pipeline.passes if p.name == "permute" for s in p.declined]
     assert [n.op_type for n in result.model.graph] == ["Gather", "Conv"]
     assert "grouped Conv" in declined[0].reason
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["optkit", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def test_cli_fit_then_embed_and_fold(tmp_path, monkeypatch, capsys):

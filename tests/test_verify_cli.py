@@ -4,7 +4,6 @@ bisection of a planted error across a rewrite, CUDA asked for without a GPU."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import onnx
@@ -13,24 +12,11 @@ import pytest
 import torch
 
 import optkit
-from helpers import F32, make_model
-from optkit.cli import main
+from helpers import F32, make_model, run_main
 from optkit.contract import Exactness, Tolerance
 from optkit.models import ZOO, randomize_batchnorm
 from optkit.torch import export_onnx
 from optkit.verify import compare_arrays, compare_outputs
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the `optkit` entry point in-process: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["optkit", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-# --- metrics by hand ----------------------------------------------------------------------------
 
 
 def test_metrics_against_hand_computed_values():
