@@ -131,6 +131,13 @@ def cli(verbose: bool) -> None:
     metavar="ELEMENTS",
     help="Largest tensor constant folding may create.",
 )
+@click.option(
+    "--upgrade-opset",
+    type=int,
+    metavar="N",
+    help="Convert the model to opset N first, so newer fused ops can be used "
+    "(Gelu 20, Swish 24, LayerNormalization 17, GroupNormalization 21).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--verbose", "verbose_report", is_flag=True, help="List every pass and every decline."
@@ -149,25 +156,29 @@ def fuse_command(
     freeze_initializer_inputs: bool,
     bn_to_affine: bool,
     fold_limit: int,
+    upgrade_opset: int | None,
     as_json: bool,
     verbose_report: bool,
 ) -> None:
-    """Fold test-time BatchNorm into adjacent layers and clean the graph, then verify.
+    """Fold test-time BatchNorm, fuse decomposed activations and norms, clean the graph, verify.
 
     \b
     Folds BatchNorm, and Mul / Add / Sub / Div by per-channel constants, into the Conv /
-    ConvTranspose / Gemm / MatMul before or after it (computed in float64, rounded once), removes
-    Identity, inference Dropout, unused nodes and duplicate initializers, folds constants, sorts the
-    graph, then runs the onnx checker and compares the outputs with the original's on seeded inputs
-    (exactly, when only bitwise passes changed the model). Each BatchNorm left in place is listed with the
-    reason. The input file is never modified; the output is written atomically, and not at all when
-    verification fails (unless --force).
+    ConvTranspose / Gemm / MatMul before or after it (computed in float64, rounded once), fuses
+    activations and normalizations exporters leave as chains of primitives (GELU, Swish,
+    HardSwish, Mish, ELU, LayerNorm, GroupNorm, ...) into their ONNX op, removes Identity,
+    inference Dropout, unused nodes and duplicate initializers, folds constants, sorts the graph,
+    then runs the onnx checker and compares the outputs with the original's on seeded inputs
+    (exactly, when only bitwise passes changed the model). Each BatchNorm or form left in place is
+    listed with the reason. The input file is never modified; the output is written atomically,
+    and not at all when verification fails (unless --force).
 
     \b
     Examples:
       optkit fuse resnet.onnx
       optkit fuse resnet.onnx -o resnet.fused.onnx --shape input=1x3x224x224 --json
       optkit fuse model.onnx --skip constants --verify-each
+      optkit fuse bert.onnx --upgrade-opset 20      # Gelu needs opset 20
     """
     out = output or default_output(model)
     if out.resolve() == model.resolve():
@@ -188,6 +199,7 @@ def fuse_command(
         shapes=shape_map,
         seed=seed,
         int_range=parse_int_range(int_range),
+        upgrade_opset=upgrade_opset,
     )
     failed = not result.report.ok
     if not failed or force:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 
 from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
-from optkit.graph import count_ops, node_count
+from optkit.graph import count_ops, node_count, opset_version
 from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
@@ -37,6 +38,7 @@ class FuseReport:
     unverified_reason: str = ""
     seconds: float = 0.0
     output: str = ""
+    opset_upgrade: tuple[int, int] | None = None  # (from, to) when --upgrade-opset converted it
 
     @property
     def ok(self) -> bool:
@@ -54,6 +56,7 @@ class FuseReport:
             "nodes_after": self.nodes_after,
             "batchnorm_before": self.batchnorm_before,
             "batchnorm_after": self.batchnorm_after,
+            "opset_upgrade": list(self.opset_upgrade) if self.opset_upgrade else None,
             "seconds": round(self.seconds, 6),
             "pipeline": self.pipeline.to_dict(),
             "verification": self.verdict.to_dict() if self.verdict else None,
@@ -64,6 +67,8 @@ class FuseReport:
             f"{self.source}: {self.nodes_before} -> {self.nodes_after} nodes, "
             f"BatchNorm {self.batchnorm_before} -> {self.batchnorm_after}",
         ]
+        if self.opset_upgrade:
+            lines.append("  opset {} -> {} (--upgrade-opset)".format(*self.opset_upgrade))
         for report in self.pipeline.passes:
             hits = ", ".join(f"{rule} x{n}" for rule, n in sorted(report.hits().items()))
             declined = len(report.declined)
@@ -143,6 +148,27 @@ def check_model(model: ir.Model, what: str) -> None:
         raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
 
 
+def upgraded(model: ir.Model, opset: int, source: str) -> ir.Model:
+    """`model` converted to default-domain `opset` by onnx's version converter (never downgraded)."""
+    current = opset_version(model)
+    if opset < current:
+        raise InputError(f"{source}: --upgrade-opset {opset} is below the model's opset {current}")
+    if opset > onnx.defs.onnx_opset_version():
+        raise InputError(
+            f"{source}: --upgrade-opset {opset}: this onnx knows opsets up to "
+            f"{onnx.defs.onnx_opset_version()}"
+        )
+    if opset == current:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(io.to_proto(model), opset)
+    except Exception as exc:  # the converter raises RuntimeError / ValueError / its own errors
+        raise InputError(
+            f"{source}: onnx's version converter cannot take it to opset {opset}: {first_line(exc)}"
+        ) from None
+    return ir.from_proto(converted)
+
+
 def fuse(
     model: io.ModelLike,
     *,
@@ -155,9 +181,12 @@ def fuse(
     seed: int = 0,
     int_range: tuple[int, int] = (0, 10),
     max_iterations: int = 4,
+    upgrade_opset: int | None = None,
 ) -> FuseResult:
     """Fold and clean `model` (a path, ModelProto or onnx_ir.Model; never modified) and verify it.
 
+    `upgrade_opset` converts the model to that default-domain opset first (onnx's version converter),
+    so that ops newer than the model's opset (Gelu 20, Swish 24, LayerNormalization 17) can be used.
     Returns the rewritten `onnx_ir.Model` and a `FuseReport`. Raises `InputError` for unusable input.
     When verification finds a difference the report says so (`report.ok` is False); nothing raises.
     """
@@ -170,6 +199,10 @@ def fuse(
     external_data = bool(io.external_data_paths(original))
     # `original` is a private copy already; a second one is only needed to compare against.
     working = io.load(original) if verify_result else original
+    opset_upgrade = None
+    if upgrade_opset is not None:
+        opset_upgrade = (opset_version(working), upgrade_opset)
+        working = upgraded(working, upgrade_opset, source)
 
     verifier: Verifier | None = None
     if verify_each:
@@ -195,6 +228,7 @@ def fuse(
         bn_before,
         count_ops(result, "BatchNormalization"),
         pipeline_report,
+        opset_upgrade=opset_upgrade,
     )
     try:
         check_model(result, f"{source} after fuse")

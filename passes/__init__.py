@@ -10,6 +10,7 @@ from optkit.contract import RewritePass
 
 from .affine import FoldAffine
 from .batchnorm import FoldBatchNorm
+from .canonicalize import CanonicalizeActivations, CanonicalizeNormalization
 from .cleanup import (
     DeduplicateInitializers,
     RemoveDropout,
@@ -24,6 +25,8 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
     RemoveIdentity(),
     RemoveDropout(),
     FoldConstants(),
+    CanonicalizeActivations(),
+    CanonicalizeNormalization(),
     FoldBatchNorm(),
     FoldAffine(),
     FoldPermutation(),
@@ -37,6 +40,8 @@ ALL_PASSES: dict[str, RewritePass] = {p.spec.name: p for p in DEFAULT_PASSES}
 __all__ = [
     "ALL_PASSES",
     "DEFAULT_PASSES",
+    "CanonicalizeActivations",
+    "CanonicalizeNormalization",
     "FoldAffine",
     "FoldBatchNorm",
     "FoldConstants",

@@ -75,6 +75,8 @@ def test_fixed_point_stops_when_nothing_changes_and_times_each_pass(rng):
         "identity": 2,
         "dropout": 2,
         "constants": 2,
+        "activations": 2,
+        "norms": 2,
         "batchnorm": 2,
         "affine": 2,
         "permute": 2,

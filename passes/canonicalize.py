@@ -1,0 +1,174 @@
+"""Canonicalize: each decomposed activation or normalization becomes its one ONNX op.
+
+`activations` fuses the forms in `activation_forms` (GELU, Swish, HardSwish, Mish, ELU, ...),
+`norms` those in `normalization_forms` (LayerNormalization, GroupNormalization). Both are
+reassociating: the fused op computes the same function, its kernel rounds differently from the
+chain of primitives (for PRelu -> LeakyRelu and the Max / Clip / Where forms of Relu and LeakyRelu
+the result is bit-for-bit the same). A form is fused only where:
+
+- the model's opset has the op (Gelu 20, Swish 24, Mish 18, HardSwish 14, Celu 12,
+  LayerNormalization 17, GroupNormalization 21); below it the site is declined and names the opset
+  to upgrade to (`optkit fuse --upgrade-opset N`);
+- no value inside the form is read from outside it;
+- ONNX Runtime's CPU provider has a kernel for the op at the input's element type (`RUNTIME_TYPES`),
+  so the result still runs where the original ran.
+
+Nothing outside the default domain is emitted. Forms are looked for from the end of each graph to its
+start, so the largest form around a node is found before the forms inside it, and the sweep repeats
+(Selu, Mish and Celu contain an Elu, Softplus or Relu fused in an earlier sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import onnx_ir as ir
+
+from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.graph import (
+    ConstantPolicy,
+    Namer,
+    add_initializer,
+    iter_graphs,
+    node_label,
+    opset_version,
+    replace_nodes,
+)
+from optkit.shapes import ShapesOnDemand
+
+from . import activation_forms, normalization_forms
+from .pattern import Match, Reader, private
+
+MAX_ROUNDS = 4
+MIN_OPSET = activation_forms.MIN_OPSET | normalization_forms.MIN_OPSET
+
+# Element types at which ONNX Runtime (1.32, CPU provider) runs each op these passes emit; checked
+# against ONNX Runtime by tests/passes/test_canonicalize.py. Other types are left decomposed.
+_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
+RUNTIME_TYPES: dict[str, frozenset[ir.DataType]] = {op: _FLOATS for op in MIN_OPSET} | {
+    "Celu": frozenset({ir.DataType.FLOAT}),
+}
+
+# Ops ONNX Runtime (1.32, CPU) runs only up to some opset of the model (Swish's kernel is for 24 only).
+RUNTIME_MAX_OPSET: dict[str, int] = {"Swish": 24}
+
+Recognizer = Callable[[ir.Node, Reader], "Match | str | None"]
+
+
+class Canonicalize(RewritePass):
+    """The sweep shared by the canonicalizing passes; subclasses name a spec and a recognizer."""
+
+    recognize: Recognizer
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        opset = opset_version(model)
+        policy = ConstantPolicy(model, freeze_initializer_inputs=options.freeze_initializer_inputs)
+        namer = Namer(model)
+        shapes = ShapesOnDemand(model)
+        applied: list[Site] = []
+        declined: dict[str, Site] = {}
+        for _ in range(MAX_ROUNDS):
+            declined = {}
+            done = 0
+            for graph in list(iter_graphs(model.graph)):
+                reader = Reader(graph, policy)
+                claimed: set[int] = set()  # nodes of a form already found (fused or declined)
+                for node in reversed(list(graph)):
+                    if node.graph is not graph or id(node) in claimed:
+                        continue
+                    found = type(self).recognize(node, reader)
+                    if found is None:
+                        continue
+                    label = node_label(node)
+                    if isinstance(found, str):
+                        declined[label] = Site(self.spec.name, label, False, found)
+                        continue
+                    claimed.update(id(n) for n in found.nodes)
+                    reason = blocker(found, graph, opset, shapes)
+                    if reason:
+                        declined[label] = Site(found.kind, label, False, reason)
+                        continue
+                    applied.append(rewrite(found, graph, namer))
+                    done += 1
+            if not done:
+                break
+        return applied + list(declined.values())
+
+
+class CanonicalizeActivations(Canonicalize):
+    spec = PassSpec(
+        "activations",
+        Exactness.REASSOCIATE,
+        "fuse decomposed activations (GELU, Swish, HardSwish, Mish, ELU, ...) into their ONNX op",
+    )
+    recognize = activation_forms.recognize
+
+
+class CanonicalizeNormalization(Canonicalize):
+    spec = PassSpec(
+        "norms",
+        Exactness.REASSOCIATE,
+        "fuse decomposed LayerNorm and GroupNorm into LayerNormalization / GroupNormalization",
+    )
+    recognize = normalization_forms.recognize
+
+
+def blocker(found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand) -> str:
+    """Why `found` cannot be fused here, or ''."""
+    needed = MIN_OPSET.get(found.op_type, 1)
+    if opset < needed:
+        return (
+            f"{found.describe()} needs opset {needed}, the model imports {opset} "
+            f"(optkit fuse --upgrade-opset {needed} converts the model first)"
+        )
+    if opset > RUNTIME_MAX_OPSET.get(found.op_type, opset):
+        return (
+            f"{found.describe()}: ONNX Runtime's CPU provider runs {found.op_type} only up to "
+            f"opset {RUNTIME_MAX_OPSET[found.op_type]}, the model imports {opset}"
+        )
+    reason = private(found.nodes, found.output, graph)
+    if reason:
+        return f"{found.describe()} pattern, but {reason}"
+    if not isinstance(found.x.type, ir.TensorType):
+        shapes()
+    dtype = found.x.type.dtype if isinstance(found.x.type, ir.TensorType) else None
+    if dtype is None and found.constants:
+        return f"{found.describe()} pattern, but the element type of '{found.x.name}' is unknown"
+    if dtype is not None and dtype not in RUNTIME_TYPES.get(found.op_type, _FLOATS):
+        return (
+            f"{found.describe()} on {dtype.name}: ONNX Runtime's CPU provider has no such "
+            "kernel, left decomposed"
+        )
+    return ""
+
+
+def attribute(name: str, value: Any) -> ir.Attr:
+    if isinstance(value, str):
+        return ir.Attr(name, ir.AttributeType.STRING, value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ir.Attr(name, ir.AttributeType.INT, value)
+    return ir.Attr(name, ir.AttributeType.FLOAT, float(value))
+
+
+def rewrite(found: Match, graph: ir.Graph, namer: Namer) -> Site:
+    """Replace the nodes of `found` by one `found.op_type` node (constants become initializers)."""
+    anchor = found.nodes[0]
+    name = namer.fresh(anchor.name or found.op_type.lower())
+    inputs = [found.x]
+    for index, array in enumerate(found.constants):
+        assert isinstance(found.x.type, ir.TensorType)
+        inputs.append(
+            add_initializer(graph, namer, f"{name}_{index + 1}", array, found.x.type.dtype)
+        )
+    node = ir.Node(
+        "",
+        found.op_type,
+        inputs,
+        attributes=[attribute(k, v) for k, v in sorted(found.attributes.items())],
+        name=name,
+        num_outputs=1,
+    )
+    removed = tuple(node_label(n) for n in found.nodes)
+    replace_nodes(graph, found.nodes, [node], [found.output], [node.outputs[0]])
+    return Site(found.kind, node_label(anchor), True, removed=removed, added=(name,))
