@@ -13,6 +13,7 @@ from torch import nn
 from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
 from .common import conv_bn_relu, randomize_batchnorm
 from .mlp import MLP, ImageMLP
+from .transformer import EncoderBlock
 
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet": (ResNetStyle, (2, 3, 32, 32)),
@@ -25,12 +26,20 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "image-mlp": (ImageMLP, (4, 3, 8, 8)),
 }
 
+# Models whose exports carry decomposed activations and norms (the `activations` / `norms` passes).
+CANONICALIZE_ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "encoder": (EncoderBlock, (2, 6, 32)),
+    "encoder-tanh": (lambda: EncoderBlock(approximate="tanh"), (2, 6, 32)),
+}
+
 __all__ = [
+    "CANONICALIZE_ZOO",
     "MLP",
     "ZOO",
     "BasicBlock",
     "ConvTransposeDecoder",
     "DepthwiseNet",
+    "EncoderBlock",
     "ImageMLP",
     "InputNormNet",
     "ResNetStyle",

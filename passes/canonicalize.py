@@ -46,7 +46,9 @@ MIN_OPSET = activation_forms.MIN_OPSET | normalization_forms.MIN_OPSET
 # Element types at which ONNX Runtime (1.32, CPU provider) runs each op these passes emit; checked
 # against ONNX Runtime by tests/passes/test_canonicalize.py. Other types are left decomposed.
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
-RUNTIME_TYPES: dict[str, frozenset[ir.DataType]] = {op: _FLOATS for op in MIN_OPSET} | {
+EMITTED = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "HardSigmoid", "HardSwish", "Mish",
+           "Gelu", "Swish", "LayerNormalization", "GroupNormalization")  # fmt: skip
+RUNTIME_TYPES: dict[str, frozenset[ir.DataType]] = {op: _FLOATS for op in EMITTED} | {
     "Celu": frozenset({ir.DataType.FLOAT}),
 }
 
@@ -135,7 +137,7 @@ def blocker(found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand) -
     dtype = found.x.type.dtype if isinstance(found.x.type, ir.TensorType) else None
     if dtype is None and found.constants:
         return f"{found.describe()} pattern, but the element type of '{found.x.name}' is unknown"
-    if dtype is not None and dtype not in RUNTIME_TYPES.get(found.op_type, _FLOATS):
+    if dtype is not None and dtype not in RUNTIME_TYPES[found.op_type]:
         return (
             f"{found.describe()} on {dtype.name}: ONNX Runtime's CPU provider has no such "
             "kernel, left decomposed"
