@@ -82,6 +82,8 @@ def cli(verbose: bool) -> None:
       optkit inspect model.onnx    what is in a model, and what fuse would do to it
       optkit verify a.onnx b.onnx  do two models compute the same thing? (--bisect: where not)
       optkit bench b.onnx --baseline a.onnx   latency and throughput, as a ratio
+      optkit activations model.onnx          which activations, where, which decomposed
+      optkit swap model.onnx --map Gelu=Gelu:tanh   swap activations, with error bounds
 
     Every rewrite is checked on ONNX Runtime (graph optimizations off) against the original.
     Exit codes: 0 ok, 1 outputs differ, 2 bad input or usage, 3 internal error.
@@ -566,13 +568,16 @@ def passes_command() -> None:
         click.echo(f"{spec.name:<10} {spec.exactness.value:<12} {spec.summary}")
 
 
-def _register_preprocess() -> None:
+def _register_subcommands() -> None:
+    from optkit.activations_cli import activations_command, swap_command
     from optkit.preprocess_cli import preprocess_group
 
     cli.add_command(preprocess_group)
+    cli.add_command(swap_command)
+    cli.add_command(activations_command)
 
 
-_register_preprocess()
+_register_subcommands()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import onnx_ir as ir
 
 from optkit import io
-from optkit.graph import all_nodes, count_ops, iter_graphs
+from optkit.graph import all_nodes, count_ops, iter_graphs, node_label
 from optkit.inputs import runtime_inputs
 
 
@@ -18,6 +18,56 @@ def _describe(value: ir.Value) -> dict[str, Any]:
         None if value.shape is None else [d if isinstance(d, int) else str(d) for d in value.shape]
     )
     return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def activation_usage(model: ir.Model) -> list[dict[str, Any]]:
+    """Every activation in the model, in graph order: its kind and parameters, the node computing
+    its output, and whether one op computes it or a decomposed chain of `nodes` primitives."""
+    from optkit.graph import ConstantPolicy
+    from optkit.passes.activation_forms import native, recognize
+    from optkit.passes.pattern import Match, Reader
+
+    policy = ConstantPolicy(model)
+    found: list[dict[str, Any]] = []
+    for graph in iter_graphs(model.graph):
+        reader = Reader(graph, policy)
+        claimed: set[int] = set()
+        in_graph: list[dict[str, Any]] = []
+        for node in reversed(list(graph)):
+            if id(node) in claimed:
+                continue
+            match = recognize(node, reader)
+            if not isinstance(match, Match):
+                match = native(node, reader)
+            if match is None:
+                continue
+            claimed.update(id(n) for n in match.nodes)
+            in_graph.append(
+                {
+                    "kind": match.kind,
+                    "activation": match.describe(),
+                    "node": node_label(node),
+                    "graph": graph.name or "main",
+                    "fused": match.fused,
+                    "nodes": len(match.nodes),
+                }
+            )
+        found += reversed(in_graph)
+    return found
+
+
+def format_activation_usage(usage: list[dict[str, Any]]) -> list[str]:
+    """One line per kind: how many, how many decomposed, where (the first few nodes)."""
+    lines = []
+    for kind, count in Counter(a["kind"] for a in usage).most_common():
+        entries = [a for a in usage if a["kind"] == kind]
+        decomposed = [a for a in entries if not a["fused"]]
+        where = ", ".join(a["node"] for a in entries[:4]) + (" ..." if len(entries) > 4 else "")
+        form = (
+            f" ({len(decomposed)} decomposed, {decomposed[0]['nodes']} nodes)" if decomposed else ""
+        )
+        lines.append(f"    {kind:<12} x{count}{form}: {where}")
+    return lines
 
 
 def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, Any]:
@@ -48,6 +98,7 @@ def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, An
         "parameters": parameters,
         "parameter_bytes": parameter_bytes,
         "batchnorm": count_ops(model, "BatchNormalization"),
+        "activations": activation_usage(model),
     }
     if dry_run:
         report = fuse(model, verify_result=False).report
@@ -76,6 +127,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"  {info['parameters']:,} parameters, {info['parameter_bytes']:,} bytes; "
         f"BatchNorm {info['batchnorm']}",
     ]
+    if info["activations"]:
+        lines.append("  activations:")
+        lines += format_activation_usage(info["activations"])
     if "fuse" in info:
         dry = info["fuse"]
         rules = Counter(site["rule"] for site in dry["applied"])
