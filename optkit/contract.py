@@ -146,6 +146,7 @@ class PassOptions:
     freeze_initializer_inputs: bool = False  # fold initializers that are also graph inputs
     bn_to_affine: bool = False  # rewrite BatchNorm no layer can absorb into Mul + Add
     constant_fold_max_elements: int = 1 << 24  # largest tensor constant folding may create (16M)
+    all_canonical: bool = False  # also fuse forms into ops ONNX Runtime runs slower than the chain
 
 
 class RewritePass(abc.ABC):

@@ -8,7 +8,7 @@ layers after it, so `optkit swap` also measures the outputs (and accuracy, given
 
 Sites are found by `activation_forms`: a single op, or a decomposed form (x * Sigmoid(x) is Swish
 below opset 24). The replacement is the target's op where the model's opset has it (and ONNX
-Runtime runs it), else the primitives that compute it.
+Runtime runs it no slower than the primitives), else the primitives that compute it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from optkit.graph import (
     replace_nodes,
 )
 from optkit.passes.activation_forms import native, recognize
-from optkit.passes.canonicalize import MIN_OPSET, RUNTIME_MAX_OPSET, attribute
+from optkit.passes.canonicalize import MIN_OPSET, RUNTIME_MAX_OPSET, SLOWER_ON_RUNTIME, attribute
 from optkit.passes.pattern import Match, Reader, private
 from optkit.shapes import infer_shapes
 
@@ -274,7 +274,10 @@ class _Builder:
 
     def build(self, target: str, attributes: dict[str, float], x: ir.Value, opset: int) -> ir.Value:
         op_type = target.split(":")[0]
-        runs_native = MIN_OPSET.get(op_type, 1) <= opset <= RUNTIME_MAX_OPSET.get(op_type, opset)
+        runs_native = (
+            MIN_OPSET.get(op_type, 1) <= opset <= RUNTIME_MAX_OPSET.get(op_type, opset)
+            and op_type not in SLOWER_ON_RUNTIME
+        )
         if target == "Gelu:tanh":
             if runs_native:
                 return self.op("Gelu", x, approximate="tanh")

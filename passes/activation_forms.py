@@ -12,7 +12,7 @@ that is not the function's), or None. Forms, with f(x) written as exporters writ
     HardSigmoid Clip(x + 3, 0, 6) / 6, Clip(alpha * x + beta, 0, 1)
     Mish        x * Tanh(Softplus(x))
     Softplus    Log(Exp(x) + 1); Where(x > 20, x, Softplus(x)) (torch's threshold)
-    Elu         Where(x > 0, x, alpha * (Exp(x) - 1))
+    Elu         Where(x > 0, x, alpha * (Exp(x) - 1)), alpha = 1 without the product
     Selu        gamma * Elu(x; alpha)
     Celu        Max(x, 0) + Min(0, alpha * (Exp(x / alpha) - 1))
     LeakyRelu   Max(x, alpha * x) (0 < alpha < 1); Where(x > 0, x, alpha * x); PRelu with one slope
@@ -305,6 +305,9 @@ def _where(node: ir.Node, reader: Reader) -> Match | None:
     nodes = [node, test]
     if reader.scalar(negative) == 0.0:
         return Match("Relu", "Relu", {}, x, nodes)
+    expm1 = _expm1(negative, reader)  # Exp(x) - 1 with no factor: alpha = 1
+    if expm1 is not None and expm1[0] is x:
+        return Match("Elu", "Elu", {"alpha": 1.0}, x, nodes + expm1[1])
     scaled = reader.product_of(negative)
     if scaled is None or scaled.divisors or len(scaled.terms) != 1:
         return None

@@ -55,6 +55,13 @@ RUNTIME_TYPES: dict[str, frozenset[ir.DataType]] = {op: _FLOATS for op in EMITTE
 # Ops ONNX Runtime (1.32, CPU) runs only up to some opset of the model (Swish's kernel is for 24 only).
 RUNTIME_MAX_OPSET: dict[str, int] = {"Swish": 24}
 
+# Ops ONNX Runtime's CPU provider runs slower than the primitives they replace (tools/
+# bench_activations.py: Swish 1.2-1.8x Sigmoid+Mul, which ORT fuses itself; Softplus 4x
+# Log(Exp(x)+1); GroupNormalization-21 1.9x the Reshape/InstanceNormalization chain). They are fused
+# only with `all_canonical`, for runtimes that want the canonical op, or where the form already
+# contains the op (torch's Where(x > 20, x, Softplus(x)) loses two nodes and nothing else).
+SLOWER_ON_RUNTIME = frozenset({"Swish", "Softplus", "GroupNormalization"})
+
 Recognizer = Callable[[ir.Node, Reader], "Match | str | None"]
 
 
@@ -87,7 +94,7 @@ class Canonicalize(RewritePass):
                         declined[label] = Site(self.spec.name, label, False, found)
                         continue
                     claimed.update(id(n) for n in found.nodes)
-                    reason = blocker(found, graph, opset, shapes)
+                    reason = blocker(found, graph, opset, shapes, options)
                     if reason:
                         declined[label] = Site(found.kind, label, False, reason)
                         continue
@@ -116,8 +123,10 @@ class CanonicalizeNormalization(Canonicalize):
     recognize = normalization_forms.recognize
 
 
-def blocker(found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand) -> str:
-    """Why `found` cannot be fused here, or ''."""
+def blocker(
+    found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand, options: PassOptions
+) -> str:
+    """Why `found` cannot or should not be fused here, or ''."""
     needed = MIN_OPSET.get(found.op_type, 1)
     if opset < needed:
         return (
@@ -128,6 +137,15 @@ def blocker(found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand) -
         return (
             f"{found.describe()}: ONNX Runtime's CPU provider runs {found.op_type} only up to "
             f"opset {RUNTIME_MAX_OPSET[found.op_type]}, the model imports {opset}"
+        )
+    if (
+        found.op_type in SLOWER_ON_RUNTIME
+        and not options.all_canonical
+        and not any(n.op_type == found.op_type for n in found.nodes)
+    ):
+        return (
+            f"{found.describe()}: ONNX Runtime's CPU provider runs {found.op_type} slower than "
+            "this chain (tools/bench_activations.py); --all-canonical fuses it anyway"
         )
     reason = private(found.nodes, found.output, graph)
     if reason:

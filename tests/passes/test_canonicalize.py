@@ -16,6 +16,7 @@ from torch import nn
 
 import optkit
 from helpers import F32, assert_same_outputs, make_model
+from optkit.contract import PassOptions
 from optkit.models import CANONICALIZE_ZOO
 from optkit.passes.canonicalize import RUNTIME_TYPES
 from optkit.torch import export_onnx
@@ -43,8 +44,9 @@ def check(
     upgrade: int | None = None,
     allowed: tuple[str, ...] = (),
 ):
-    """Fuse, then: `want` is in the graph, no primitive of the form is left, outputs match."""
-    result = optkit.fuse(proto, upgrade_opset=upgrade)
+    """Fuse (every form, also those ORT runs faster decomposed), then: `want` is in the graph, no
+    primitive of the form is left, outputs match."""
+    result = optkit.fuse(proto, upgrade_opset=upgrade, options=PassOptions(all_canonical=True))
     ops = fused_ops(result)
     assert want in ops, ops
     leftover = [op for op in ops if op in DECOMPOSED and op != want and op not in allowed]
@@ -105,6 +107,29 @@ def test_below_the_ops_opset_the_graph_is_left_alone_and_the_decline_says_which_
     assert "needs opset 20" in site.reason and "--upgrade-opset 20" in site.reason
 
 
+@pytest.mark.parametrize(
+    "module, shape, op, opset",
+    [
+        (nn.SiLU(), (3, 8), "Swish", 24),
+        (nn.GroupNorm(2, 8), (2, 8, 4, 4), "GroupNormalization", 21),
+    ],
+)
+def test_forms_ort_runs_faster_decomposed_are_kept_unless_asked(module, shape, op, opset):
+    proto = export_onnx(module, torch.randn(*shape), opset=17)
+    result = optkit.fuse(proto, upgrade_opset=opset)
+    assert op not in fused_ops(result)
+    reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
+    assert any("slower" in r and "--all-canonical" in r for r in reasons), reasons
+    everything = optkit.fuse(proto, upgrade_opset=opset, options=PassOptions(all_canonical=True))
+    assert op in fused_ops(everything)
+
+
+def test_torchs_softplus_threshold_is_dropped_by_default():
+    sample = torch.randn(3, 8)
+    proto = export_dynamo(nn.Sequential(nn.Linear(8, 8), nn.Softplus()), sample, 18)
+    assert fused_ops(optkit.fuse(proto)) == ["Gemm", "Softplus"]
+
+
 # --- forms torch does not emit, written out as the formula -----------------------------------
 
 
@@ -120,6 +145,7 @@ class Formula(nn.Module):
 
 FORMULAS = {
     "elu-where": (lambda x: torch.where(x > 0, x, 0.7 * (torch.exp(x) - 1)), "Elu"),
+    "elu-where-alpha-1": (lambda x: torch.where(x <= 0, torch.exp(x) - 1, x), "Elu"),
     "leaky-max": (lambda x: torch.maximum(x, 0.2 * x), "LeakyRelu"),
     "leaky-where": (lambda x: torch.where(x < 0, x * 0.3, x), "LeakyRelu"),
     "relu-clamp": (lambda x: torch.clamp(x, min=0), "Relu"),
