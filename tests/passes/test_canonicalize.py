@@ -72,8 +72,10 @@ MODULES = {
 }
 
 
-@pytest.mark.parametrize("opset", [14, 17, 20])
-@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize(
+    "kind, opset",
+    [(k, o) for k in MODULES for o in (11, 14, 17, 20) if (k, o) != ("Celu", 11)],  # no CELU at 11
+)
 def test_torch_activation_modules_fuse_at_the_opsets_torch_emits(kind, opset):
     module, needed = MODULES[kind]
     sample = torch.randn(3, 4, 8)
