@@ -92,6 +92,9 @@ def cli(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="optkit: %(levelname)s: %(message)s",
     )
+    # onnx_ir warns about malformed input while optkit is still deciding how to report it (one
+    # line, see `main`); its notes about optkit's own rewrites are not the user's concern.
+    logging.getLogger("onnx_ir").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @cli.command("fuse")

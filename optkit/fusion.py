@@ -17,7 +17,7 @@ import onnx_ir as ir
 from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
-from optkit.graph import count_ops, node_count, opset_version
+from optkit.graph import count_ops, iter_graphs, node_count, opset_version
 from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
@@ -134,6 +134,36 @@ def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
             check_model(model, what)
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
+    check_declarations(model, what)
+
+
+def check_declarations(model: ir.Model, what: str) -> None:
+    """What the onnx checker lets through but no runtime accepts: a default-domain opset newer than
+    any onnx knows, and initializers whose stored type or shape contradicts their declaration."""
+    newest = onnx.defs.onnx_opset_version()
+    if opset_version(model) > newest:
+        raise InputError(
+            f"{what}: imports opset {opset_version(model)} of the default domain; "
+            f"the newest this onnx knows is {newest}"
+        )
+    for graph in iter_graphs(model.graph):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None:
+                continue
+            declared = value.type.dtype if isinstance(value.type, ir.TensorType) else None
+            if declared is not None and declared != tensor.dtype:
+                raise InputError(
+                    f"{what}: initializer '{value.name}' holds {tensor.dtype.name} data but is "
+                    f"declared {declared.name}"
+                )
+            dims = list(value.shape) if value.shape is not None else None
+            if dims is not None and all(isinstance(d, int) for d in dims):
+                if tuple(dims) != tuple(tensor.shape):
+                    raise InputError(
+                        f"{what}: initializer '{value.name}' holds shape {list(tensor.shape)} "
+                        f"but is declared {dims}"
+                    )
 
 
 def check_model(model: ir.Model, what: str) -> None:

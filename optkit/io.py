@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import google.protobuf.message
@@ -42,6 +43,7 @@ def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
         raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise InputError(f"{path}: not an ONNX model (no graph or no IR version)")
+    check_external_data(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the deserializer raises many types on malformed graphs
@@ -49,6 +51,86 @@ def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
     for graph in iter_graphs(model.graph):
         ir.external_data.set_base_dir(graph, str(path.parent.resolve()))
     return model
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph stores (initializers, sparse ones, Constant values), subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse, before any of it is read, external data that is not a plain file inside the model's
+    folder (absolute locations, `..`, symbolic links anywhere on the way) or that is shorter than the
+    tensor it claims to hold."""
+    folder = path.parent.resolve()
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        where = f"{path}: tensor '{tensor.name}'"
+        location = info.get("location", "")
+        if not location:
+            raise InputError(f"{where}: external data without a location")
+        relative = Path(location)
+        if relative.is_absolute() or ".." in relative.parts or relative.drive:
+            raise InputError(
+                f"{where}: external data location '{location}' leaves the model's folder"
+            )
+        current = folder
+        for part in relative.parts:
+            current = current / part
+            if current.is_symlink():
+                raise InputError(f"{where}: external data location '{location}' is a symbolic link")
+        if not current.is_file():
+            raise InputError(f"{where}: external data file '{location}' does not exist")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise InputError(f"{where}: external data offset or length is not a number") from None
+        size = current.stat().st_size
+        needed = _tensor_bytes(tensor)
+        if offset < 0 or (length is not None and length < 0):
+            raise InputError(f"{where}: negative external data offset or length")
+        if length is not None and needed is not None and length != needed:
+            raise InputError(
+                f"{where}: external data length {length} bytes, but its shape and type need {needed}"
+            )
+        claimed = length if length is not None else needed
+        if claimed is not None and offset + claimed > size:
+            raise InputError(
+                f"{where}: claims bytes {offset}..{offset + claimed} of '{location}', "
+                f"which has {size}"
+            )
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's shape and type need; None for types of no fixed width (strings)."""
+    if any(d < 0 for d in tensor.dims):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING,):
+        return None
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    return (count * bits + 7) // 8 if bits else count * itemsize
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
