@@ -256,11 +256,9 @@ def _tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, To
 
 def _load_checked(path: Path) -> ir.Model:
     """A model file, loaded (weights stay on disk) and run through the checker; InputError if not."""
-    from optkit.fusion import check_input
+    from optkit.fusion import load_checked
 
-    model = io.load(path, copy=False)
-    check_input(path, model, str(path))
-    return model
+    return load_checked(path, copy=False)
 
 
 _provider_choice = click.Choice(["cpu", "cuda", "auto"])

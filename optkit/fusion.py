@@ -140,6 +140,10 @@ def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
 def check_declarations(model: ir.Model, what: str) -> None:
     """What the onnx checker lets through but no runtime accepts: a default-domain opset newer than
     any onnx knows, and initializers whose stored type or shape contradicts their declaration."""
+    try:
+        io.skeleton_proto(model)  # what every later check and the final save serialize
+    except Exception as exc:  # e.g. a string attribute that is not UTF-8
+        raise InputError(f"{what}: malformed model ({_root_cause(exc)})") from None
     newest = onnx.defs.onnx_opset_version()
     if opset_version(model) > newest:
         raise InputError(
@@ -151,6 +155,14 @@ def check_declarations(model: ir.Model, what: str) -> None:
             tensor = value.const_value
             if tensor is None:
                 continue
+            if not isinstance(tensor, ir.ExternalTensor):  # external data: checked by `io.load`
+                try:
+                    tensor.numpy()
+                except Exception as exc:  # the IR raises ValueError / TypeError on bad data
+                    raise InputError(
+                        f"{what}: initializer '{value.name}': its data does not fit its type and "
+                        f"shape ({first_line(exc)})"
+                    ) from None
             declared = value.type.dtype if isinstance(value.type, ir.TensorType) else None
             if declared is not None and declared != tensor.dtype:
                 raise InputError(
@@ -164,6 +176,20 @@ def check_declarations(model: ir.Model, what: str) -> None:
                         f"{what}: initializer '{value.name}' holds shape {list(tensor.shape)} "
                         f"but is declared {dims}"
                     )
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def load_checked(source: io.ModelLike, what: str | None = None, *, copy: bool = True) -> ir.Model:
+    """`io.load`, then `check_input`: the model every entry point starts from."""
+    what = what or (str(source) if isinstance(source, str | os.PathLike) else "<model>")
+    model = io.load(source, copy=copy)
+    check_input(source, model, what)
+    return model
 
 
 def check_model(model: ir.Model, what: str) -> None:

@@ -73,9 +73,9 @@ def format_activation_usage(usage: list[dict[str, Any]]) -> list[str]:
 def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, Any]:
     """Opsets, signature, op histogram, parameters, BatchNorm count and, with `dry_run`, every site
     `fuse` would rewrite or decline (nothing is written)."""
-    from optkit.fusion import fuse
+    from optkit.fusion import fuse, load_checked
 
-    model = io.load(source, copy=False)
+    model = load_checked(source, copy=False)
     histogram = Counter(
         f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
         for n in all_nodes(model)

@@ -43,6 +43,10 @@ def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
         raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise InputError(f"{path}: not an ONNX model (no graph or no IR version)")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise InputError(
+            f"{path}: IR version {proto.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})"
+        )
     check_external_data(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)

@@ -15,6 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from optkit.contract import Exactness, PassOptions, PassReport, RewritePass
+from optkit.errors import InternalError, OptkitError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,16 @@ class Pipeline:
     ) -> tuple[ir.Model, bool]:
         snapshot = model.clone() if self.verifier is not None else None
         began = time.perf_counter()
-        sites = rewrite.run(model, self.options)
+        try:
+            sites = rewrite.run(model, self.options)
+        except OptkitError:
+            raise
+        except Exception as exc:  # a pass must decline what it cannot handle; this is a bug
+            raise InternalError(
+                f"pass '{rewrite.spec.name}' failed: {type(exc).__name__}: {first_line(exc)} "
+                "(an optkit bug: please report it with the model; --skip "
+                f"{rewrite.spec.name} works around it)"
+            ) from exc
         seconds = time.perf_counter() - began
         report.seconds += seconds
         report.iterations += 1

@@ -19,11 +19,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from optkit.errors import InputError
+from optkit.graph import iter_graphs
 
 logger = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def resolve_provider(provider: str) -> list[str]:
@@ -81,14 +81,30 @@ def make_session(
     providers = resolve_provider(provider)
     if isinstance(model, str | os.PathLike):
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    if proto.ByteSize() < _PROTOBUF_LIMIT:
+    if isinstance(model, onnx.ModelProto) or not _needs_file(model):
+        proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
         return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
-    ir_model = model if isinstance(model, ir.Model) else ir.from_proto(model)
+    # Large or external weights: written next to a model file (streamed, the weights are never
+    # copied into one protobuf), and ORT reads them from there.
+    ir_model = model
     with tempfile.TemporaryDirectory(prefix="optkit-session-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         ir.save(ir_model, path, external_data="model.onnx.data")
         return ort.InferenceSession(path, options, providers=providers)
+
+
+_IN_MEMORY_LIMIT = 1 << 30  # an in-memory model with more weight bytes than this goes to a file
+
+
+def _needs_file(model: ir.Model) -> bool:
+    total = 0
+    for graph in iter_graphs(model.graph):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                return True
+            total += tensor.nbytes if tensor is not None else 0
+    return total > _IN_MEMORY_LIMIT
 
 
 def run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from optkit import runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
-from optkit.errors import InputError, first_line
+from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import UnsynthesizableInput, synthetic_inputs
 
 NAN = float("nan")
@@ -286,9 +286,11 @@ def verify(
     `inputs` is one feed dict or a list of them; by default `samples` seeded synthetic ones.
     `reference_provider` runs `before` on another execution provider (CUDA against CPU, say).
     """
-    from optkit import io
+    from optkit.fusion import load_checked
 
-    before_model = io.load(before, copy=False)
+    before_model = load_checked(before, copy=False)
+    if not isinstance(after, ir.Model):
+        load_checked(after, copy=False)
     feeds = _samples(before_model, inputs, shapes, seed, samples, int_range)
     reference = _run_all(before, feeds, reference_provider or provider, optimization)
     candidate = _run_all(after, feeds, provider, optimization)
@@ -318,8 +320,14 @@ def _samples(
 def _run_all(
     model: ir.Model | str, feeds: Sequence[Feeds], provider: str, optimization: str
 ) -> dict[str, Any]:
-    session = runtime.make_session(model, provider=provider, optimization=optimization)
-    return pool_samples([runtime.run(session, sample) for sample in feeds])
+    try:
+        session = runtime.make_session(model, provider=provider, optimization=optimization)
+        return pool_samples([runtime.run(session, sample) for sample in feeds])
+    except OptkitError:
+        raise
+    except Exception as exc:  # ORT rejects the model or an input
+        name = model if isinstance(model, str) else "the model"
+        raise InputError(f"ONNX Runtime cannot run {name}: {first_line(exc)}") from None
 
 
 def verify_rewrite(

@@ -146,6 +146,8 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         c_arr, _, why = ctx.weight(c_in, "Gemm C")
         if c_arr is None:
             return why
+        if c_arr.ndim > 2 or (c_arr.ndim and c_arr.shape[-1] not in (1, affine.channels)):
+            return f"Gemm C of shape {list(c_arr.shape)} does not broadcast to its output"
     new_b = b_mat * (affine.scale[:, None] if trans_b else affine.scale[None, :])
     new_c = (
         beta * c_arr * affine.scale + affine.shift

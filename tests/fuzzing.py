@@ -1,0 +1,229 @@
+"""Model mutation for fuzzing: seed models, byte- and structure-level mutations, and the property.
+
+The property (`check`): on any file, `fuse`, `inspect` and `verify` either succeed or raise optkit's
+own error type for bad input (`InternalError`, a bug, counts as a failure); and when `fuse` succeeds
+on a model ONNX Runtime can run, the result runs and gives the same outputs (compared here with ORT
+directly, within the tolerance of the passes that changed it).
+Used by tests/test_fuzz.py (a short run in CI) and tools/fuzz.py (long runs).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import optkit
+from optkit.contract import tolerance_for
+from optkit.demo import demo_model
+from optkit.errors import InternalError, OptkitError
+from optkit.inputs import synthetic_inputs
+from optkit.inspection import inspect_model
+
+F32 = TensorProto.FLOAT
+
+
+def _conv_bn() -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "s"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "m"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "v"),
+        numpy_helper.from_array(np.float32(0.5), "half"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+        helper.make_node("Mul", ["n", "half"], ["h"]),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_bn",
+        [helper.make_tensor_value_info("x", F32, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", F32, [1, 4, 6, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def _gelu_mlp() -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(5, 6)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.float32(np.sqrt(2)), "r2"),
+        numpy_helper.from_array(np.float32(1), "one"),
+        numpy_helper.from_array(np.float32(0.5), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["z"]),
+        helper.make_node("Div", ["z", "r2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["z", "a"], ["za"]),
+        helper.make_node("Mul", ["za", "half"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gelu_mlp",
+        [helper.make_tensor_value_info("x", F32, [2, 5])],
+        [helper.make_tensor_value_info("y", F32, [2, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return model
+
+
+SEEDS = {"demo": demo_model, "conv_bn": _conv_bn, "gelu_mlp": _gelu_mlp}
+OPS = ["Relu", "Add", "Mul", "Conv", "Gemm", "MatMul", "BatchNormalization", "Erf", "Foo", ""]
+
+
+def mutate_bytes(data: bytes, rnd: random.Random) -> bytes:
+    """Flip, overwrite, cut or splice bytes."""
+    buffer = bytearray(data)
+    for _ in range(rnd.randint(1, 6)):
+        choice = rnd.random()
+        position = rnd.randrange(len(buffer)) if buffer else 0
+        if choice < 0.5 and buffer:
+            buffer[position] ^= 1 << rnd.randrange(8)
+        elif choice < 0.7 and buffer:
+            buffer[position] = rnd.randrange(256)
+        elif choice < 0.85:
+            del buffer[position : position + rnd.randint(1, 16)]
+        else:
+            buffer[position:position] = rnd.randbytes(rnd.randint(1, 16))
+    return bytes(buffer)
+
+
+def mutate_structure(model: onnx.ModelProto, rnd: random.Random) -> onnx.ModelProto:
+    """One to three edits of nodes, attributes, initializers, opsets or outputs."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    names = [v for n in graph.node for v in n.output] + [i.name for i in graph.initializer]
+    names += [i.name for i in graph.input]
+    for _ in range(rnd.randint(1, 3)):
+        kind = rnd.randrange(11)
+        nodes, inits = graph.node, graph.initializer
+        if kind == 0 and nodes:
+            del nodes[rnd.randrange(len(nodes))]
+        elif kind == 1 and nodes:
+            node = nodes[rnd.randrange(len(nodes))]
+            if node.input:
+                pick = rnd.choice([*names, "ghost", ""])
+                node.input[rnd.randrange(len(node.input))] = pick
+        elif kind == 2 and nodes:
+            nodes[rnd.randrange(len(nodes))].op_type = rnd.choice(OPS)
+        elif kind == 3 and nodes:
+            node = nodes[rnd.randrange(len(nodes))]
+            if node.attribute:
+                attr = node.attribute[rnd.randrange(len(node.attribute))]
+                if attr.type == onnx.AttributeProto.INT:
+                    attr.i = rnd.choice([-1, 0, 1, 2, 7, 2**40])
+                elif attr.type == onnx.AttributeProto.FLOAT:
+                    attr.f = rnd.choice([0.0, -1.0, float("nan"), float("inf"), 1e-30])
+                elif attr.type == onnx.AttributeProto.INTS:
+                    attr.ints[:] = [rnd.randint(-2, 4) for _ in range(rnd.randint(0, 5))]
+        elif kind == 4 and inits:
+            init = inits[rnd.randrange(len(inits))]
+            init.dims[:] = [rnd.choice([0, 1, 2, 3, -1]) for _ in range(rnd.randint(0, 4))]
+        elif kind == 5 and inits:
+            inits[rnd.randrange(len(inits))].data_type = rnd.choice([1, 6, 7, 10, 11, 16, 0, 99])
+        elif kind == 6 and inits:
+            del inits[rnd.randrange(len(inits))]
+        elif kind == 7:
+            model.opset_import[0].version = rnd.randint(1, 30)
+        elif kind == 8 and nodes:
+            nodes.append(
+                onnx.NodeProto.FromString(nodes[rnd.randrange(len(nodes))].SerializeToString())
+            )
+        elif kind == 9 and graph.output:
+            graph.output[0].name = rnd.choice([*names, "nowhere"])
+        elif kind == 10 and inits:
+            init = inits[rnd.randrange(len(inits))]
+            init.raw_data = rnd.randbytes(rnd.choice([0, 3, 4, 16, 64, 4 * 108]))
+    return model
+
+
+def check(path: Path, stats: dict[str, int] | None = None) -> str:
+    """Run the property on the model file at `path`; returns what happened. Raises AssertionError
+    on a violation (any exception other than optkit's, or changed outputs)."""
+    stats = stats if stats is not None else {}
+
+    def count(key: str) -> None:
+        stats[key] = stats.get(key, 0) + 1
+
+    try:
+        result = optkit.fuse(path)
+    except InternalError:
+        raise  # optkit's own error type, but a bug: the fuzzer is here to find those
+    except OptkitError:
+        count("fuse refused")
+        result = None
+    if result is not None:
+        count("fuse succeeded")
+        _same_outputs(path, result, count)
+    for name, call in (
+        ("inspect", lambda: inspect_model(path)),
+        ("verify", lambda: optkit.verify(str(path), str(path))),
+    ):
+        try:
+            call()
+            count(f"{name} succeeded")
+        except InternalError:
+            raise
+        except OptkitError:
+            count(f"{name} refused")
+    return ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+
+
+def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:
+    """When ORT runs the original, the fused model runs too and agrees with it."""
+    original = optkit.load(path)
+    try:
+        feeds = synthetic_inputs(original, seed=0)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 4
+        reference = ort.InferenceSession(str(path), options).run(None, feeds)
+    except OptkitError:
+        return
+    except Exception:  # ORT cannot run the mutated original: nothing to compare against
+        return
+    count("outputs compared")
+    if not result.report.ok:
+        # fuse's own check refused the rewrite (nothing would be written). Legitimate only at the
+        # edge of float range, where folding in float64 avoids an overflow the original has.
+        extreme = any(
+            isinstance(r, np.ndarray)
+            and r.dtype.kind == "f"
+            and (not np.all(np.isfinite(r)) or np.max(np.abs(r), initial=0) > 1e30)
+            for r in reference
+        )
+        assert extreme, f"{path}: fuse reported a difference: {result.report.verdict}"
+        count("fuse refused its own result (overflow edge)")
+        return
+    session = ort.InferenceSession(result.to_proto().SerializeToString(), options)
+    got = session.run(None, feeds)
+    exactness = result.report.pipeline.exactness()
+    for want, have in zip(reference, got, strict=True):
+        assert np.shape(want) == np.shape(have), f"{path}: output shape changed"
+        if not isinstance(want, np.ndarray) or want.dtype.kind not in "fc":
+            assert np.array_equal(want, have), f"{path}: outputs differ"
+            continue
+        tolerance = tolerance_for(exactness, want.dtype.name)
+        finite = np.isfinite(want)
+        assert np.array_equal(np.isnan(want), np.isnan(have)), f"{path}: NaNs moved"
+        assert np.array_equal(want[~finite & ~np.isnan(want)], have[~finite & ~np.isnan(want)])
+        if finite.any():
+            scale = float(np.max(np.abs(want[finite])))
+            error = float(np.max(np.abs(want[finite].astype(np.float64) - have[finite])))
+            assert tolerance.allows(error, scale), f"{path}: max abs error {error:.3g}"
