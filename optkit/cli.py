@@ -62,6 +62,23 @@ def input_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., 
     return decorate
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500MB', '64MiB' or a byte count."""
+    number = text.strip().upper().rstrip("BIKMG ")
+    unit = text.strip().upper()[len(number) :].strip()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise InputError(f"bad size '{text}': expected e.g. 1GB, 500MB, 64MiB or bytes") from None
+    if value < 1:
+        raise InputError(f"bad size '{text}': must be at least one byte")
+    return int(value)
+
+
 def default_output(path: Path) -> Path:
     """`model.onnx` -> `model.optkit.onnx`, next to the input."""
     stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
@@ -149,6 +166,11 @@ def cli(verbose: bool) -> None:
     help="Also fuse Swish, Softplus and GroupNorm chains, which ONNX Runtime's CPU provider runs "
     "faster decomposed (for runtimes that want the one op).",
 )
+@click.option(
+    "--shard-size",
+    metavar="SIZE",
+    help="Write the weights as external data in files of at most SIZE (e.g. 1GB, 500MB).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--verbose", "verbose_report", is_flag=True, help="List every pass and every decline."
@@ -169,6 +191,7 @@ def fuse_command(
     fold_limit: int,
     upgrade_opset: int | None,
     all_canonical: bool,
+    shard_size: str | None,
     as_json: bool,
     verbose_report: bool,
 ) -> None:
@@ -216,7 +239,7 @@ def fuse_command(
     )
     failed = not result.report.ok
     if not failed or force:
-        result.save(str(out))
+        result.save(str(out), shard_size=parse_size(shard_size) if shard_size else None)
     _print_report(result, as_json, verbose_report)
     if failed:
         click.echo(

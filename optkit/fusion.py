@@ -106,10 +106,12 @@ class FuseResult:
     def to_proto(self) -> onnx.ModelProto:
         return io.to_proto(self.model)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically; weights go to `<name>.data` when the input had external data."""
+    def save(self, path: str | os.PathLike, *, shard_size: int | None = None) -> None:
+        """Write atomically; weights go to `<name>.data` when the input had external data or the
+        model is too large for one protobuf, to shards of at most `shard_size` bytes if given."""
         name = os.path.basename(os.fspath(path))
-        io.save(self.model, path, external_data=f"{name}.data" if self.external_data else None)
+        external = f"{name}.data" if self.external_data or shard_size else None
+        io.save(self.model, path, external_data=external, shard_size=shard_size)
         self.report.output = str(path)
 
 

@@ -167,22 +167,32 @@ def save(
     path: str | os.PathLike,
     *,
     external_data: str | None = None,
+    shard_size: int | None = None,
 ) -> Path:
     """Write `model` to `path` atomically.
 
     `external_data` names a data file (relative to `path`'s folder) for large tensors; it is chosen
-    automatically (``<file>.data``) when the model read external data or would exceed protobuf's 2 GB.
+    automatically (``<file>.data``) when the model read external data, would exceed protobuf's 2 GB,
+    or `shard_size` asks for the data in files of at most that many bytes (``<file>-00001-of-0000N
+    .data``; a tensor larger than that gets a file of its own). Tensors are streamed to the data
+    file, never gathered into one protobuf. The data file is written to a temporary name and renamed,
+    then the model file likewise: the model's rename is the commit point.
     """
+    if shard_size is not None and shard_size <= 0:
+        raise InputError(f"shard size must be positive, not {shard_size}")
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{target}: folder {folder} does not exist")
     if external_data is None and (
-        external_data_paths(model) or initializer_bytes(model) > _PROTOBUF_LIMIT // 2
+        shard_size is not None
+        or external_data_paths(model)
+        or initializer_bytes(model) > _PROTOBUF_LIMIT // 2
     ):
         external_data = target.name + ".data"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
     try:
         if external_data is None:
             data = ir.to_proto(model).SerializeToString()
@@ -192,18 +202,35 @@ def save(
                 os.fsync(handle.fileno())
         else:
             data_path = (folder / external_data).resolve()
-            if data_path in external_data_paths(model):
+            read = external_data_paths(model)
+            stem = data_path.name.split(".")[0]
+            if data_path in read or (
+                shard_size is not None
+                and any(p.parent == data_path.parent and p.name.startswith(stem) for p in read)
+            ):
                 raise InputError(
                     f"{target}: external data file {external_data} is still read by the model; "
                     "choose another output name"
                 )
-            ir.save(model, tmp_name, external_data=external_data)
+            ir.save(model, tmp_name, external_data=external_data, max_shard_size_bytes=shard_size)
         os.replace(tmp_name, target)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
     return target
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def skeleton_proto(model: ir.Model) -> onnx.ModelProto:

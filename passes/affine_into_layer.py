@@ -55,7 +55,9 @@ def _replace(
 
 
 def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.weight(conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight")
+    weight, dtype, why = ctx.weight(
+        conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight", min_rank=3
+    )
     if weight is None:
         return why
     if weight.shape[0] != affine.channels:
@@ -72,7 +74,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
 
 def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     weight, dtype, why = ctx.weight(
-        conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight"
+        conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight", min_rank=3
     )
     if weight is None:
         return why

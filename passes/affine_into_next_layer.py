@@ -66,6 +66,8 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
     b_mat, dtype, why = ctx.weight(gemm.inputs[1], "Gemm B")
     if b_mat is None:
         return why
+    if b_mat.ndim != 2:
+        return f"Gemm B has rank {b_mat.ndim}"
     trans_b = attr_int(gemm, "transB", 0)
     op_b = b_mat.T if trans_b else b_mat  # (K, M)
     if op_b.shape[0] != affine.channels:
@@ -108,7 +110,9 @@ def _matmul(affine: Affine, matmul: ir.Node, ctx: FoldContext) -> Applied | str:
 
 
 def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.weight(conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight")
+    weight, dtype, why = ctx.weight(
+        conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight", min_rank=3
+    )
     if weight is None:
         return why
     groups = attr_int(conv, "group", 1)

@@ -40,9 +40,10 @@ class FoldContext:
     ensure_shapes: Callable[[], None] = lambda: None  # call before reading value shapes
 
     def weight(
-        self, value: ir.Value | None, what: str
+        self, value: ir.Value | None, what: str, min_rank: int = 0
     ) -> tuple[np.ndarray | None, ir.DataType, str]:
-        """A constant float tensor as float64 with its stored dtype, or None and why not."""
+        """A constant float tensor (of at least `min_rank` dimensions) as float64 with its stored
+        dtype, or None and why not."""
         if value is None:
             return None, ir.DataType.UNDEFINED, f"{what} is missing"
         array, why = self.policy.array(value)
@@ -51,6 +52,8 @@ class FoldContext:
         dtype = ir.DataType.from_numpy(array.dtype)
         if dtype not in FLOAT_TYPES:
             return None, dtype, f"{what} has element type {dtype.name}, not a float type"
+        if array.ndim < min_rank:
+            return None, dtype, f"{what} has rank {array.ndim}, below {min_rank}"
         return array.astype(np.float64), dtype, ""
 
     def constant(self, base: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
