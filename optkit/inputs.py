@@ -7,6 +7,7 @@ Floats are standard normal, integers uniform in ``int_range``, bools fair coin f
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,9 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
             f"bad --shape '{text}': expected NAME=DxDxD, e.g. input=1x3x224x224"
         ) from None
     return name, shape
+
+
+MAX_SYNTHETIC_ELEMENTS = 1 << 28  # 1 GiB of float32 per input: beyond it, ask for a --shape
 
 
 def runtime_inputs(model: ir.Model) -> list[ir.Value]:
@@ -111,6 +115,14 @@ def synthetic_inputs(
             )
         dtype = value.type.dtype
         shape = input_shape(value, shapes.get(value.name))
+        if any(d < 0 for d in shape):
+            raise UnsynthesizableInput(f"input '{value.name}' has a negative dimension {shape}")
+        if math.prod(shape) > MAX_SYNTHETIC_ELEMENTS:
+            raise UnsynthesizableInput(
+                f"input '{value.name}' of shape {list(shape)} has {math.prod(shape):,} elements, "
+                f"over the {MAX_SYNTHETIC_ELEMENTS:,} optkit synthesizes; give a smaller "
+                f"--shape {value.name}=..."
+            )
         feeds[value.name] = random_array(rng, dtype, shape, int_range)
     return feeds
 

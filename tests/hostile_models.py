@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 F32 = TensorProto.FLOAT
-RUNS_UNTOUCHED = ("custom_domain", "nested_if")
+RUNS_UNTOUCHED = ("custom_domain", "nested_if", "huge_declared_input")
 
 
 def _model(nodes=None, inits=(), inputs=None, opset: int = 17, extra_opsets=()) -> onnx.ModelProto:
@@ -140,6 +140,9 @@ def write_hostile(folder: Path) -> dict[str, Path]:
             extra_opsets=[helper.make_opsetid("com.acme", 1)],
         ),
         "nested_if": _nested_if(30),
+        "huge_declared_input": _model(
+            inputs=[helper.make_tensor_value_info("x", F32, [100_000, 100_000])]
+        ),
         "garbage": os.urandom(2000),
         "empty": b"",
         "truncated": _model().SerializeToString()[:30],
