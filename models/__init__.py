@@ -12,6 +12,7 @@ from torch import nn
 
 from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
 from .common import conv_bn_relu, randomize_batchnorm
+from .layers import ACTIVATIONS, NORMS, Maxout, make_activation, make_norm
 from .mlp import MLP, ImageMLP
 from .transformer import EncoderBlock
 
@@ -33,8 +34,10 @@ CANONICALIZE_ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 __all__ = [
+    "ACTIVATIONS",
     "CANONICALIZE_ZOO",
     "MLP",
+    "NORMS",
     "ZOO",
     "BasicBlock",
     "ConvTransposeDecoder",
@@ -42,8 +45,11 @@ __all__ = [
     "EncoderBlock",
     "ImageMLP",
     "InputNormNet",
+    "Maxout",
     "ResNetStyle",
     "VGGStyle",
     "conv_bn_relu",
+    "make_activation",
+    "make_norm",
     "randomize_batchnorm",
 ]

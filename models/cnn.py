@@ -6,41 +6,56 @@ import torch
 from torch import nn
 
 from .common import conv_bn_relu
+from .layers import make_activation, make_norm
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: conv-bn-relu, conv-bn, plus a shortcut (1x1 conv-bn when shapes change)."""
+    """ResNet basic block: conv-norm-act, conv-norm, plus a shortcut (1x1 conv-norm when shapes
+    change), then the activation. Defaults: BatchNorm and ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, activation: str = "relu", norm: str = "batch"
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = make_norm(norm, c_out, "image")
+        self.act1 = make_activation(activation, c_out, "image")
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
+        self.bn2 = make_norm(norm, c_out, "image")
+        self.act2 = make_activation(activation, c_out, "image")
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias),
+                make_norm(norm, c_out, "image"),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.act1(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return torch.relu(y + self.shortcut(x))
+        return self.act2(y + self.shortcut(x))
 
 
 class ResNetStyle(nn.Module):
     """A small ResNet: stem, `depth` stages of basic blocks doubling width, pooled linear head."""
 
     def __init__(
-        self, num_classes: int = 10, width: int = 16, depth: int = 3, in_channels: int = 3
+        self,
+        num_classes: int = 10,
+        width: int = 16,
+        depth: int = 3,
+        in_channels: int = 3,
+        activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
-        self.stem = conv_bn_relu(in_channels, width)
+        self.stem = conv_bn_relu(in_channels, width, activation=activation, norm=norm)
         blocks, c = [], width
         for stage in range(depth):
             c_out = width * 2**stage
-            blocks.append(BasicBlock(c, c_out, stride=1 if stage == 0 else 2))
+            stride = 1 if stage == 0 else 2
+            blocks.append(BasicBlock(c, c_out, stride, activation, norm))
             c = c_out
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes)
@@ -59,20 +74,27 @@ class VGGStyle(nn.Module):
         widths: tuple[int, ...] = (16, 32, 64),
         in_channels: int = 3,
         image_size: int = 32,
+        activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
         for w in widths:
-            layers += [conv_bn_relu(c, w), conv_bn_relu(w, w), nn.MaxPool2d(2)]
+            layers += [
+                conv_bn_relu(c, w, activation=activation, norm=norm),
+                conv_bn_relu(w, w, activation=activation, norm=norm),
+                nn.MaxPool2d(2),
+            ]
             c = w
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(widths)
+        head_norm = norm if norm in ("batch", "layer", "none") else "layer"  # (N, 64) features
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(c * side * side, 64),
-            nn.BatchNorm1d(64),
-            nn.ReLU(inplace=True),
+            make_norm(head_norm, 64, "features"),
+            make_activation(activation, 64, "features"),
             nn.Dropout(0.5),
             nn.Linear(64, num_classes),
         )

@@ -28,13 +28,34 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def conv_bn_relu(
-    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    c_in: int,
+    c_out: int,
+    kernel: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    activation: str = "relu",
+    norm: str = "batch",
 ) -> nn.Sequential:
-    """Conv (no bias, as BN follows) -> BatchNorm -> ReLU, 'same' padding."""
+    """Conv -> norm -> activation, 'same' padding (no conv bias when a norm with a shift follows).
+
+    The defaults are the classic Conv -> BatchNorm -> ReLU."""
+    from .layers import make_activation, make_norm
+
+    act = (
+        nn.ReLU(inplace=True)
+        if activation == "relu"
+        else make_activation(activation, c_out, "image")
+    )
     return nn.Sequential(
         nn.Conv2d(
-            c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
+            c_in,
+            c_out,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            groups=groups,
+            bias=norm == "none",
         ),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
+        make_norm(norm, c_out, "image"),
+        act,
     )

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import make_activation, make_norm
+
 
 class MLP(nn.Module):
-    """Linear -> BatchNorm1d -> ReLU stacks, a Linear head. With `bn_first`, a BatchNorm1d normalizes
-    the input before the first Linear (BN before the layer)."""
+    """Linear -> norm -> activation stacks (one per entry of `hidden`: width and depth), a Linear
+    head. Defaults: BatchNorm1d and ReLU. With `bn_first`, a BatchNorm1d normalizes the input before
+    the first Linear (BN before the layer)."""
 
     def __init__(
         self,
@@ -16,12 +19,19 @@ class MLP(nn.Module):
         hidden: tuple[int, ...] = (128, 64),
         num_classes: int = 10,
         bn_first: bool = False,
+        activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm1d(in_features)] if bn_first else []
         f = in_features
         for h in hidden:
-            layers += [nn.Linear(f, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            act = (
+                nn.ReLU(inplace=True)
+                if activation == "relu"
+                else make_activation(activation, h, "features")
+            )
+            layers += [nn.Linear(f, h), make_norm(norm, h, "features"), act]
             f = h
         layers.append(nn.Linear(f, num_classes))
         self.net = nn.Sequential(*layers)
@@ -39,10 +49,13 @@ class ImageMLP(nn.Module):
         image: tuple[int, int, int] = (3, 8, 8),
         hidden: tuple[int, ...] = (64,),
         num_classes: int = 10,
+        activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         c, h, w = image
-        self.net = nn.Sequential(nn.Flatten(), MLP(c * h * w, hidden, num_classes))
+        mlp = MLP(c * h * w, hidden, num_classes, activation=activation, norm=norm)
+        self.net = nn.Sequential(nn.Flatten(), mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -11,28 +11,40 @@ import math
 import torch
 from torch import nn
 
+from .layers import make_activation, make_norm
+
 
 class EncoderBlock(nn.Module):
-    """x + Attention(LayerNorm(x)), then x + MLP(LayerNorm(x)) with MLP = Linear, GELU, Linear.
+    """x + Attention(LayerNorm(x)), then x + MLP(LayerNorm(x)) with MLP = Linear, GELU, Linear
+    (`activation` and `norm` choose others; only layer norm and none apply to tokens).
 
     Attention is written with MatMul and Softmax (no fused kernel), `heads` heads of width
     `dim // heads`. Input and output: (batch, tokens, dim).
     """
 
     def __init__(
-        self, dim: int = 32, heads: int = 4, hidden: int = 64, approximate: str = "none"
+        self,
+        dim: int = 32,
+        heads: int = 4,
+        hidden: int = 64,
+        approximate: str = "none",
+        activation: str = "gelu",
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not a multiple of heads {heads}")
         self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = make_norm(norm, dim, "tokens")
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(approximate=approximate), nn.Linear(hidden, dim)
+        self.norm2 = make_norm(norm, dim, "tokens")
+        act = (
+            nn.GELU(approximate=approximate)
+            if activation == "gelu"
+            else make_activation(activation, hidden, "tokens")
         )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), act, nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
