@@ -101,6 +101,7 @@ def cli(verbose: bool) -> None:
       optkit bench b.onnx --baseline a.onnx   latency and throughput, as a ratio
       optkit activations model.onnx          which activations, where, which decomposed
       optkit swap model.onnx --map Gelu=Gelu:tanh   swap activations, with error bounds
+      optkit train / finetune / export / stats       the PyTorch side (needs optkit[torch])
 
     Every rewrite is checked on ONNX Runtime (graph optimizations off) against the original.
     Exit codes: 0 ok, 1 outputs differ, 2 bad input or usage, 3 internal error.
@@ -607,6 +608,10 @@ def _register_subcommands() -> None:
     cli.add_command(preprocess_group)
     cli.add_command(swap_command)
     cli.add_command(activations_command)
+    from optkit.torch_cli import export_command, finetune_command, stats_command, train_command
+
+    for command in (train_command, finetune_command, export_command, stats_command):
+        cli.add_command(command)
 
 
 _register_subcommands()

@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
 import torch
+
+from optkit.errors import VerificationError
+from optkit.preprocessing import PreprocessSpec
 
 
 def export_onnx(
@@ -42,3 +46,81 @@ def export_onnx(
             else None,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def check_against_torch(
+    proto: onnx.ModelProto, model: torch.nn.Module, x: np.ndarray, *, atol: float = 1e-4
+) -> float:
+    """Max abs difference between the ONNX model on ORT and `model` in eval mode on `x`; raises
+    VerificationError beyond `atol` (scaled by the output's size). This is what catches an export
+    made with BatchNorm in training mode (batch statistics instead of running ones)."""
+    from optkit import runtime
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    model.train(was_training)
+    session = runtime.make_session(proto)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    error = float(np.max(np.abs(got - want)))
+    bound = atol * max(1.0, float(np.max(np.abs(want))))
+    if not error <= bound:
+        raise VerificationError(
+            f"the ONNX export differs from the eval-mode torch model by {error:.3g} (> {bound:.3g}) "
+            "on real samples; was it exported with BatchNorm or Dropout in training mode?"
+        )
+    return error
+
+
+def export_checked(
+    model: torch.nn.Module,
+    samples: np.ndarray,
+    *,
+    spec: PreprocessSpec | None = None,
+    raw_samples: np.ndarray | None = None,
+    fuse_it: bool = True,
+    opset: int = 17,
+) -> tuple[onnx.ModelProto, dict]:
+    """Export `model` (eval mode, BatchNorm kept), check it against torch on `samples` (already
+    preprocessed), then optionally embed `spec` (the model then takes raw input like
+    `raw_samples`) and fuse. Returns the final model and a report of each step."""
+    import optkit
+    from optkit.embedding import embed
+    from optkit.preprocessing import apply
+
+    model.eval()
+    proto = export_onnx(model, torch.from_numpy(samples[:2]), opset=opset)
+    report: dict = {"export_max_abs_error": check_against_torch(proto, model, samples)}
+    final: onnx.ModelProto = proto
+    if spec is not None:
+        final = io_to_proto(embed(final, spec))
+        if raw_samples is not None:
+            with torch.no_grad():
+                want = model(torch.from_numpy(apply(spec, raw_samples).astype(np.float32))).numpy()
+            report["embedded_max_abs_error"] = _ort_error(final, raw_samples, want)
+    if fuse_it:
+        result = optkit.fuse(final, shapes=None)
+        if not result.report.ok:
+            raise VerificationError(f"fuse changed the outputs: {result.report.verdict}")
+        report["fuse"] = result.report.format_text()
+        final = result.to_proto()
+        report["batchnorm_after"] = result.report.batchnorm_after
+    return final, report
+
+
+def io_to_proto(model) -> onnx.ModelProto:
+    from optkit import io
+
+    return io.to_proto(model)
+
+
+def _ort_error(proto: onnx.ModelProto, x: np.ndarray, want: np.ndarray) -> float:
+    from optkit import runtime
+
+    session = runtime.make_session(proto)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    error = float(np.max(np.abs(got - want)))
+    if not error <= 1e-3 * max(1.0, float(np.max(np.abs(want)))):
+        raise VerificationError(f"the model with preprocessing embedded differs by {error:.3g}")
+    return error

@@ -1,0 +1,414 @@
+"""Training, evaluation, checkpoints and fine-tuning.
+
+- `train` runs SGD or Adam with a learning-rate schedule over a seeded shuffle (epoch e shuffles
+  with seed + e, so a resumed run sees the same batches as an uninterrupted one), logs each epoch,
+  and writes a checkpoint after each (atomically: temp file, then rename) that `resume` continues.
+- `evaluate` always runs the model in eval mode (BatchNorm with its running statistics, Dropout off)
+  and puts it back in the mode it was in.
+- `build_model` makes a model of `optkit.models` from its name and choices; a checkpoint records them,
+  so `load_checkpoint` rebuilds the model without the code that trained it.
+- `finetune` adapts a checkpoint to new classes: a new head, the backbone frozen or partly trained,
+  with per-group learning rates (see `STRATEGIES`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from optkit.errors import InputError
+from optkit.preprocessing import PreprocessSpec
+from optkit.torch.data import Dataset
+
+ARCHITECTURES = ("mlp", "cnn", "resnet")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer {self.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule {self.schedule!r}: choose {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise InputError("epochs, batch size and learning rate must be positive")
+
+
+@dataclass
+class Architecture:
+    """What `build_model` needs to rebuild a model; stored in every checkpoint."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    classes: int
+    activation: str = "relu"
+    norm: str = "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: float
+    lr: float
+    seconds: float
+
+    def line(self, epochs: int) -> str:
+        return (
+            f"epoch {self.epoch:>3}/{epochs}  loss {self.loss:.4f}  train {self.train_accuracy:6.2%}"
+            f"  test {self.test_accuracy:6.2%}  lr {self.lr:.2e}  {self.seconds:.1f} s"
+        )
+
+
+@dataclass
+class Checkpoint:
+    architecture: Architecture
+    state: dict[str, Any]
+    history: list[EpochLog] = field(default_factory=list)
+    preprocessing: PreprocessSpec | None = None
+    config: TrainConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # optimizer / scheduler state, epoch
+
+
+def build_model(arch: Architecture) -> nn.Module:
+    """A model of `optkit.models` for (C, H, W) inputs and `arch.classes` outputs."""
+    from optkit.models import ImageMLP, ResNetStyle, VGGStyle
+
+    c, h, w = arch.input_shape
+    if arch.name == "mlp":
+        return ImageMLP((c, h, w), (128, 64), arch.classes, arch.activation, arch.norm)
+    if arch.name == "cnn":
+        if h != w or h % 4:
+            raise InputError(f"cnn needs square images with a side divisible by 4, not {h}x{w}")
+        return VGGStyle(arch.classes, (16, 32), c, h, arch.activation, arch.norm)
+    if arch.name == "resnet":
+        return ResNetStyle(arch.classes, 16, 2, c, arch.activation, arch.norm)
+    raise InputError(f"unknown architecture {arch.name!r}; choose {', '.join(ARCHITECTURES)}")
+
+
+def head(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model's last Linear layer (the classifier) and its dotted name."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise InputError("the model has no Linear layer to serve as its head")
+    name, module = found[-1]
+    return module, name
+
+
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
+    """Top-1 accuracy on `data`, in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            x = torch.from_numpy(data.x[start : start + batch_size])
+            y = torch.from_numpy(data.y[start : start + batch_size])
+            correct += int((model(x).argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return correct / max(1, len(data))
+
+
+def _optimizer(groups: Iterable[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    groups = list(groups)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        step = max(1, config.epochs // 3)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+
+
+def train(
+    model: nn.Module,
+    arch: Architecture,
+    train_set: Dataset,
+    test_set: Dataset,
+    config: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    preprocessing: PreprocessSpec | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+    until: int | None = None,
+) -> list[EpochLog]:
+    """Train `model` in place; returns the per-epoch log (the resumed part included).
+
+    With `resume`, an existing `checkpoint` restores weights, optimizer, schedule and history, and
+    training continues after its last epoch; `until` stops after that epoch (a time-boxed run that
+    a later `resume` completes). BatchNorm layers whose parameters are all frozen stay in eval mode
+    (their running statistics are part of the frozen backbone). Under `torch.distributed`
+    (torchrun), each process computes the loss of its share of every batch (over the whole batch's
+    size) and the gradients are summed across processes: the full batch's gradient, as one process
+    computes it up to float reassociation (BatchNorm statistics are per process, as in DDP).
+    """
+    config.check()
+    torch.manual_seed(config.seed)
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = _optimizer(groups, config)
+    scheduler = _scheduler(optimizer, config)
+    history: list[EpochLog] = []
+    start = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        saved = load_checkpoint(checkpoint)
+        if saved.architecture != arch:
+            raise InputError(f"{checkpoint}: trained for {saved.architecture}, not {arch}")
+        model.load_state_dict(saved.state)
+        optimizer.load_state_dict(saved.extra["optimizer"])
+        scheduler.load_state_dict(saved.extra["scheduler"])
+        history, start = saved.history, int(saved.extra["epoch"])
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    x_all, y_all = torch.from_numpy(train_set.x), torch.from_numpy(train_set.y)
+    last = config.epochs if until is None else min(config.epochs, until)
+    for epoch in range(start, last):
+        began = time.perf_counter()
+        model.train()
+        _freeze_frozen_batchnorms(model)
+        order = torch.randperm(
+            len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch)
+        )
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = math.ceil(len(train_set) / config.batch_size)
+        for index in range(batches):
+            batch = order[index * config.batch_size : (index + 1) * config.batch_size]
+            if len(batch) < 2 and any(
+                isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules()
+            ):
+                continue  # BatchNorm cannot train on a batch of one
+            mine = batch[rank::world]  # this process's share of the batch
+            x, y = x_all[mine], y_all[mine]
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum") / len(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            if distributed:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(batch)
+            correct += int((logits.argmax(1) == y).sum()) * world
+            seen += len(batch)
+            if log is not None and sys.stderr.isatty():
+                done = (index + 1) / batches
+                print(
+                    f"\r  epoch {epoch + 1} [{'#' * int(20 * done):<20}] {done:4.0%}",
+                    end="",
+                    file=sys.stderr,
+                )
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        entry = EpochLog(
+            epoch + 1,
+            total_loss / max(1, seen),
+            correct / max(1, seen),
+            evaluate(model, test_set),
+            lr,
+            time.perf_counter() - began,
+        )
+        history.append(entry)
+        if log is not None:
+            if sys.stderr.isatty():
+                print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
+            log(entry.line(config.epochs))
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(
+                checkpoint,
+                Checkpoint(
+                    arch,
+                    model.state_dict(),
+                    history,
+                    preprocessing,
+                    config,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                    },
+                ),
+            )
+    return history
+
+
+def _freeze_frozen_batchnorms(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parameters = list(module.parameters())
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Atomically: a temporary file in the same folder, then a rename."""
+    payload = {
+        "format": "optkit-checkpoint-1",
+        "architecture": checkpoint.architecture.to_dict(),
+        "state": checkpoint.state,
+        "history": [asdict(h) for h in checkpoint.history],
+        "preprocessing": checkpoint.preprocessing.to_json() if checkpoint.preprocessing else None,
+        "config": asdict(checkpoint.config) if checkpoint.config else None,
+        "extra": checkpoint.extra,
+    }
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint written by `save_checkpoint`; InputError for anything else."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types on a bad file
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "optkit-checkpoint-1":
+        raise InputError(f"{path}: not an optkit checkpoint")
+    arch = payload["architecture"]
+    arch["input_shape"] = tuple(arch["input_shape"])
+    spec = payload.get("preprocessing")
+    return Checkpoint(
+        Architecture(**arch),
+        payload["state"],
+        [EpochLog(**h) for h in payload.get("history", [])],
+        PreprocessSpec.from_json(spec) if spec else None,
+        TrainConfig(**payload["config"]) if payload.get("config") else None,
+        payload.get("extra", {}),
+    )
+
+
+def restore(checkpoint: Checkpoint) -> nn.Module:
+    """The checkpoint's model, rebuilt and loaded, in eval mode."""
+    model = build_model(checkpoint.architecture)
+    model.load_state_dict(checkpoint.state)
+    return model.eval()
+
+
+# --- transfer learning ---------------------------------------------------------------------------
+
+STRATEGIES = ("linear", "last-k", "all", "auto")
+SMALL_PER_CLASS = 100  # "little data" in the lecture's table: up to about this many per class
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's trainable stages, input to output: the leaf modules with parameters."""
+    return [m for m in model.modules() if not list(m.children()) and list(m.parameters())]
+
+
+def choose_strategy(per_class: int, similar: bool) -> tuple[str, int, str]:
+    """The lecture's table: (strategy, k, why)."""
+    if per_class <= SMALL_PER_CLASS and similar:
+        return (
+            "linear",
+            0,
+            (
+                f"little data ({per_class} per class) from a similar domain: "
+                "train a linear classifier on the top layer"
+            ),
+        )
+    if per_class <= SMALL_PER_CLASS:
+        return (
+            "last-k",
+            2,
+            (
+                f"little data ({per_class} per class) from a different domain: the top features are "
+                "too specific, so also retrain the last stage before the classifier"
+            ),
+        )
+    if similar:
+        return (
+            "last-k",
+            2,
+            (
+                f"quite a lot of data ({per_class} per class) from a similar domain: fine-tune a few layers"
+            ),
+        )
+    return (
+        "all",
+        0,
+        (
+            f"quite a lot of data ({per_class} per class) from a different domain: fine-tune a larger "
+            "number of layers (all, the backbone at a tenth of the learning rate)"
+        ),
+    )
+
+
+def prepare_transfer(
+    model: nn.Module, classes: int, strategy: str, k: int, lr: float, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Reinitialize the head for `classes` outputs, freeze per `strategy`, and return the
+    optimizer's parameter groups (the head at `lr`, trained backbone layers at lr / 10)."""
+    if strategy not in STRATEGIES[:-1]:
+        raise InputError(f"strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
+    old, name = head(model)
+    torch.manual_seed(seed)
+    new = nn.Linear(old.in_features, classes)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+    for p in model.parameters():
+        p.requires_grad = strategy == "all"
+    for p in new.parameters():
+        p.requires_grad = True
+    trained_backbone: list[nn.Parameter] = []
+    if strategy == "last-k":
+        stages = [b for b in blocks(model) if b is not new]
+        for stage in stages[-k:] if k > 0 else []:
+            for p in stage.parameters():
+                p.requires_grad = True
+                trained_backbone.append(p)
+    elif strategy == "all":
+        trained_backbone = [
+            p for p in model.parameters() if all(p is not q for q in new.parameters())
+        ]
+    groups = [{"params": list(new.parameters()), "lr": lr}]
+    if trained_backbone:
+        groups.append({"params": trained_backbone, "lr": lr / 10})
+    return groups
+
+
+def transfer_report(model: nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} of {total:,} parameters trainable"

@@ -1,0 +1,160 @@
+"""The PyTorch side end to end on scikit-learn's digits: training from scratch, checkpoints that
+resume, BatchNorm train/eval handling, transfer learning, export into a verified fused ONNX model,
+and the bad-input paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import run_main
+from optkit.errors import InputError, VerificationError
+from optkit.runtime import make_session
+from optkit.torch.data import digits, fit_preprocessing, load_data, preprocess, split, subset
+from optkit.torch.export import check_against_torch, export_checked
+from optkit.torch.train import (
+    Architecture,
+    TrainConfig,
+    build_model,
+    evaluate,
+    load_checkpoint,
+    prepare_transfer,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    train_raw, test_raw = split(digits(), 0.25, seed=0)
+    spec = fit_preprocessing(train_raw)
+    return train_raw, test_raw, spec, preprocess(spec, train_raw), preprocess(spec, test_raw)
+
+
+def fresh(name="cnn", classes=10, seed=0):
+    torch.manual_seed(seed)
+    arch = Architecture(name, (1, 8, 8), classes)
+    return arch, build_model(arch)
+
+
+def test_from_scratch_on_digits_then_exported_fused_onnx_has_the_same_accuracy(splits):
+    _, test_raw, spec, train_set, test_set = splits
+    arch, model = fresh()
+    history = train(model, arch, train_set, test_set, TrainConfig(epochs=8))
+    torch_accuracy = evaluate(model, test_set)
+    assert torch_accuracy >= 0.95 and history[-1].test_accuracy == torch_accuracy
+    proto, report = export_checked(model, test_set.x, spec=spec, raw_samples=test_raw.x)
+    assert report["batchnorm_after"] == 0 and report["export_max_abs_error"] < 1e-4
+    session = make_session(proto)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: test_raw.x})  # raw input
+    assert float(np.mean(np.argmax(logits, 1) == test_raw.y)) == torch_accuracy
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(splits, tmp_path):
+    _, _, _, train_set, test_set = splits
+    small = train_set.select(np.arange(300))
+    arch, straight = fresh("mlp")
+    train(straight, arch, small, test_set, TrainConfig(epochs=4))
+    checkpoint = tmp_path / "run.pt"
+    _, first = fresh("mlp")
+    train(first, arch, small, test_set, TrainConfig(epochs=4), checkpoint=checkpoint, until=2)
+    _, resumed = fresh("mlp", seed=99)  # different init: everything must come from the checkpoint
+    history = train(resumed, arch, small, test_set, TrainConfig(epochs=4),
+                    checkpoint=checkpoint, resume=True)  # fmt: skip
+    assert [h.epoch for h in history] == [1, 2, 3, 4]
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert load_checkpoint(checkpoint).extra["epoch"] == 4
+
+
+def test_batchnorm_mode_is_handled_and_a_training_mode_export_is_caught(splits):
+    _, _, _, train_set, test_set = splits
+    arch, model = fresh()
+    train(model, arch, train_set, test_set, TrainConfig(epochs=2))
+    model.train()  # the user forgot model.eval()
+    accuracy = evaluate(model, test_set)
+    assert model.training  # evaluate used eval mode and gave the mode back
+    proto, _ = export_checked(model, test_set.x[:64], fuse_it=False)  # exports in eval mode
+    assert any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    # An export made with BatchNorm in training mode (batch statistics) is caught on real samples.
+    import io as _io
+
+    buffer = _io.BytesIO()
+    torch.onnx.export(model, (torch.from_numpy(test_set.x[:2]),), buffer, dynamo=False,
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "n"}})  # fmt: skip
+    wrong = onnx.load_from_string(buffer.getvalue())
+    with pytest.raises(VerificationError, match="training mode"):
+        check_against_torch(wrong, model, test_set.x[:64])
+    assert accuracy > 0.5
+
+
+def test_transfer_with_a_frozen_backbone_trains_only_the_new_head(splits):
+    """Pretrain on digits 0-4, then 20 examples per class of 5-9 with the backbone frozen."""
+    _, _, _, train_set, test_set = splits
+    low_train, low_test = subset(train_set, [0, 1, 2, 3, 4]), subset(test_set, [0, 1, 2, 3, 4])
+    few, high_test = (
+        subset(train_set, [5, 6, 7, 8, 9], 20, seed=0),
+        subset(test_set, [5, 6, 7, 8, 9]),
+    )
+    arch, model = fresh(classes=5)
+    train(model, arch, low_train, low_test, TrainConfig(epochs=8))
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if "classifier.5" not in k}
+    groups = prepare_transfer(model, 5, "linear", 0, lr=0.05)
+    train(model, arch, few, high_test, TrainConfig(epochs=30, batch_size=20), param_groups=groups)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in backbone.items())  # running stats too
+    assert evaluate(model, high_test) > 0.75
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, splits):
+    with pytest.raises(InputError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    np.savez(tmp_path / "flat.npz", x=np.zeros((10, 64), np.float32), y=np.zeros(10, np.int64))
+    with pytest.raises(InputError, match="expected \\(N, C, H, W\\)"):
+        load_data(str(tmp_path / "flat.npz"))
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((10, 8, 8), np.float32))
+    with pytest.raises(InputError, match="needs arrays 'x' and 'y'"):
+        load_data(str(tmp_path / "nolabels.npz"))
+    _, _, _, train_set, test_set = splits
+    arch, model = fresh("mlp")
+    checkpoint = tmp_path / "ten.pt"
+    train(model, arch, train_set.select(np.arange(100)), test_set, TrainConfig(epochs=1),
+          checkpoint=checkpoint)  # fmt: skip
+    five = Architecture("mlp", (1, 8, 8), 5)
+    with pytest.raises(InputError, match="trained for"):  # a class-count mismatch on resume
+        train(build_model(five), five, train_set, test_set, TrainConfig(epochs=2),
+              checkpoint=checkpoint, resume=True)  # fmt: skip
+
+
+def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
+    checkpoint, onnx_path = tmp_path / "d.pt", tmp_path / "d.onnx"
+    code, out, err = run_main(monkeypatch, capsys, "train", "--arch", "mlp", "--epochs", "3",
+                              "--checkpoint", str(checkpoint))  # fmt: skip
+    assert code == 0, err
+    assert "epoch   3/3" in out and checkpoint.exists()
+    code, out, err = run_main(monkeypatch, capsys, "export", str(checkpoint), "-o", str(onnx_path),
+                              "--embed-preprocessing")  # fmt: skip
+    assert code == 0, err
+    torch_acc, onnx_acc = out.strip().splitlines()[-1].split("torch ")[1].split(", ONNX ")
+    assert torch_acc == onnx_acc.split(" ")[0]
+    code, out, err = run_main(monkeypatch, capsys, "finetune", str(checkpoint), "--classes",
+                              "5,6,7,8,9", "--per-class", "20", "--epochs", "2", "-o",
+                              str(tmp_path / "ft.pt"))  # fmt: skip
+    assert code == 0, err
+    assert "strategy linear: little data (20 per class) from a similar domain" in out
+    code, out, err = run_main(monkeypatch, capsys, "stats", "--layers", "3", "--width", "256",
+                              "--png", str(tmp_path / "s.png"), "--gradients")  # fmt: skip
+    assert code == 0 and "dW std" in out and (tmp_path / "s.png").exists()
+    code, _, err = run_main(monkeypatch, capsys, "export", str(tmp_path / "nope.pt"), "-o",
+                            str(onnx_path))  # fmt: skip
+    assert code == 2 and "no such checkpoint" in err
+    code, _, err = run_main(monkeypatch, capsys, "train", "--init", "he", "--epochs", "1",
+                            "--checkpoint", str(checkpoint))  # fmt: skip
+    assert code == 2 and "unknown init scheme" in err
