@@ -158,3 +158,24 @@ def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
     code, _, err = run_main(monkeypatch, capsys, "train", "--init", "he", "--epochs", "1",
                             "--checkpoint", str(checkpoint))  # fmt: skip
     assert code == 2 and "unknown init scheme" in err
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_matches_one_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "ddp_train.py"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, script, single], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         script, double],
+        check=True, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    one, two = torch.load(single), torch.load(double)
+    for name, weight in one["state"].items():
+        torch.testing.assert_close(two["state"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert one["accuracy"] > 0.9 and abs(one["accuracy"] - two["accuracy"]) < 0.01

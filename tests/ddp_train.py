@@ -1,0 +1,40 @@
+"""Train on digits with optkit's `train`, in one process or under torchrun (gloo), and save the
+weights: tests/test_torch_training.py compares the two.
+
+    python tests/ddp_train.py OUT.pt
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train.py OUT.pt
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from optkit.torch.data import digits, fit_preprocessing, preprocess, split
+from optkit.torch.train import Architecture, TrainConfig, build_model, evaluate, train
+
+
+def main(out: str) -> None:
+    distributed = "WORLD_SIZE" in os.environ
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+    torch.set_num_threads(1)
+    train_raw, test_raw = split(digits(), 0.25, seed=0)
+    spec = fit_preprocessing(train_raw)
+    train_set, test_set = preprocess(spec, train_raw), preprocess(spec, test_raw)
+    # Layer norm: per-sample statistics, so splitting a batch across processes changes nothing
+    # (BatchNorm would normalize each process's half with its own statistics, as plain DDP does).
+    arch = Architecture("mlp", (1, 8, 8), 10, "relu", "layer")
+    torch.manual_seed(0)
+    model = build_model(arch)
+    train(model, arch, train_set, test_set, TrainConfig(epochs=3, batch_size=64, lr=0.05))
+    if not distributed or torch.distributed.get_rank() == 0:
+        torch.save({"state": model.state_dict(), "accuracy": evaluate(model, test_set)}, out)
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
