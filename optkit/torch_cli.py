@@ -124,7 +124,7 @@ def train_command(
     "--classes", help="Use only these classes of the data, e.g. 5,6,7,8,9 (relabelled 0..)."
 )
 @click.option("--per-class", type=int, help="Use at most this many training examples per class.")
-@click.option("--strategy", type=click.Choice(["auto", "linear", "last-k", "all"]), default="auto",
+@click.option("--strategy", type=click.Choice(["auto", "linear", "stages", "last-k", "all"]), default="auto",
               show_default=True)  # fmt: skip
 @click.option("--k", "k", default=2, show_default=True, help="Layers to retrain with last-k.")
 @click.option("--similar/--different", default=True, show_default=True,
@@ -141,7 +141,8 @@ def finetune_command(
     \b
     --strategy auto follows the lecture's table and says why:
       little data, similar domain     a linear classifier on the top layer   (linear)
-      little data, different domain  retrain the last stage too              (last-k, k=2)
+      little data, different domain  linear classifiers on several stages,   (stages)
+                                     the best on held-out examples kept
       more data, similar domain       fine-tune a few layers                  (last-k, k=2)
       more data, different domain     fine-tune all, backbone at lr/10        (all)
     The checkpoint is a local file; nothing is downloaded.
@@ -176,6 +177,17 @@ def finetune_command(
         click.echo(
             f"strategy {strategy}" + (f" (k={k})" if strategy == "last-k" else "") + f": {why}"
         )
+    if strategy == "stages":
+        from dataclasses import replace
+
+        from optkit.torch.train import Checkpoint, evaluate, fit_stage_classifier, save_checkpoint
+
+        probe = fit_stage_classifier(model, train_set, seed=seed, log=click.echo)
+        arch = replace(saved.architecture, stage=probe.stage,
+                       stage_features=probe.linear.in_features, stage_classes=len(wanted))  # fmt: skip
+        save_checkpoint(output, Checkpoint(arch, probe.state_dict(), [], spec))
+        click.echo(f"test accuracy {evaluate(probe, test_set):.2%} -> {output}")
+        return
     groups = prepare_transfer(model, len(wanted), strategy, k, lr, seed)
     click.echo(transfer_report(model))
     arch = Architecture(saved.architecture.name, saved.architecture.input_shape, len(wanted),
@@ -191,14 +203,15 @@ def finetune_command(
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--data", "data_source", default="digits", show_default=True,
               help="Real samples to check the export on (the test split) and report accuracy.")  # fmt: skip
+@click.option("--classes", help="The classes the checkpoint was fine-tuned on, e.g. 5,6,7,8,9.")
 @click.option("--test-fraction", default=0.25, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-fuse", is_flag=True, help="Keep BatchNorm (do not run optkit fuse).")
 @click.option("--embed-preprocessing", is_flag=True,
               help="Put the checkpoint's preprocessing in the graph (it takes raw input).")  # fmt: skip
 def export_command(
-    checkpoint: Path, output: Path, data_source: str, test_fraction: float, seed: int,
-    no_fuse: bool, embed_preprocessing: bool,
+    checkpoint: Path, output: Path, data_source: str, classes: str | None, test_fraction: float,
+    seed: int, no_fuse: bool, embed_preprocessing: bool,
 ) -> None:  # fmt: skip
     """Export a checkpoint to ONNX (eval mode, BatchNorm kept for optkit to fold), check it against
     the torch model on real samples, optionally embed the preprocessing and fuse: one deployable file.
@@ -213,9 +226,12 @@ def export_command(
 
     saved = load_checkpoint(checkpoint)
     model = restore(saved)
+    from optkit.torch.data import preprocess, subset
+
     _, _, test_raw, _, _, _ = _prepared(data_source, test_fraction, seed)
+    if classes:
+        test_raw = subset(test_raw, [int(c) for c in classes.split(",")])
     spec = saved.preprocessing
-    from optkit.torch.data import preprocess
 
     test_set = preprocess(spec, test_raw) if spec else test_raw
     if tuple(test_set.x.shape[1:]) != saved.architecture.input_shape:

@@ -19,8 +19,10 @@ from optkit.torch.train import (
     TrainConfig,
     build_model,
     evaluate,
+    fit_stage_classifier,
     load_checkpoint,
     prepare_transfer,
+    stage_names,
     train,
 )
 
@@ -108,6 +110,32 @@ def test_transfer_with_a_frozen_backbone_trains_only_the_new_head(splits):
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in backbone.items())  # running stats too
     assert evaluate(model, high_test) > 0.75
+
+
+def test_the_stages_strategy_picks_a_stage_and_exports(splits, tmp_path, monkeypatch, capsys):
+    """Little data from a different domain: linear classifiers on several stages, the best kept;
+    the result is a checkpoint `optkit export` turns into a fused ONNX model."""
+    _, _, _, train_set, test_set = splits
+    arch, model = fresh(classes=5)
+    low = subset(train_set, [0, 1, 2, 3, 4])
+    train(model, arch, low, subset(test_set, [0, 1, 2, 3, 4]), TrainConfig(epochs=6),
+          checkpoint=tmp_path / "low.pt")  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = fit_stage_classifier(model, subset(train_set, [5, 6, 7, 8, 9], 20), seed=0)
+    assert probe.stage in stage_names(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+    assert evaluate(probe, subset(test_set, [5, 6, 7, 8, 9])) > 0.8
+    out = tmp_path / "stages.pt"
+    code, text, err = run_main(monkeypatch, capsys, "finetune", str(tmp_path / "low.pt"),
+                               "--classes", "5,6,7,8,9", "--per-class", "20", "--different",
+                               "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    assert "strategy stages" in text and "best stage:" in text
+    code, text, err = run_main(monkeypatch, capsys, "export", str(out), "-o",
+                               str(tmp_path / "stages.onnx"), "--classes", "5,6,7,8,9")  # fmt: skip
+    assert code == 0, err
+    torch_acc, onnx_acc = text.strip().splitlines()[-1].split("torch ")[1].split(", ONNX ")
+    assert torch_acc == onnx_acc.split(" ")[0] and float(torch_acc.rstrip("%")) > 80
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, splits):

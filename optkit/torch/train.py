@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class Architecture:
     classes: int
     activation: str = "relu"
     norm: str = "batch"
+    stage: str | None = None  # a StageClassifier reading this module's output ...
+    stage_features: int = 0  # ... this wide ...
+    stage_classes: int = 0  # ... into this many classes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +102,9 @@ def build_model(arch: Architecture) -> nn.Module:
     """A model of `optkit.models` for (C, H, W) inputs and `arch.classes` outputs."""
     from optkit.models import ImageMLP, ResNetStyle, VGGStyle
 
+    if arch.stage is not None:
+        backbone = build_model(replace(arch, stage=None, stage_features=0, stage_classes=0))
+        return StageClassifier(backbone, arch.stage, arch.stage_features, arch.stage_classes)
     c, h, w = arch.input_shape
     if arch.name == "mlp":
         return ImageMLP((c, h, w), (128, 64), arch.classes, arch.activation, arch.norm)
@@ -328,7 +334,7 @@ def restore(checkpoint: Checkpoint) -> nn.Module:
 
 # --- transfer learning ---------------------------------------------------------------------------
 
-STRATEGIES = ("linear", "last-k", "all", "auto")
+STRATEGIES = ("linear", "stages", "last-k", "all", "auto")
 SMALL_PER_CLASS = 100  # "little data" in the lecture's table: up to about this many per class
 
 
@@ -339,40 +345,24 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 def choose_strategy(per_class: int, similar: bool) -> tuple[str, int, str]:
     """The lecture's table: (strategy, k, why)."""
+    little = f"little data ({per_class} per class)"
+    more = f"quite a lot of data ({per_class} per class)"
     if per_class <= SMALL_PER_CLASS and similar:
-        return (
-            "linear",
-            0,
-            (
-                f"little data ({per_class} per class) from a similar domain: "
-                "train a linear classifier on the top layer"
-            ),
-        )
+        why = f"{little} from a similar domain: train a linear classifier on the top layer"
+        return "linear", 0, why
     if per_class <= SMALL_PER_CLASS:
-        return (
-            "last-k",
-            2,
-            (
-                f"little data ({per_class} per class) from a different domain: the top features are "
-                "too specific, so also retrain the last stage before the classifier"
-            ),
+        why = (
+            f"{little} from a different domain: the top features are too specific; train "
+            "linear classifiers on features from several stages and keep the best"
         )
+        return "stages", 0, why
     if similar:
-        return (
-            "last-k",
-            2,
-            (
-                f"quite a lot of data ({per_class} per class) from a similar domain: fine-tune a few layers"
-            ),
-        )
-    return (
-        "all",
-        0,
-        (
-            f"quite a lot of data ({per_class} per class) from a different domain: fine-tune a larger "
-            "number of layers (all, the backbone at a tenth of the learning rate)"
-        ),
+        return "last-k", 2, f"{more} from a similar domain: fine-tune a few layers"
+    why = (
+        f"{more} from a different domain: fine-tune a larger number of layers "
+        "(all, the backbone at a tenth of the learning rate)"
     )
+    return "all", 0, why
 
 
 def prepare_transfer(
@@ -380,7 +370,7 @@ def prepare_transfer(
 ) -> list[dict[str, Any]]:
     """Reinitialize the head for `classes` outputs, freeze per `strategy`, and return the
     optimizer's parameter groups (the head at `lr`, trained backbone layers at lr / 10)."""
-    if strategy not in STRATEGIES[:-1]:
+    if strategy not in ("linear", "last-k", "all"):
         raise InputError(f"strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
     old, name = head(model)
     torch.manual_seed(seed)
@@ -412,3 +402,93 @@ def transfer_report(model: nn.Module) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"{trainable:,} of {total:,} parameters trainable"
+
+
+class StageClassifier(nn.Module):
+    """A frozen backbone read at one stage (a module's output, flattened), standardized with the
+    training features' mean and std, and a linear classifier: exportable like any model."""
+
+    def __init__(self, backbone: nn.Module, stage: str, features: int, classes: int) -> None:
+        super().__init__()
+        self.backbone, self.stage = backbone, stage
+        self.linear = nn.Linear(features, classes)
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self._captured: list[torch.Tensor] = []
+        backbone.get_submodule(stage).register_forward_hook(self._capture)
+        for p in backbone.parameters():
+            p.requires_grad = False
+
+    def _capture(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        self._captured.append(output)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self._captured.clear()
+        self.backbone.eval()
+        self.backbone(x)
+        return self._captured[-1].flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((self.features(x) - self.mean) / self.std)
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """Candidate stages: the outputs of activation and pooling layers, input to output."""
+    kinds = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds) and name]
+
+
+def fit_stage_classifier(
+    backbone: nn.Module,
+    train_set: Dataset,
+    *,
+    validation: float = 0.25,
+    epochs: int = 300,
+    lr: float = 0.01,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> StageClassifier:
+    """The lecture's "linear classifiers on features from several stages": for every stage, fit a
+    linear classifier on the frozen features of most of `train_set` and score it on the rest; the
+    best stage is then refitted on all of it."""
+    from optkit.torch.data import split
+
+    fit_part, held_out = split(train_set, validation, seed)
+    best: tuple[float, str] | None = None
+    for stage in stage_names(backbone):
+        score = evaluate(_fit_probe(backbone, stage, fit_part, epochs, lr, seed), held_out)
+        if log is not None:
+            log(f"  stage {stage:<28} held-out accuracy {score:.2%}")
+        if best is None or score > best[0]:
+            best = (score, stage)
+    if best is None:
+        raise InputError("the model has no activation or pooling layer to read features from")
+    if log is not None:
+        log(f"best stage: {best[1]}")
+    return _fit_probe(backbone, best[1], train_set, epochs, lr, seed)
+
+
+def _fit_probe(
+    backbone: nn.Module, stage: str, data: Dataset, epochs: int, lr: float, seed: int
+) -> StageClassifier:
+    """A linear classifier (Adam, full batch, weight decay) on standardized frozen features."""
+    import copy
+
+    frozen = copy.deepcopy(backbone)
+    x = torch.from_numpy(data.x)
+    with torch.no_grad():
+        sample = StageClassifier(frozen, stage, 1, data.classes).features(x)
+    frozen = copy.deepcopy(backbone)  # a clean copy: the probe above left a hook on the first
+    probe = StageClassifier(frozen, stage, sample.shape[1], data.classes)
+    probe.mean.copy_(sample.mean(0))
+    probe.std.copy_(sample.std(0) + 1e-5)
+    torch.manual_seed(seed)
+    probe.linear.reset_parameters()
+    optimizer = torch.optim.Adam(probe.linear.parameters(), lr=lr, weight_decay=1e-3)
+    standardized = (sample - probe.mean) / probe.std
+    labels = torch.from_numpy(data.y)
+    for _ in range(epochs):  # a convex problem on a few hundred examples
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(probe.linear(standardized), labels).backward()
+        optimizer.step()
+    return probe.eval()
