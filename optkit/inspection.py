@@ -23,37 +23,19 @@ def _describe(value: ir.Value) -> dict[str, Any]:
 def activation_usage(model: ir.Model) -> list[dict[str, Any]]:
     """Every activation in the model, in graph order: its kind and parameters, the node computing
     its output, and whether one op computes it or a decomposed chain of `nodes` primitives."""
-    from optkit.graph import ConstantPolicy
-    from optkit.passes.activation_forms import native, recognize
-    from optkit.passes.pattern import Match, Reader
+    from optkit.passes.activation_forms import find_activations
 
-    policy = ConstantPolicy(model)
-    found: list[dict[str, Any]] = []
-    for graph in iter_graphs(model.graph):
-        reader = Reader(graph, policy)
-        claimed: set[int] = set()
-        in_graph: list[dict[str, Any]] = []
-        for node in reversed(list(graph)):
-            if id(node) in claimed:
-                continue
-            match = recognize(node, reader)
-            if not isinstance(match, Match):
-                match = native(node, reader)
-            if match is None:
-                continue
-            claimed.update(id(n) for n in match.nodes)
-            in_graph.append(
-                {
-                    "kind": match.kind,
-                    "activation": match.describe(),
-                    "node": node_label(node),
-                    "graph": graph.name or "main",
-                    "fused": match.fused,
-                    "nodes": len(match.nodes),
-                }
-            )
-        found += reversed(in_graph)
-    return found
+    return [
+        {
+            "kind": match.kind,
+            "activation": match.describe(),
+            "node": node_label(match.nodes[0]),
+            "graph": graph.name or "main",
+            "fused": match.fused,
+            "nodes": len(match.nodes),
+        }
+        for graph, match in find_activations(model)
+    ]
 
 
 def format_activation_usage(usage: list[dict[str, Any]]) -> list[str]:

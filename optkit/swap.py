@@ -25,17 +25,15 @@ import onnx_ir as ir
 from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.graph import (
-    ConstantPolicy,
     Namer,
     add_initializer,
-    iter_graphs,
     node_label,
     opset_version,
     replace_nodes,
 )
-from optkit.passes.activation_forms import native, recognize
+from optkit.passes.activation_forms import find_activations
 from optkit.passes.canonicalize import MIN_OPSET, RUNTIME_MAX_OPSET, SLOWER_ON_RUNTIME, attribute
-from optkit.passes.pattern import Match, Reader, private
+from optkit.passes.pattern import Match
 from optkit.shapes import infer_shapes
 
 # --- float64 reference functions, by kind ------------------------------------------------------
@@ -182,26 +180,13 @@ class SwapSite:
 def plan(model: ir.Model, rules: Sequence[SwapRule]) -> list[tuple[Match, SwapRule, float]]:
     """Every activation a rule applies to, with the error bound of its swap (nothing changes)."""
     by_source = {rule.source: rule for rule in rules}
-    policy = ConstantPolicy(model)
     found: list[tuple[Match, SwapRule, float]] = []
-    for graph in iter_graphs(model.graph):
-        reader = Reader(graph, policy)
-        claimed: set[int] = set()
-        for node in reversed(list(graph)):
-            if id(node) in claimed:
-                continue
-            match = recognize(node, reader)
-            if not isinstance(match, Match) or private(match.nodes, match.output, graph):
-                match = native(node, reader)
-            if match is None:
-                continue
-            claimed.update(id(n) for n in match.nodes)
-            rule = by_source.get(match.kind)
-            if rule is not None:
-                bound = error_bound(
-                    match.kind, _reference_attributes(match), rule.target, rule.target_attributes
-                )
-                found.append((match, rule, bound))
+    for _, match in find_activations(model):
+        rule = by_source.get(match.kind)
+        if rule is not None:
+            attributes = _reference_attributes(match)
+            bound = error_bound(match.kind, attributes, rule.target, rule.target_attributes)
+            found.append((match, rule, bound))
     return found
 
 

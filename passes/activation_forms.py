@@ -74,6 +74,33 @@ def native(node: ir.Node, reader: Reader) -> Match | None:
     return Match(kind, node.op_type, attributes, node.inputs[0], [node])
 
 
+def find_activations(model: ir.Model) -> list[tuple[ir.Graph, Match]]:
+    """Every activation of `model`, each graph in node order: a decomposed form whose inner values
+    nothing else reads, else the single activation op (the nodes of a form are not listed again)."""
+    from optkit.graph import ConstantPolicy, iter_graphs
+
+    from .pattern import private
+
+    policy = ConstantPolicy(model)
+    found: list[tuple[ir.Graph, Match]] = []
+    for graph in iter_graphs(model.graph):
+        reader = Reader(graph, policy)
+        claimed: set[int] = set()
+        in_graph: list[tuple[ir.Graph, Match]] = []
+        for node in reversed(list(graph)):  # from the end, so the largest form is found first
+            if id(node) in claimed:
+                continue
+            match = recognize(node, reader)
+            if not isinstance(match, Match) or private(match.nodes, match.output, graph):
+                match = native(node, reader)
+            if match is None:
+                continue
+            claimed.update(id(n) for n in match.nodes)
+            in_graph.append((graph, match))
+        found += reversed(in_graph)
+    return found
+
+
 def recognize(node: ir.Node, reader: Reader) -> Match | str | None:
     """The decomposed activation whose output `node` computes (see the module docstring)."""
     if node.domain not in DEFAULT_DOMAINS:
