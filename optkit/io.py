@@ -9,6 +9,7 @@ write external data over a file that tensors of the model still read from.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,10 +204,10 @@ def save(
         else:
             data_path = (folder / external_data).resolve()
             read = external_data_paths(model)
-            stem = data_path.name.split(".")[0]
+            shards = _shard_pattern(data_path.name)
             if data_path in read or (
                 shard_size is not None
-                and any(p.parent == data_path.parent and p.name.startswith(stem) for p in read)
+                and any(p.parent == data_path.parent and shards.fullmatch(p.name) for p in read)
             ):
                 raise InputError(
                     f"{target}: external data file {external_data} is still read by the model; "
@@ -219,6 +220,13 @@ def save(
             os.unlink(tmp_name)
         raise
     return target
+
+
+def _shard_pattern(name: str) -> re.Pattern[str]:
+    """The names onnx_ir gives the shards of external data `name` (model-00001-of-00003.data)."""
+    example = ir.external_data._get_shard_filename(name, 1, 2)
+    prefix, _, ext = example.partition("-00001-of-00002")
+    return re.compile(rf"{re.escape(prefix)}-\d+-of-\d+{re.escape(ext)}")
 
 
 def _umask() -> int:

@@ -133,6 +133,9 @@ def test_external_data_output_is_reproducible_and_sharded_on_request(tmp_path):
     assert all((first.parent / n).stat().st_size <= limit for n in names if "-of-" in n)
     verdict = optkit.verify(str(source), str(first))
     assert verdict.ok
+    beside = tmp_path / "m.optkit.onnx"  # next to the input, whose data it may still read
+    optkit.fuse(source).save(beside, shard_size=64 * 1024)
+    assert optkit.verify(str(source), str(beside)).ok
 
 
 def test_the_python_api_is_safe_from_several_threads(tmp_path):
