@@ -598,7 +598,7 @@ def passes_command() -> None:
     """List the passes of the default `fuse` pipeline, in order, with their exactness."""
     for rewrite in DEFAULT_PASSES:
         spec = rewrite.spec
-        click.echo(f"{spec.name:<10} {spec.exactness.value:<12} {spec.summary}")
+        click.echo(f"{spec.name:<11} {spec.exactness.value:<12} {spec.summary}")
 
 
 def _register_subcommands() -> None:

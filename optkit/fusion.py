@@ -74,7 +74,7 @@ class FuseReport:
             declined = len(report.declined)
             if not hits and not declined and not report.rolled_back and not verbose:
                 continue
-            text = f"  {report.name:<10} {report.seconds * 1000:7.1f} ms  {hits or 'no change'}"
+            text = f"  {report.name:<11} {report.seconds * 1000:7.1f} ms  {hits or 'no change'}"
             if declined:
                 text += f"  ({declined} declined)"
             if report.rolled_back:
