@@ -82,19 +82,23 @@ def export_checked(
     fuse_it: bool = True,
     opset: int = 17,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Export `model` (eval mode, BatchNorm kept), check it against torch on `samples` (already
-    preprocessed), then optionally embed `spec` (the model then takes raw input like
-    `raw_samples`) and fuse. Returns the final model and a report of each step."""
+    """Export `model` (in eval mode, BatchNorm kept; its own mode is given back), check it against
+    torch on `samples` (already preprocessed), then optionally embed `spec` (the model then takes
+    raw input like `raw_samples`) and fuse. Returns the final model and a report of each step."""
     import optkit
+    from optkit import io
     from optkit.embedding import embed
     from optkit.preprocessing import apply
 
-    model.eval()
-    proto = export_onnx(model, torch.from_numpy(samples[:2]), opset=opset)
+    was_training = model.training
+    try:
+        proto = export_onnx(model, torch.from_numpy(samples[:2]), opset=opset)  # in eval mode
+    finally:
+        model.train(was_training)
     report: dict = {"export_max_abs_error": check_against_torch(proto, model, samples)}
     final: onnx.ModelProto = proto
     if spec is not None:
-        final = io_to_proto(embed(final, spec))
+        final = io.to_proto(embed(final, spec))
         if raw_samples is not None:
             with torch.no_grad():
                 want = model(torch.from_numpy(apply(spec, raw_samples).astype(np.float32))).numpy()
@@ -107,12 +111,6 @@ def export_checked(
         final = result.to_proto()
         report["batchnorm_after"] = result.report.batchnorm_after
     return final, report
-
-
-def io_to_proto(model) -> onnx.ModelProto:
-    from optkit import io
-
-    return io.to_proto(model)
 
 
 def _ort_error(proto: onnx.ModelProto, x: np.ndarray, want: np.ndarray) -> float:
