@@ -17,7 +17,7 @@ import onnx_ir as ir
 from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
-from optkit.graph import count_ops, iter_graphs, node_count, opset_version
+from optkit.graph import all_nodes, count_ops, iter_graphs, node_count, node_label, opset_version
 from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
@@ -142,10 +142,15 @@ def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
 def check_declarations(model: ir.Model, what: str) -> None:
     """What the onnx checker lets through but no runtime accepts: a default-domain opset newer than
     any onnx knows, and initializers whose stored type or shape contradicts their declaration."""
-    try:
-        io.skeleton_proto(model)  # what every later check and the final save serialize
-    except Exception as exc:  # e.g. a string attribute that is not UTF-8
-        raise InputError(f"{what}: malformed model ({_root_cause(exc)})") from None
+    for node in all_nodes(model):  # the IR keeps non-UTF-8 strings as bytes it cannot write back
+        for attr in node.attributes.values():
+            values = attr.value if attr.type == ir.AttributeType.STRINGS else [attr.value]
+            if attr.type in (ir.AttributeType.STRING, ir.AttributeType.STRINGS) and any(
+                isinstance(v, bytes) for v in values
+            ):
+                raise InputError(
+                    f"{what}: attribute '{attr.name}' of {node_label(node)} is not UTF-8 text"
+                )
     newest = onnx.defs.onnx_opset_version()
     if opset_version(model) > newest:
         raise InputError(
@@ -178,12 +183,6 @@ def check_declarations(model: ir.Model, what: str) -> None:
                         f"{what}: initializer '{value.name}' holds shape {list(tensor.shape)} "
                         f"but is declared {dims}"
                     )
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def load_checked(source: io.ModelLike, what: str | None = None, *, copy: bool = True) -> ir.Model:

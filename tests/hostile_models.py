@@ -82,6 +82,17 @@ def _nested_if(depth: int) -> onnx.ModelProto:
     return _model(nodes, inputs=inputs)
 
 
+def _non_utf8_attribute() -> onnx.ModelProto:
+    node = helper.make_node("Conv", ["x", "w"], ["y"])
+    attr = node.attribute.add()
+    attr.name, attr.type, attr.s = "auto_pad", onnx.AttributeProto.STRING, b"\xef\xff"
+    model = _model([node], [numpy_helper.from_array(np.ones((3, 2, 1), np.float32), "w")])
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 2
+    model.graph.input[0].type.tensor_type.shape.dim.add().dim_value = 3
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    return model
+
+
 def write_hostile(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "short.data").write_bytes(b"\0" * 8)
@@ -143,6 +154,7 @@ def write_hostile(folder: Path) -> dict[str, Path]:
         "huge_declared_input": _model(
             inputs=[helper.make_tensor_value_info("x", F32, [100_000, 100_000])]
         ),
+        "non_utf8_attribute": _non_utf8_attribute(),
         "garbage": os.urandom(2000),
         "empty": b"",
         "truncated": _model().SerializeToString()[:30],
