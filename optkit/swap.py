@@ -216,19 +216,17 @@ def swap(
     namer = Namer(model)
     if any(not isinstance(m.x.type, ir.TensorType) for m, _, _ in planned):
         infer_shapes(model)
+    for match, _, _ in planned:
+        if not isinstance(match.x.type, ir.TensorType):
+            label = node_label(match.nodes[0])
+            raise InputError(f"{label}: the element type of its input is unknown")
     done = []
     for match, rule, bound in planned:
-        graph = match.nodes[0].graph
-        assert graph is not None
-        dtype = match.x.type.dtype if isinstance(match.x.type, ir.TensorType) else None
-        if dtype is None:
-            raise InputError(
-                f"{node_label(match.nodes[0])}: the element type of its input is unknown"
-            )
-        builder = _Builder(graph, namer, dtype, node_label(match.nodes[0]))
+        graph, label = match.nodes[0].graph, node_label(match.nodes[0])
+        assert graph is not None and isinstance(match.x.type, ir.TensorType)
+        builder = _Builder(graph, namer, match.x.type.dtype, label)
         output = builder.build(rule.target, rule.target_attributes, match.x, opset)
         replace_nodes(graph, match.nodes, builder.nodes, [match.output], [output])
-        label = node_label(match.nodes[0])
         done.append(SwapSite(label, match.describe(), rule.target_text(), bound))
     return done
 
