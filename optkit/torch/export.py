@@ -85,16 +85,27 @@ def export_checked(
     """Export `model` (in eval mode, BatchNorm kept; its own mode is given back), check it against
     torch on `samples` (already preprocessed), then optionally embed `spec` (the model then takes
     raw input like `raw_samples`) and fuse. Returns the final model and a report of each step."""
+    was_training = model.training
+    try:
+        return _export_checked(model.eval(), samples, spec, raw_samples, fuse_it, opset)
+    finally:
+        model.train(was_training)
+
+
+def _export_checked(
+    model: torch.nn.Module,
+    samples: np.ndarray,
+    spec: PreprocessSpec | None,
+    raw_samples: np.ndarray | None,
+    fuse_it: bool,
+    opset: int,
+) -> tuple[onnx.ModelProto, dict]:
     import optkit
     from optkit import io
     from optkit.embedding import embed
     from optkit.preprocessing import apply
 
-    was_training = model.training
-    try:
-        proto = export_onnx(model, torch.from_numpy(samples[:2]), opset=opset)  # in eval mode
-    finally:
-        model.train(was_training)
+    proto = export_onnx(model, torch.from_numpy(samples[:2]), opset=opset)
     report: dict = {"export_max_abs_error": check_against_torch(proto, model, samples)}
     final: onnx.ModelProto = proto
     if spec is not None:
