@@ -88,7 +88,9 @@ def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, An
             "nodes_after": report.nodes_after,
             "batchnorm_after": report.batchnorm_after,
             "applied": [s.to_dict() for p in report.pipeline.passes for s in p.applied],
-            "declined": [s.to_dict() for p in report.pipeline.passes for s in p.declined],
+            "declined": [
+                s.to_dict() | {"pass": p.name} for p in report.pipeline.passes for s in p.declined
+            ],
         }
     return info
 
@@ -119,6 +121,15 @@ def format_inspection(info: dict[str, Any]) -> str:
             f"  fuse would give {dry['nodes_after']} nodes, BatchNorm {dry['batchnorm_after']}: "
             + (", ".join(f"{r} x{n}" for r, n in rules.items()) or "nothing to rewrite")
         )
+        # Every scalar Mul / Add a graph has is an `affine` candidate; list those declines only by
+        # count (a transformer has dozens), every other decline with its reason.
+        affine = [site for site in dry["declined"] if site["pass"] == "affine"]
         for site in dry["declined"]:
-            lines.append(f"    declined {site['node']}: {site['reason']}")
+            if site["pass"] != "affine":
+                lines.append(f"    declined {site['node']}: {site['reason']}")
+        if affine:
+            lines.append(
+                f"    {len(affine)} per-channel Mul/Add/Sub/Div left in place by `affine` "
+                "(reasons with --json, or optkit fuse --verbose)"
+            )
     return "\n".join(lines)
