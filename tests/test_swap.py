@@ -149,6 +149,7 @@ def test_activations_and_inspect_commands_report_them(monkeypatch, capsys, net_p
     assert code == 0 and "Gelu" in out and "1 decomposed, 5 nodes" in out
     code, out, _ = run_main(monkeypatch, capsys, "inspect", str(net_path))
     assert code == 0 and "activations:" in out and "Swish" in out
+    assert "Gelu needs opset 20" in out  # the dry run's declines, with their reasons
 
 
 def test_swap_command_measures_accuracy_on_labelled_data(monkeypatch, capsys, net_path, tmp_path):
