@@ -37,6 +37,7 @@ from optkit.shapes import infer_shapes
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
 from .affine_params import Affine, read_batchnorm
+from .canonicalize import decomposed_forms
 from .fold_support import Applied, FoldContext, Folds, copy_attributes, new_node
 
 ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
@@ -178,7 +179,24 @@ class FoldAffine(RewritePass):
             return []
         infer_shapes(model)  # ranks and channel counts decide what is per-channel
         ctx = FoldContext(model.graph, policy, Namer(model), opset_version(model))
-        folds = Folds(is_arithmetic, read_arithmetic, FOLDS, "affine")
+        forms = decomposed_forms(model)
+
+        def candidate(node: ir.Node) -> bool:
+            return is_arithmetic(node) and id(node) not in forms
+
+        folds = Folds(candidate, read_arithmetic, FOLDS, "affine")
         applied, declined = folds.to_fixed_point(model, ctx)
         live = {id(n) for g in iter_graphs(model.graph) for n in g}
-        return applied + [site for key, site in declined.items() if key in live]
+        kept = [
+            Site(
+                "affine",
+                node_label(n),
+                False,
+                f"part of a decomposed {forms[id(n)]}, kept whole (runtimes fuse the chain; "
+                "optkit fuses it where the opset allows)",
+            )
+            for g in iter_graphs(model.graph)
+            for n in g
+            if id(n) in forms and is_arithmetic(n) and _has_constant_operand(n, policy)
+        ]
+        return applied + [site for key, site in declined.items() if key in live] + kept

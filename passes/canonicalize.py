@@ -123,6 +123,28 @@ class CanonicalizeNormalization(Canonicalize):
     recognize = normalization_forms.recognize
 
 
+def decomposed_forms(model: ir.Model) -> dict[int, str]:
+    """Node id -> kind, for every node inside a decomposed activation or norm still in the graph.
+
+    Other passes leave these nodes alone: a chain that stays decomposed (its op is newer than the
+    model's opset, say) is still one that runtimes recognize and fuse themselves (ONNX Runtime's
+    GELU and LayerNorm fusions match these exact chains), which folding one of its constants away
+    would prevent."""
+    policy = ConstantPolicy(model)
+    forms: dict[int, str] = {}
+    for graph in iter_graphs(model.graph):
+        reader = Reader(graph, policy)
+        for node in reversed(list(graph)):
+            if id(node) in forms:
+                continue
+            for recognize in (activation_forms.recognize, normalization_forms.recognize):
+                found = recognize(node, reader)
+                if isinstance(found, Match) and not found.fused:
+                    forms.update((id(n), found.kind) for n in found.nodes)
+                    break
+    return forms
+
+
 def blocker(
     found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand, options: PassOptions
 ) -> str:

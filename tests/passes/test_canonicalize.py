@@ -368,3 +368,24 @@ def test_transformer_block_from_models_fuses_end_to_end(name):
     buffer = io.BytesIO()
     onnx.save(result.to_proto(), buffer)
     assert len(buffer.getvalue()) > 0
+
+
+def test_a_chain_left_decomposed_stays_whole_for_runtimes_that_fuse_it():
+    """Below Gelu's and LayerNormalization's opsets the chains stay, and `affine` does not fold
+    their 0.5 or their scale into the next Linear (ORT's GELU / LayerNorm fusions match them)."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 4))
+    for p in module[2].parameters():
+        nn.init.uniform_(p, 0.5, 1.5)
+    proto = export_onnx(module, torch.randn(3, 8), opset=14)
+    before = sorted(n.op_type for n in proto.graph.node if n.op_type != "Constant")
+    result = optkit.fuse(proto)
+    after = sorted(fused_ops(result))
+    for op in ("Erf", "Div", "ReduceMean", "Sqrt", "Pow"):
+        assert after.count(op) == before.count(op), (op, before, after)
+    assert after.count("Mul") == before.count("Mul")  # GELU's two, LayerNorm's scale
+    reasons = [
+        s.reason for p in result.report.pipeline.passes if p.name == "affine" for s in p.declined
+    ]
+    assert any("part of a decomposed Gelu" in r for r in reasons), reasons
+    assert any("part of a decomposed LayerNormalization" in r for r in reasons), reasons
