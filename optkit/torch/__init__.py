@@ -1,5 +1,13 @@
-"""The PyTorch side of optkit (needs the `torch` extra). Nothing in the ONNX side imports this."""
+"""The PyTorch side of optkit (needs the `torch` extra). Nothing in the ONNX side imports this.
 
-from optkit.torch.export import export_onnx
+`export_onnx` (BatchNorm kept for `optkit fuse`), `export_checked` (checked against torch, with
+preprocessing embedded and fused), `initialize` (the lecture's init schemes, see `init`),
+`activation_stats` / `gradient_stats` (per-layer statistics, see `stats`); training and transfer
+learning live in `optkit.torch.train`, data in `optkit.torch.data`.
+"""
 
-__all__ = ["export_onnx"]
+from optkit.torch.export import export_checked, export_onnx
+from optkit.torch.init import initialize
+from optkit.torch.stats import activation_stats, gradient_stats
+
+__all__ = ["activation_stats", "export_checked", "export_onnx", "gradient_stats", "initialize"]
