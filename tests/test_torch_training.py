@@ -207,3 +207,28 @@ def test_torchrun_with_two_processes_matches_one_process(tmp_path):
     for name, weight in one["state"].items():
         torch.testing.assert_close(two["state"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
     assert one["accuracy"] > 0.9 and abs(one["accuracy"] - two["accuracy"]) < 0.01
+
+
+def test_an_image_folder_loads_and_trains(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("cats", "dogs")):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 80, (8, 8, 3)) + (150 if label else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dogs" / "notes.txt").write_text("not an image")
+    data = load_data(str(tmp_path))
+    assert data.x.shape == (24, 3, 8, 8) and data.classes == 2 and data.y.sum() == 12
+    train_set, test_set = split(data, 0.25, seed=0)
+    spec = fit_preprocessing(train_set)
+    arch = Architecture("cnn", (3, 8, 8), 2)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    history = train(model, arch, preprocess(spec, train_set), preprocess(spec, test_set),
+                    TrainConfig(epochs=5, batch_size=6))  # fmt: skip
+    assert history[-1].test_accuracy == 1.0  # the two classes differ by 150 grey levels
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "cats" / "small.png")
+    with pytest.raises(InputError, match="size"):
+        load_data(str(tmp_path))
