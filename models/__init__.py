@@ -14,7 +14,7 @@ from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, R
 from .common import conv_bn_relu, randomize_batchnorm
 from .layers import ACTIVATIONS, NORMS, Maxout, make_activation, make_norm
 from .mlp import MLP, ImageMLP
-from .transformer import EncoderBlock
+from .transformer import Encoder, EncoderBlock
 
 ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet": (ResNetStyle, (2, 3, 32, 32)),
@@ -42,6 +42,7 @@ __all__ = [
     "BasicBlock",
     "ConvTransposeDecoder",
     "DepthwiseNet",
+    "Encoder",
     "EncoderBlock",
     "ImageMLP",
     "InputNormNet",

@@ -58,3 +58,10 @@ class EncoderBlock(nn.Module):
         attended = (scores.softmax(dim=-1) @ split(v)).transpose(1, 2).reshape(batch, tokens, dim)
         x = x + self.proj(attended)
         return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Sequential):
+    """`depth` EncoderBlocks of width `dim`, the same choices for each."""
+
+    def __init__(self, depth: int = 2, dim: int = 32, heads: int = 4, hidden: int = 64, **choices):
+        super().__init__(*(EncoderBlock(dim, heads, hidden, **choices) for _ in range(depth)))

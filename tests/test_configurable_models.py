@@ -14,6 +14,7 @@ from optkit.models import (
     ACTIVATIONS,
     MLP,
     NORMS,
+    Encoder,
     EncoderBlock,
     Maxout,
     ResNetStyle,
@@ -68,6 +69,19 @@ def test_every_choice_exports_fuses_and_matches_torch(model_name, activation, no
         assert fused[activation] in ops, ops
     if model_name in ("vgg", "resnet") and norm in ("group", "layer"):  # layer: GroupNorm(1, C)
         assert "GroupNormalization" in ops, ops
+    (got,) = ort_outputs(result.to_proto(), {"input": sample.numpy()})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_depth_stacks_blocks_and_fuses():
+    torch.manual_seed(0)
+    model = Encoder(depth=3, dim=16, heads=2, hidden=32, activation="gelu", norm="layer").eval()
+    sample = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want = model(sample).numpy()
+    result = optkit.fuse(export_onnx(model, sample, opset=17), upgrade_opset=20)
+    ops = [n.op_type for n in result.model.graph]
+    assert ops.count("LayerNormalization") == 6 and ops.count("Gelu") == 3
     (got,) = ort_outputs(result.to_proto(), {"input": sample.numpy()})
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
