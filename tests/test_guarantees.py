@@ -90,7 +90,7 @@ def test_a_process_killed_mid_write_leaves_the_input_and_no_partial_output(tmp_p
             onnx.checker.check_model(str(target))
             target.unlink()
     assert killed_mid_write >= 2  # the test did test something
-    assert list(tmp_path.iterdir()) == [source] or set(tmp_path.iterdir()) == {source}
+    assert set(tmp_path.iterdir()) == {source}  # besides the hidden temp files removed above
 
 
 def test_the_same_input_gives_a_byte_identical_output_run_after_run(tmp_path):
