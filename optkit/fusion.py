@@ -17,7 +17,7 @@ import onnx_ir as ir
 from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
-from optkit.graph import all_nodes, count_ops, iter_graphs, node_count, node_label, opset_version
+from optkit.graph import count_ops, iter_graphs, node_count, node_label, opset_version
 from optkit.inputs import check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
@@ -142,15 +142,9 @@ def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
 def check_declarations(model: ir.Model, what: str) -> None:
     """What the onnx checker lets through but no runtime accepts: a default-domain opset newer than
     any onnx knows, and initializers whose stored type or shape contradicts their declaration."""
-    for node in all_nodes(model):  # the IR keeps non-UTF-8 strings as bytes it cannot write back
-        for attr in node.attributes.values():
-            values = attr.value if attr.type == ir.AttributeType.STRINGS else [attr.value]
-            if attr.type in (ir.AttributeType.STRING, ir.AttributeType.STRINGS) and any(
-                isinstance(v, bytes) for v in values
-            ):
-                raise InputError(
-                    f"{what}: attribute '{attr.name}' of {node_label(node)} is not UTF-8 text"
-                )
+    place = _not_text(model)
+    if place:
+        raise InputError(f"{what}: {place} is not UTF-8 text")
     newest = onnx.defs.onnx_opset_version()
     if opset_version(model) > newest:
         raise InputError(
@@ -183,6 +177,33 @@ def check_declarations(model: ir.Model, what: str) -> None:
                         f"{what}: initializer '{value.name}' holds shape {list(tensor.shape)} "
                         f"but is declared {dims}"
                     )
+
+
+def _not_text(model: ir.Model) -> str:
+    """Where the model holds a string that is not UTF-8 ('' if nowhere). The IR keeps such strings
+    (names, doc strings, string attributes) as bytes, which it cannot write back."""
+    strings: list[tuple[str, object]] = [
+        ("the producer name", model.producer_name),
+        ("the doc string", model.doc_string),
+        *((f"metadata key {k!r}", v) for k, v in model.metadata_props.items()),
+    ]
+    for graph in iter_graphs(model.graph):
+        strings += [("a graph name", graph.name), ("a graph doc string", graph.doc_string)]
+        values = [*graph.inputs, *graph.outputs, *graph.initializers.values()]
+        for node in graph:
+            label = "a node" if isinstance(node.name, bytes) else node_label(node)
+            strings += [
+                (f"the name of {label}", node.name),
+                (f"the domain of {label}", node.domain),
+            ]
+            strings += [(f"the op type of {label}", node.op_type), (label, node.doc_string)]
+            values += node.outputs
+            for attr in node.attributes.values():
+                texts = attr.value if attr.type == ir.AttributeType.STRINGS else [attr.value]
+                if attr.type in (ir.AttributeType.STRING, ir.AttributeType.STRINGS):
+                    strings += [(f"attribute '{attr.name}' of {label}", t) for t in texts]
+        strings += [("a value name", v.name) for v in values]
+    return next((place for place, text in strings if isinstance(text, bytes)), "")
 
 
 def load_checked(source: io.ModelLike, what: str | None = None, *, copy: bool = True) -> ir.Model:

@@ -155,6 +155,9 @@ def write_hostile(folder: Path) -> dict[str, Path]:
             inputs=[helper.make_tensor_value_info("x", F32, [100_000, 100_000])]
         ),
         "non_utf8_attribute": _non_utf8_attribute(),
+        "non_utf8_node_name": _model([helper.make_node("Relu", ["x"], ["y"], name="nodename")])
+        .SerializeToString()
+        .replace(b"nodename", b"nodenam\xee"),
         "garbage": os.urandom(2000),
         "empty": b"",
         "truncated": _model().SerializeToString()[:30],

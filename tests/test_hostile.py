@@ -27,8 +27,8 @@ BROKEN = [
     "ext_longer_than_file", "ext_wrong_length", "init_too_short", "init_negative_dim",
     "init_absurd_dims", "cycle", "two_producers", "missing_input", "initializer_type_mismatch",
     "initializer_shape_mismatch", "unknown_default_op", "op_newer_than_opset",
-    "opset_from_the_future", "no_opset_import", "non_utf8_attribute", "garbage", "empty",
-    "truncated",
+    "opset_from_the_future", "no_opset_import", "non_utf8_attribute", "non_utf8_node_name",
+    "garbage", "empty", "truncated",
 ]  # fmt: skip
 
 
@@ -65,6 +65,7 @@ def test_broken_input_is_one_clear_line_and_exit_2(monkeypatch, capsys, hostile,
         ("initializer_shape_mismatch", "holds shape [2, 3] but is declared [3, 2]"),
         ("opset_from_the_future", "opset 999"),
         ("non_utf8_attribute", "attribute 'auto_pad' of"),
+        ("non_utf8_node_name", "the name of a node is not UTF-8 text"),
     ],
 )
 def test_errors_name_the_reason(monkeypatch, capsys, hostile, name, words):
