@@ -57,8 +57,20 @@ class FoldContext:
         return array.astype(np.float64), dtype, ""
 
     def constant(self, base: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
-        """A new initializer holding `array` rounded once to `dtype`."""
+        """A new initializer holding `array` rounded once to `dtype`; raises `FoldOverflow` (before
+        registering anything) when finite values would round to infinity in `dtype`."""
+        np_dtype = FLOAT_TYPES.get(dtype)
+        if np_dtype is not None:
+            with np.errstate(over="ignore"):
+                rounded = np.asarray(array).astype(np_dtype)
+            if np.any(np.isinf(rounded) & np.isfinite(array)):
+                peak = float(np.max(np.abs(array[np.isfinite(array)])))
+                raise FoldOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
         return add_initializer(self.graph, self.namer, base, array, dtype)
+
+
+class FoldOverflow(ValueError):
+    """A fold's result does not fit the weight's element type (a rule declines on it)."""
 
 
 def copy_attributes(node: ir.Node, **overrides: ir.Attr | None) -> list[ir.Attr]:
@@ -128,7 +140,10 @@ class Folds:
             return Site(self.site_rule, label, False, why) if why else None
         reasons = []
         for name, rule in self.rules:
-            result = rule(affine, ctx)
+            try:
+                result = rule(affine, ctx)
+            except FoldOverflow as exc:  # nothing was rewired; its initializers go with `unused`
+                result = str(exc)
             if isinstance(result, Applied):
                 return Site(result.rule, label, True, removed=result.removed, added=result.added)
             reasons.append(f"not {name} ({result})")
