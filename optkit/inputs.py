@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -139,7 +140,15 @@ def random_array(
         return rng.standard_normal(size=shape).astype(np_dtype)
     if dtype.is_integer():
         low, high = int_range
-        info = np.iinfo(np_dtype)
+        try:
+            info = np.iinfo(np_dtype)
+        except ValueError:  # 4-bit and other ml_dtypes integers
+            try:
+                info = ml_dtypes.iinfo(np_dtype)
+            except (ValueError, TypeError):
+                raise UnsynthesizableInput(
+                    f"cannot synthesize inputs of type {dtype.name}"
+                ) from None
         return rng.integers(max(low, info.min), min(high, int(info.max) + 1), size=shape).astype(
             np_dtype
         )
