@@ -131,7 +131,10 @@ def synthetic_inputs(
 def random_array(
     rng: np.random.Generator, dtype: ir.DataType, shape: tuple[int, ...], int_range: tuple[int, int]
 ) -> np.ndarray:
-    np_dtype = dtype.numpy()
+    try:
+        np_dtype = dtype.numpy()
+    except TypeError:  # UNDEFINED and types numpy has no counterpart for
+        raise UnsynthesizableInput(f"cannot synthesize inputs of type {dtype.name}") from None
     if dtype == ir.DataType.BOOL:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if dtype == ir.DataType.STRING:
