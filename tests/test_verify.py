@@ -64,3 +64,16 @@ def test_top1_agreement_for_classifier_outputs(rng):
     verdict = compare_outputs({"logits": logits}, {"logits": swapped}, Exactness.REASSOCIATE)
     assert not verdict.ok
     assert verdict.outputs[0].top1_agreement == pytest.approx(7 / 8)
+
+
+def test_synthetic_inputs_of_4_bit_and_undefined_types():
+    """4-bit integers are synthesized in range; an undefined element type is refused clearly."""
+    import onnx_ir as ir
+
+    from optkit.inputs import UnsynthesizableInput, random_array
+
+    rng = np.random.default_rng(0)
+    values = random_array(rng, ir.DataType.UINT4, (4, 4), (0, 100))
+    assert values.astype(np.int64).max() <= 15
+    with pytest.raises(UnsynthesizableInput, match="UNDEFINED"):
+        random_array(rng, ir.DataType.UNDEFINED, (2,), (0, 10))

@@ -268,3 +268,19 @@ def test_new_names_never_clash_with_existing_ones(rng):
     assert_same_outputs(
         model, result.model, {"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
     )
+
+
+def test_a_fold_whose_weights_would_overflow_the_dtype_declines(rng):
+    """A Conv weight near float32's maximum and a BN scale above 1: the folded weight would round
+    to infinity, so the fold declines (found by fuzzing) and the model keeps its BatchNorm."""
+    model = conv_bn(rng)
+    weight = next(t for t in model.graph.initializer if t.name == "W")
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, 0, 0, 0] = 3.0e38
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, "W"))
+    scale = next(t for t in model.graph.initializer if t.name == "bn.scale")
+    scale.CopyFrom(onnx.numpy_helper.from_array(np.full(4, 4.0, np.float32), "bn.scale"))
+    result = fold(model, verify=True)
+    site = only_site(result)
+    assert not site.applied and "beyond FLOAT's range" in site.reason
+    assert "BatchNormalization" in op_types(result.model) and result.report.ok
