@@ -8,6 +8,7 @@ write external data over a file that tensors of the model still read from.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -122,20 +123,15 @@ def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes the tensor's shape and type need; None for types of no fixed width (strings)."""
+    """Bytes the tensor's shape and type need (sub-byte types packed); None for types of no fixed
+    width (strings) and unknown ones."""
     if any(d < 0 for d in tensor.dims):
         return None
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
+        bits = ir.DataType(tensor.data_type).bitwidth
+    except (ValueError, TypeError):
         return None
-    if tensor.data_type in (onnx.TensorProto.STRING,):
-        return None
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
-    return (count * bits + 7) // 8 if bits else count * itemsize
+    return (math.prod(tensor.dims) * bits + 7) // 8
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
