@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from optkit import io
 from optkit.errors import InputError
-from optkit.graph import iter_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,9 @@ def make_session(
         return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
     # Large or external weights: written next to a model file (streamed, the weights are never
     # copied into one protobuf), and ORT reads them from there.
-    ir_model = model
     with tempfile.TemporaryDirectory(prefix="optkit-session-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        ir.save(ir_model, path, external_data="model.onnx.data")
+        ir.save(model, path, external_data="model.onnx.data")
         return ort.InferenceSession(path, options, providers=providers)
 
 
@@ -97,14 +96,7 @@ _IN_MEMORY_LIMIT = 1 << 30  # an in-memory model with more weight bytes than thi
 
 
 def _needs_file(model: ir.Model) -> bool:
-    total = 0
-    for graph in iter_graphs(model.graph):
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                return True
-            total += tensor.nbytes if tensor is not None else 0
-    return total > _IN_MEMORY_LIMIT
+    return bool(io.external_data_paths(model)) or io.initializer_bytes(model) > _IN_MEMORY_LIMIT
 
 
 def run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
