@@ -54,23 +54,19 @@ def check_against_torch(
     """Max abs difference between the ONNX model on ORT and `model` in eval mode on `x`; raises
     VerificationError beyond `atol` (scaled by the output's size). This is what catches an export
     made with BatchNorm in training mode (batch statistics instead of running ones)."""
-    from optkit import runtime
-
     was_training = model.training
     model.eval()
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     model.train(was_training)
-    session = runtime.make_session(proto)
-    (got,) = session.run(None, {session.get_inputs()[0].name: x})
-    error = float(np.max(np.abs(got - want)))
-    bound = atol * max(1.0, float(np.max(np.abs(want))))
-    if not error <= bound:
-        raise VerificationError(
-            f"the ONNX export differs from the eval-mode torch model by {error:.3g} (> {bound:.3g}) "
-            "on real samples; was it exported with BatchNorm or Dropout in training mode?"
-        )
-    return error
+    return _ort_error(
+        proto,
+        x,
+        want,
+        atol,
+        "the ONNX export differs from the eval-mode torch model",
+        "on real samples; was it exported with BatchNorm or Dropout in training mode?",
+    )
 
 
 def export_checked(
@@ -113,7 +109,9 @@ def _export_checked(
         if raw_samples is not None:
             with torch.no_grad():
                 want = model(torch.from_numpy(apply(spec, raw_samples).astype(np.float32))).numpy()
-            report["embedded_max_abs_error"] = _ort_error(final, raw_samples, want)
+            report["embedded_max_abs_error"] = _ort_error(
+                final, raw_samples, want, 1e-3, "the model with preprocessing embedded differs"
+            )
     if fuse_it:
         result = optkit.fuse(final, shapes=None)
         if not result.report.ok:
@@ -124,12 +122,17 @@ def _export_checked(
     return final, report
 
 
-def _ort_error(proto: onnx.ModelProto, x: np.ndarray, want: np.ndarray) -> float:
+def _ort_error(
+    proto: onnx.ModelProto, x: np.ndarray, want: np.ndarray, atol: float, what: str, hint: str = ""
+) -> float:
+    """Max abs difference of the model's output on ORT from `want`; VerificationError beyond
+    `atol` scaled by the output's size."""
     from optkit import runtime
 
     session = runtime.make_session(proto)
     (got,) = session.run(None, {session.get_inputs()[0].name: x})
     error = float(np.max(np.abs(got - want)))
-    if not error <= 1e-3 * max(1.0, float(np.max(np.abs(want)))):
-        raise VerificationError(f"the model with preprocessing embedded differs by {error:.3g}")
+    bound = atol * max(1.0, float(np.max(np.abs(want))))
+    if not error <= bound:
+        raise VerificationError(f"{what} by {error:.3g} (> {bound:.3g}) {hint}".rstrip())
     return error
