@@ -41,11 +41,7 @@ def conv_bn_relu(
     The defaults are the classic Conv -> BatchNorm -> ReLU."""
     from .layers import make_activation, make_norm
 
-    act = (
-        nn.ReLU(inplace=True)
-        if activation == "relu"
-        else make_activation(activation, c_out, "image")
-    )
+    act = make_activation(activation, c_out, "image", inplace_relu=True)
     return nn.Sequential(
         nn.Conv2d(
             c_in,

@@ -46,12 +46,16 @@ class Maxout(nn.Module):
         return y.reshape(*y.shape[:-1], self.features, self.pieces).amax(dim=-1)
 
 
-def make_activation(name: str, features: int, layout: str = "features") -> nn.Module:
-    """One activation layer by its lecture name (see ACTIVATIONS)."""
+def make_activation(
+    name: str, features: int, layout: str = "features", *, inplace_relu: bool = False
+) -> nn.Module:
+    """One activation layer by its lecture name (see ACTIVATIONS); `inplace_relu` makes a ReLU
+    overwrite its input (for layers whose input nothing else reads)."""
+    if name == "relu":
+        return nn.ReLU(inplace=inplace_relu)
     simple = {
         "sigmoid": nn.Sigmoid,
         "tanh": nn.Tanh,
-        "relu": nn.ReLU,
         "elu": nn.ELU,
         "selu": nn.SELU,
         "swish": nn.SiLU,

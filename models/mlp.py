@@ -26,11 +26,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.BatchNorm1d(in_features)] if bn_first else []
         f = in_features
         for h in hidden:
-            act = (
-                nn.ReLU(inplace=True)
-                if activation == "relu"
-                else make_activation(activation, h, "features")
-            )
+            act = make_activation(activation, h, "features", inplace_relu=True)
             layers += [nn.Linear(f, h), make_norm(norm, h, "features"), act]
             f = h
         layers.append(nn.Linear(f, num_classes))
