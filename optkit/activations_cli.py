@@ -112,7 +112,7 @@ def swap_command(
       optkit swap mobilenet.onnx --map Swish=HardSwish --map Sigmoid=HardSigmoid:0.1667,0.5
       optkit swap cnn.onnx --map Relu=LeakyRelu:0.01 --allow-lossy --data val.npz --labels y.npy
     """
-    from optkit.cli import _load_checked
+    from optkit.cli import _load_checked, _load_labels
     from optkit.swap import parse_rule, swap
     from optkit.verify import verify
 
@@ -133,7 +133,7 @@ def swap_command(
     working = io.load(original)
     done = swap(working, rules, allow_lossy=allow_lossy)
     feeds = load_samples(data, original) if data is not None else None
-    label_array = _labels(labels) if labels is not None else None
+    label_array = _load_labels(labels) if labels is not None else None
     try:
         verdict = verify(
             original,
@@ -169,12 +169,6 @@ def swap_command(
             err=True,
         )
         sys.exit(1)
-
-
-def _labels(path: Path) -> Any:
-    from optkit.cli import _load_labels
-
-    return _load_labels(path)
 
 
 def _failures(verdict: Verdict, max_error: float | None, max_drop: float | None) -> list[str]:

@@ -4,6 +4,11 @@ and the bad-input paths."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -190,12 +195,8 @@ def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).parent / "ddp_train.py"
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, single], check=True, env=env, capture_output=True)
     subprocess.run(
