@@ -179,9 +179,15 @@ def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
     assert torch_acc == onnx_acc.split(" ")[0]
     code, out, err = run_main(monkeypatch, capsys, "finetune", str(checkpoint), "--classes",
                               "5,6,7,8,9", "--per-class", "20", "--epochs", "2", "-o",
-                              str(tmp_path / "ft.pt"))  # fmt: skip
+                              str(tmp_path / "ft.pt"), "--compare-scratch")  # fmt: skip
     assert code == 0, err
     assert "strategy linear: little data (20 per class) from a similar domain" in out
+    transferred = float(out.split("test accuracy ")[-1].split("%")[0])
+    comparison = out.strip().splitlines()[-1]
+    assert comparison.startswith(f"transfer {transferred:.2f}%, from scratch ")
+    scratch = float(comparison.split("from scratch ")[1].split("%")[0])
+    helped = "transfer helped" if transferred > scratch else "transfer did not help"
+    assert helped in comparison
     code, out, err = run_main(monkeypatch, capsys, "stats", "--layers", "3", "--width", "256",
                               "--png", str(tmp_path / "s.png"), "--gradients")  # fmt: skip
     assert code == 0 and "dW std" in out and (tmp_path / "s.png").exists()
