@@ -18,7 +18,6 @@ operands are both computed, are not candidates and get no site in the report.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
@@ -36,97 +35,15 @@ from optkit.shapes import infer_shapes
 
 from .affine_into_layer import fold_into_producer
 from .affine_into_next_layer import fold_into_consumer
-from .affine_params import Affine, read_batchnorm
+from .affine_params import Affine, is_arithmetic, read_arithmetic, read_batchnorm
 from .canonicalize import decomposed_forms
 from .fold_support import Applied, FoldContext, Folds, copy_attributes, new_node
-
-ARITHMETIC = frozenset({"Mul", "Add", "Sub", "Div"})
-
-
-def is_arithmetic(node: ir.Node) -> bool:
-    return node.op_type in ARITHMETIC and node.domain == "" and len(node.inputs) == 2
 
 
 def _has_constant_operand(node: ir.Node, policy: ConstantPolicy) -> bool:
     return is_arithmetic(node) and any(
         v is not None and policy.array(v)[0] is not None for v in node.inputs
     )
-
-
-def channel_vector(constant: np.ndarray, rank: int, channels: int | None) -> np.ndarray | None:
-    """`constant` as a (C,) vector when it broadcasts along axis 1 of a rank-`rank` tensor only."""
-    if constant.ndim > rank:
-        return None
-    if constant.size == 1:
-        return None if channels is None else np.full(channels, constant.reshape(-1)[0])
-    shape = (1,) * (rank - constant.ndim) + constant.shape
-    if rank < 2 or any(d != 1 for i, d in enumerate(shape) if i != 1):
-        return None
-    if channels is not None and shape[1] != channels:
-        return None
-    return constant.reshape(-1)
-
-
-def read_arithmetic(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | None, str]:
-    """Mul / Add / Sub / Div of a computed x and a per-channel constant c as y = s x + t."""
-    first, second = node.inputs
-    if first is None or second is None:
-        return None, ""
-    a, _ = policy.array(first)
-    b, _ = policy.array(second)
-    if (a is None) == (b is None):  # both computed, or both constant (constant folding's job)
-        return None, ""
-    x, c = (first, b) if b is not None else (second, a)
-    assert c is not None
-    if c.dtype.kind != "f" or not isinstance(x.type, ir.TensorType):
-        return None, ""
-    shape = x.shape if x.shape is not None else node.outputs[0].shape
-    if shape is None:
-        return None, ""
-    rank = len(shape)
-    channels = shape[1] if rank > 1 and isinstance(shape[1], int) else None
-    constant_first = x is second
-    vector = channel_vector(c.astype(np.float64), rank, channels)
-    if vector is None:
-        return _read_image_shift(node, x, c, shape, constant_first)
-    ones, zeros = np.ones_like(vector), np.zeros_like(vector)
-    if node.op_type == "Mul":
-        scale, shift = vector, zeros
-    elif node.op_type == "Add":
-        scale, shift = ones, vector
-    elif node.op_type == "Sub":
-        scale, shift = (-ones, vector) if constant_first else (ones, -vector)
-    else:  # Div
-        if constant_first:
-            return None, ""  # c / x is not affine in x
-        if np.any(vector == 0):
-            return None, "divides by a constant with zeros"
-        scale, shift = 1.0 / vector, zeros
-    return Affine(node, x, scale, shift, kind=node.op_type.lower()), ""
-
-
-def _read_image_shift(
-    node: ir.Node, x: ir.Value, c: np.ndarray, shape: ir.Shape, constant_first: bool
-) -> tuple[Affine | None, str]:
-    """x + M, x - M or M - x for a whole constant image M (C, *spatial) of x's static shape: a mean
-    image. Folds only into a following Conv (per position) or Flatten -> Gemm (per feature)."""
-    dims = list(shape)[1:]
-    if (
-        node.op_type not in ("Add", "Sub")
-        or len(dims) < 2
-        or not all(isinstance(d, int) for d in dims)
-    ):
-        return None, ""
-    image = c.astype(np.float64)
-    while image.ndim > len(dims) and image.shape[0] == 1:
-        image = image[0]
-    if image.shape != tuple(dims):
-        return None, ""
-    channels = int(dims[0])
-    sign = -1.0 if node.op_type == "Sub" and not constant_first else 1.0
-    scale = np.full(channels, -1.0 if node.op_type == "Sub" and constant_first else 1.0)
-    kind = f"{node.op_type.lower()}-image"
-    return Affine(node, x, scale, np.zeros(channels), kind, shift_image=sign * image), ""
 
 
 def merge_into_batchnorm(affine: Affine, ctx: FoldContext) -> Applied | str:

@@ -18,6 +18,8 @@ Exact in real arithmetic.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 
@@ -30,7 +32,7 @@ from optkit.graph import (
     sole_consumer,
 )
 
-from .affine_params import Affine
+from .affine_params import Affine, is_arithmetic, read_arithmetic
 from .conv_geometry import ConvGeometry
 from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
 
@@ -125,20 +127,17 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
         bias, _, why = ctx.weight(b_in, "Conv bias")
         if bias is None:
             return why
-    # s and t as seen by each (output channel, input-channel-in-group) weight slice.
+    # t as seen by each (output channel, input-channel-in-group) weight slice.
     group_of_out = np.arange(c_out) // (c_out // groups)
-    scale = affine.scale.reshape(groups, c_in_per_group)[group_of_out]
     shift = affine.shift.reshape(groups, c_in_per_group)[group_of_out]
     kernel_dims = weight.shape[2:]
-    new_w = weight * scale.reshape(c_out, c_in_per_group, *([1] * len(kernel_dims)))
+    new_w = _scaled_slices(weight, affine.scale, groups)
     # Shift pushed through the weights, per output channel and kernel offset: (c_out, K).
     shift_by_offset = np.einsum("oik,oi->ok", weight.reshape(c_out, c_in_per_group, -1), shift)
     geometry = ConvGeometry.of(conv, tuple(int(k) for k in kernel_dims))
-    w_value = ctx.constant(base_name(conv.inputs[1], "W"), new_w, dtype)
     if not geometry.has_padding() and affine.shift_image is None:
         new_b = bias + shift_by_offset.sum(axis=1)
-        b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), new_b, dtype)
-        node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
+        node = _conv_node(conv, affine.input, new_w, new_b, dtype, ctx)
         return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
     ctx.ensure_shapes()
     spatial = _static_spatial(affine.input, len(kernel_dims))
@@ -154,18 +153,114 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
             return f"the shift image is {affine.shift_image.shape}, the Conv input {spatial}"
         correction = correction + geometry.convolve(weight, affine.shift_image, groups)[0]
     if np.all(correction == correction[:, :1]):
-        b_value = ctx.constant(base_name(b_in, f"{w_value.name}_bias"), correction[:, 0], dtype)
-        node = new_node("Conv", [affine.input, w_value, b_value], copy_attributes(conv), conv.name)
+        node = _conv_node(conv, affine.input, new_w, correction[:, 0], dtype, ctx)
         return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
+    on_input, on_output = affine.channels * math.prod(spatial), c_out * math.prod(out_spatial)
+    if on_input < on_output:
+        cost = (
+            f"an Add over its {on_input} input values per sample costs less than the "
+            f"border correction over the Conv's {on_output} outputs"
+        )
+        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, cost)
+        if moved is not None:
+            return moved
+    conv_node = _conv_node(conv, affine.input, new_w, None, dtype, ctx)
     border = ctx.constant(
-        f"{w_value.name}_border", correction.reshape(1, c_out, *out_spatial), dtype
+        f"{conv_node.inputs[1].name}_border", correction.reshape(1, c_out, *out_spatial), dtype
     )
-    conv_node = new_node("Conv", [affine.input, w_value], copy_attributes(conv), conv.name)
     conv_node.outputs[0].name = ctx.namer.fresh(f"{conv.outputs[0].name}_unshifted")
     add = new_node(
         "Add", [conv_node.outputs[0], border], [], ctx.namer.fresh(f"{conv.name or 'conv'}_border")
     )
     return _replace(affine, conv, [conv_node, add], f"{affine.kind}+conv(border)", ctx)
+
+
+def _conv_node(
+    conv: ir.Node,
+    data: ir.Value,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    dtype: ir.DataType,
+    ctx: FoldContext,
+) -> ir.Node:
+    """`conv` reading `data` with new weights (and a new bias, or none)."""
+    w_value = ctx.constant(base_name(conv.inputs[1], "W"), weight, dtype)
+    inputs = [data, w_value]
+    if bias is not None:
+        b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
+        inputs.append(ctx.constant(base_name(b_in, f"{w_value.name}_bias"), bias, dtype))
+    return new_node("Conv", inputs, copy_attributes(conv), conv.name)
+
+
+def _scaled_slices(weight: np.ndarray, scale: np.ndarray, groups: int) -> np.ndarray:
+    """W[o, i] * s_(c(o, i)): each weight slice times the scale of the input channel it reads."""
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+    group_of_out = np.arange(c_out) // (c_out // groups)
+    per_slice = scale.reshape(groups, c_in_per_group)[group_of_out]
+    return weight * per_slice.reshape(c_out, c_in_per_group, *([1] * (weight.ndim - 2)))
+
+
+def _shift_onto_input(
+    affine: Affine,
+    conv: ir.Node,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    dtype: ir.DataType,
+    ctx: FoldContext,
+    cost: str,
+) -> Applied | str | None:
+    """Zero padding commutes with a scale, not with a shift: Conv(pad0(s x + t)) equals
+    Conv_(W s)(pad0(x + t / s)). The scale folds into the weights and the shift stays on the input
+    as one Add, where that costs less than the border correction. A pure shift (s = 1) right after
+    a per-channel scale a is taken together with it: a x + t = a (x + t / a). None where a scale
+    is zero (the border correction is the fold then)."""
+    nodes, x, scale = [affine.node], affine.input, affine.scale
+    if np.all(scale == 1):
+        before = _scale_before(affine, ctx)
+        if before is None:
+            return f"the shift stays: {cost}"
+        nodes, x, scale = [before.node, affine.node], before.input, before.scale
+    if np.any(scale == 0):
+        return None
+    spatial_ones = [1] * (weight.ndim - 2)
+    shift = affine.shift.reshape(-1, *spatial_ones)
+    if affine.shift_image is not None:
+        shift = shift + affine.shift_image
+    shift_value = ctx.constant(
+        f"{affine.node.name or 'input'}_shift",
+        (shift / scale.reshape(-1, *spatial_ones))[None],
+        dtype,
+    )
+    add = new_node("Add", [x, shift_value], [], ctx.namer.fresh(affine.node.name or "shift"))
+    add.outputs[0].name = ctx.namer.fresh(f"{x.name}_shifted")
+    node = _conv_node(conv, add.outputs[0], _scaled_slices(weight, scale, attr_int(conv, "group", 1)),
+                      bias, dtype, ctx)  # fmt: skip
+    removed = tuple(node_label(n) for n in (*nodes, conv))
+    replace_nodes(ctx.graph, [*nodes, conv], [add, node], [conv.outputs[0]], [node.outputs[0]])
+    return Applied(
+        f"{affine.kind}+conv(shift on input)", removed, (node_label(add), node_label(node))
+    )
+
+
+def _scale_before(affine: Affine, ctx: FoldContext) -> Affine | None:
+    """The per-channel Mul / Div by a constant that computes the input of `affine`, read only by it."""
+    producer = affine.input.producer()
+    if (
+        producer is None
+        or producer.graph is not affine.node.graph
+        or not is_arithmetic(producer)
+        or sole_consumer(affine.input) is not affine.node
+    ):
+        return None
+    before, _ = read_arithmetic(producer, ctx.policy)
+    if (
+        before is None
+        or before.shift_image is not None
+        or np.any(before.shift != 0)
+        or before.channels != affine.channels
+    ):
+        return None
+    return before
 
 
 def _static_spatial(value: ir.Value, rank: int) -> tuple[int, ...] | None:

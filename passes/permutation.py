@@ -27,6 +27,7 @@ from optkit.graph import (
 )
 from optkit.shapes import ShapesOnDemand
 
+from .affine_params import is_arithmetic, read_arithmetic
 from .fold_support import Applied, FoldContext, base_name, copy_attributes, new_node
 
 
@@ -50,6 +51,8 @@ def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Ap
     inverse = np.argsort(order)
     if layer.op_type == "Flatten":
         return _through_flatten(gather, order, layer, ctx)
+    if is_arithmetic(layer):
+        return _before_arithmetic(gather, inverse, layer, ctx)
     if layer.op_type not in ("Conv", "Gemm", "MatMul"):
         return f"its output feeds {layer.op_type}, which cannot absorb it"
     weight_in = layer.inputs[1] if len(layer.inputs) > 1 else None
@@ -111,6 +114,45 @@ def _through_flatten(
         "permute+flatten",
         (node_label(gather), node_label(flatten)),
         (node_label(new_flatten), node_label(new_gather)),
+    )
+
+
+def _before_arithmetic(
+    gather: ir.Node, inverse: np.ndarray, op: ir.Node, ctx: FoldContext
+) -> Applied | str:
+    """Gather(x, p) -> op(., c)  ==  op(x, c') -> Gather(., p), with c' = c[:, p^-1] along the
+    channel axis, for a Mul / Add / Sub / Div by a per-channel constant (or a constant image) whose
+    output a layer reads: the permutation then reaches that layer and folds on the next run (the
+    input's shift the `affine` pass leaves before a padded Conv sits here). Bit for bit: the same
+    operations on the same values, in another channel order."""
+    follower = sole_consumer(op.outputs[0])
+    if follower is None or follower.op_type not in ("Conv", "Gemm", "MatMul", "Flatten"):
+        return f"its output feeds {op.op_type}, and no layer that could absorb it reads that"
+    affine, _ = read_arithmetic(op, ctx.policy)
+    if affine is None or affine.input is not gather.outputs[0]:
+        return f"its output feeds {op.op_type} by a constant that is not per channel"
+    index = 1 if op.inputs[0] is affine.input else 0
+    constant_in = op.inputs[index]
+    assert constant_in is not None and isinstance(constant_in.type, ir.TensorType)
+    constant, _ = ctx.policy.array(constant_in)
+    assert constant is not None
+    rank = len(affine.input.shape) if affine.input.shape is not None else constant.ndim
+    aligned = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
+    if aligned.shape[1] == len(inverse):
+        aligned = np.take(aligned, inverse, axis=1)
+    value = ctx.constant(base_name(constant_in, "c"), aligned, constant_in.type.dtype)
+    inputs = [gather.inputs[0], value] if index == 1 else [value, gather.inputs[0]]
+    moved = new_node(op.op_type, inputs, copy_attributes(op), op.name)
+    moved.outputs[0].name = ctx.namer.fresh(f"{op.outputs[0].name}_unpermuted")
+    moved.outputs[0].type = op.outputs[0].type
+    new_gather = new_node("Gather", [moved.outputs[0], gather.inputs[1]], copy_attributes(gather),
+                          gather.name)  # fmt: skip
+    replace_nodes(ctx.graph, [gather, op], [moved, new_gather], [op.outputs[0]],
+                  [new_gather.outputs[0]])  # fmt: skip
+    return Applied(
+        f"permute+{op.op_type.lower()}",
+        (node_label(gather), node_label(op)),
+        (node_label(moved), node_label(new_gather)),
     )
 
 

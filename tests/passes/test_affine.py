@@ -128,3 +128,55 @@ def test_gemm_then_per_feature_scale_and_shift(rng):
     result = fold(model, passes=PASSES)
     assert op_types(result.model) == ["Gemm"]
     assert_same_outputs(model, result.model, {"a": rng.standard_normal((3, 5)).astype(np.float32)})
+
+
+def _shift_before_padded_conv(rng, nodes, inits, c_in=3, c_out=8):
+    """`nodes` compute 'h' from 'x' (c_in channels, 6x6); a padded 3x3 Conv reads 'h'."""
+    inits = {**inits, "W": rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)}
+    nodes = [*nodes, helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1])]
+    return make_model(nodes, [("x", F32, ["N", c_in, 6, 6])], [("y", F32, None)], inits)
+
+
+def test_a_shift_before_a_padded_conv_stays_on_the_input_where_that_is_cheaper(rng):
+    """Sub(x, m) -> Conv with 3 input and 8 output channels: folding the shift needs a border
+    correction over 8x6x6 outputs, more than the 3x6x6 Sub it would remove."""
+    inits = {"m": rng.uniform(-1, 1, (1, 3, 1, 1)).astype(np.float32)}
+    model = _shift_before_padded_conv(rng, [helper.make_node("Sub", ["x", "m"], ["h"])], inits)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Sub", "Conv"]
+    (site,) = sites(result, "affine")
+    assert not site.applied
+    assert "an Add over its 108 input values per sample costs less than" in site.reason
+    assert "border correction over the Conv's 288 outputs" in site.reason
+
+
+def test_scale_then_shift_before_a_padded_conv_leave_one_add_on_the_input(rng):
+    """x * a - m = a (x - m / a): the scale folds into the weights, x - m / a stays (one Add)."""
+    inits = {
+        "a": rng.uniform(0.5, 2, (1, 3, 1, 1)).astype(np.float32),
+        "m": rng.uniform(-1, 1, (1, 3, 1, 1)).astype(np.float32),
+    }
+    nodes = [helper.make_node("Mul", ["x", "a"], ["s"]), helper.make_node("Sub", ["s", "m"], ["h"])]
+    model = _shift_before_padded_conv(rng, nodes, inits)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Add", "Conv"]
+    assert [s.rule for s in sites(result, "affine") if s.applied] == ["sub+conv(shift on input)"]
+    assert_same_outputs(model, result.model, X)
+
+
+def test_batchnorm_before_a_padded_conv_folds_where_it_costs_least(rng):
+    """BN's scale and shift: the shift onto the input (3 -> 8 channels), or the border correction
+    when the Conv has fewer outputs than inputs (8 -> 2), or when a scale is zero (t / s)."""
+    for c_in, c_out, zero_scale, ops in (
+        (3, 8, False, ["Add", "Conv"]),
+        (8, 2, False, ["Conv", "Add"]),
+        (3, 8, True, ["Conv", "Add"]),
+    ):
+        params = bn_params(rng, c_in)
+        if zero_scale:
+            params["bn.scale"][1] = 0
+        model = _shift_before_padded_conv(rng, [bn_node("x", "h")], params, c_in, c_out)
+        result = fold(model, passes=("batchnorm", "affine", "unused"))
+        assert op_types(result.model) == ops, (c_in, c_out, zero_scale)
+        feeds = {"x": rng.standard_normal((2, c_in, 6, 6)).astype(np.float32)}
+        assert_same_outputs(model, result.model, feeds)
