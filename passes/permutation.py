@@ -62,17 +62,21 @@ def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Ap
     if layer.op_type == "Conv":
         if attr_int(layer, "group", 1) != 1:
             return "grouped Conv: a permutation across groups does not fold"
-        new_weight = weight[:, inverse]
+        axis = 1  # W[:, q]
     elif layer.op_type == "Gemm":
         if attr_int(layer, "transA", 0):
             return "Gemm has transA=1"
-        new_weight = weight[:, inverse] if attr_int(layer, "transB", 0) else weight[inverse]
+        axis = 1 if attr_int(layer, "transB", 0) else 0  # B[:, q] or B[q, :]
     else:
         if weight.ndim != 2:
             return f"MatMul weight has rank {weight.ndim}, not 2"
-        new_weight = weight[inverse]
-    if new_weight.shape != weight.shape:
-        return "the permutation does not match the layer's input channels"
+        axis = 0  # W[q, :]
+    if weight.ndim <= axis or weight.shape[axis] != len(order):
+        return (
+            f"the permutation has {len(order)} entries, the {layer.op_type} weight's shape is "
+            f"{weight.shape}"
+        )
+    new_weight = np.take(weight, inverse, axis=axis)
     value = ctx.constant(base_name(weight_in, "W"), new_weight, dtype)
     inputs = [gather.inputs[0], value, *layer.inputs[2:]]
     node = new_node(layer.op_type, inputs, copy_attributes(layer), layer.name)

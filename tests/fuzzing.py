@@ -83,7 +83,47 @@ def _gelu_mlp() -> onnx.ModelProto:
     return model
 
 
-SEEDS = {"demo": demo_model, "conv_bn": _conv_bn, "gelu_mlp": _gelu_mlp}
+def _preprocessed() -> onnx.ModelProto:
+    """Embedded preprocessing (channel swap, scale, mean, std) before a padded Conv and a BN."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(np.array([2, 0, 1], np.int64), "order"),
+        numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 255, np.float32), "a"),
+        numpy_helper.from_array(rng.uniform(0.3, 0.6, (1, 3, 1, 1)).astype(np.float32), "m"),
+        numpy_helper.from_array(rng.uniform(0.2, 0.3, (1, 3, 1, 1)).astype(np.float32), "sd"),
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "s"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "mu"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "v"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["x", "order"], ["g"], axis=1),
+        helper.make_node("Mul", ["g", "a"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "m"], ["centred"]),
+        helper.make_node("Div", ["centred", "sd"], ["n"]),
+        helper.make_node("Conv", ["n", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "mu", "v"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "preprocessed",
+        [helper.make_tensor_value_info("x", F32, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", F32, [1, 4, 6, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+SEEDS = {
+    "demo": demo_model,
+    "conv_bn": _conv_bn,
+    "gelu_mlp": _gelu_mlp,
+    "preprocessed": _preprocessed,
+}
 OPS = ["Relu", "Add", "Mul", "Conv", "Gemm", "MatMul", "BatchNormalization", "Erf", "Foo", ""]
 
 
