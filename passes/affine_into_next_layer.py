@@ -135,6 +135,8 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     # Shift pushed through the weights, per output channel and kernel offset: (c_out, K).
     shift_by_offset = np.einsum("oik,oi->ok", weight.reshape(c_out, c_in_per_group, -1), shift)
     geometry = ConvGeometry.of(conv, tuple(int(k) for k in kernel_dims))
+    if geometry.problem():
+        return geometry.problem()
     if not geometry.has_padding() and affine.shift_image is None:
         new_b = bias + shift_by_offset.sum(axis=1)
         node = _conv_node(conv, affine.input, new_w, new_b, dtype, ctx)
@@ -147,6 +149,8 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
             "the shift is not uniform at the borders"
         )
     mask, out_spatial = geometry.valid_mask(spatial)
+    if min(out_spatial) < 1:
+        return f"the Conv's output would be {out_spatial} for a {spatial} input"
     correction = shift_by_offset @ mask.T + bias[:, None]  # (c_out, positions)
     if affine.shift_image is not None:  # a mean image: its own Conv, per output position
         if affine.shift_image.shape[1:] != spatial:

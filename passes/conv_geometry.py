@@ -37,6 +37,19 @@ class ConvGeometry:
             pads=tuple(pads) if pads else ((0,) * 2 * rank if auto_pad == "NOTSET" else None),
         )
 
+    def problem(self) -> str:
+        """Why these attributes describe no valid Conv for this kernel rank, or ''."""
+        rank = len(self.kernel)
+        if len(self.strides) != rank or len(self.dilations) != rank:
+            return (
+                f"Conv strides {self.strides} / dilations {self.dilations} for a rank-{rank} kernel"
+            )
+        if self.pads is not None and len(self.pads) != 2 * rank:
+            return f"Conv pads {self.pads} for a rank-{rank} kernel (needs {2 * rank} values)"
+        if min(self.strides + self.dilations, default=1) < 1 or min(self.pads or (0,)) < 0:
+            return "Conv has a stride or dilation below 1, or a negative pad"
+        return ""
+
     def has_padding(self) -> bool:
         """True unless padding is zero regardless of the input size."""
         if self.auto_pad == "VALID":

@@ -180,3 +180,12 @@ def test_batchnorm_before_a_padded_conv_folds_where_it_costs_least(rng):
         assert op_types(result.model) == ops, (c_in, c_out, zero_scale)
         feeds = {"x": rng.standard_normal((2, c_in, 6, 6)).astype(np.float32)}
         assert_same_outputs(model, result.model, feeds)
+
+
+def test_a_conv_with_malformed_pads_is_declined_not_a_crash(rng):
+    inits = {"m": rng.uniform(-1, 1, (1, 3, 1, 1)).astype(np.float32)}
+    model = _shift_before_padded_conv(rng, [helper.make_node("Sub", ["x", "m"], ["h"])], inits)
+    model.graph.node[-1].attribute[0].ints[:] = [1, 1, 1]  # found by tools/fuzz.py
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Sub", "Conv"]
+    assert "Conv pads (1, 1, 1) for a rank-2 kernel" in sites(result, "affine")[0].reason
