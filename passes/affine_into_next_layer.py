@@ -144,10 +144,12 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     ctx.ensure_shapes()
     spatial = _static_spatial(affine.input, len(kernel_dims))
     if spatial is None:
-        return (
+        dynamic = (
             "Conv pads its input and the input's spatial shape is not static: "
             "the shift is not uniform at the borders"
         )
+        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, dynamic)
+        return dynamic if moved is None else moved
     mask, out_spatial = geometry.valid_mask(spatial)
     if min(out_spatial) < 1:
         return f"the Conv's output would be {out_spatial} for a {spatial} input"

@@ -48,6 +48,12 @@ def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Ap
         return consumers_reason(gather.outputs[0], "its output")
     if layer.domain != "" or layer.inputs[0] is not gather.outputs[0]:
         return f"its output is not the data input of a layer ({node_label(layer)})"
+    ctx.ensure_shapes()
+    shape = gather.inputs[0].shape
+    channels = shape[1] if shape is not None and len(shape) > 1 else None
+    if channels != len(order):
+        what = channels if isinstance(channels, int) else "an unknown number of"
+        return f"it picks {len(order)} of {what} channels: not known to be a permutation of them"
     inverse = np.argsort(order)
     if layer.op_type == "Flatten":
         return _through_flatten(gather, order, layer, ctx)

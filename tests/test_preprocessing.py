@@ -242,3 +242,20 @@ def test_a_permutation_moves_past_the_input_shift_and_folds(rng):
     model = make_model([*gather_sub, relu], [("x", F32, ["N", 3, 6, 6])], [("y", F32, None)], inits)
     result = optkit.fuse(model)
     assert [n.op_type for n in result.model.graph] == ["Gather", "Sub", "Relu"]
+
+
+def test_a_gather_that_picks_some_channels_is_not_a_permutation(rng):
+    """Indices 2, 0, 1 of a 4-channel input select three channels: nothing to fold (tools/fuzz.py)."""
+    nodes = [
+        helper.make_node("Gather", ["x", "order"], ["p"], axis=1),
+        helper.make_node("Conv", ["p", "W"], ["y"]),
+    ]
+    inits = {
+        "order": np.array([2, 0, 1], np.int64),
+        "W": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
+    }
+    model = make_model(nodes, [("x", F32, [1, 4, 3, 3])], [("y", F32, None)], inits)
+    result = optkit.fuse(model)
+    declined = [s for p in result.report.pipeline.passes if p.name == "permute" for s in p.declined]
+    assert [n.op_type for n in result.model.graph] == ["Gather", "Conv"]
+    assert "it picks 3 of 4 channels" in declined[0].reason

@@ -101,9 +101,18 @@ def test_bn_then_conv(rng, name, attrs, group, c_in, c_out, ops):
     )
 
 
-def test_bn_then_padded_conv_with_dynamic_spatial_shape_is_declined(rng):
-    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn_params(rng, 3)}
+def test_bn_then_padded_conv_with_dynamic_spatial_shape_keeps_its_shift_on_the_input(rng):
+    """No border correction without a static size, but Conv(pad0(s x + t)) = Conv_(W s)(pad0(x + t/s))
+    holds for every size: one Add stays. A BN with a zero scale (t / s) is declined."""
+    params = bn_params(rng, 3)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), **params}
     nodes = [bn_node("x", "h"), helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [("x", F32, ["N", 3, "H", "W"])], [("y", F32, None)], inits)
+    result = fold(model)
+    assert op_types(result.model) == ["Add", "Conv"]
+    feeds = {"x": rng.standard_normal((2, 3, 7, 5)).astype(np.float32)}
+    assert_same_outputs(model, result.model, feeds)
+    params["bn.scale"][0] = 0
     model = make_model(nodes, [("x", F32, ["N", 3, "H", "W"])], [("y", F32, None)], inits)
     result = fold(model)
     assert op_types(result.model) == ["BatchNormalization", "Conv"]
