@@ -146,8 +146,11 @@ def _before_arithmetic(
     assert constant_in is not None and isinstance(constant_in.type, ir.TensorType)
     constant, _ = ctx.policy.array(constant_in)
     assert constant is not None
-    rank = len(affine.input.shape) if affine.input.shape is not None else constant.ndim
-    aligned = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
+    shape = affine.input.shape or op.outputs[0].shape
+    assert shape is not None  # read_arithmetic needs one of them
+    if constant.ndim > len(shape):
+        return f"its output feeds {op.op_type} by a constant of higher rank than its input"
+    aligned = constant.reshape((1,) * (len(shape) - constant.ndim) + constant.shape)
     if aligned.shape[1] == len(inverse):
         aligned = np.take(aligned, inverse, axis=1)
     value = ctx.constant(base_name(constant_in, "c"), aligned, constant_in.type.dtype)
