@@ -95,8 +95,10 @@ class FoldAffine(RewritePass):
         if not any(_has_constant_operand(n, policy) for g in iter_graphs(model.graph) for n in g):
             return []
         infer_shapes(model)  # ranks and channel counts decide what is per-channel
-        ctx = FoldContext(model.graph, policy, Namer(model), opset_version(model))
         forms = decomposed_forms(model)
+        ctx = FoldContext(
+            model.graph, policy, Namer(model), opset_version(model), keep=frozenset(forms)
+        )
 
         def candidate(node: ir.Node) -> bool:
             return is_arithmetic(node) and id(node) not in forms

@@ -255,6 +255,7 @@ def _scale_before(affine: Affine, ctx: FoldContext) -> Affine | None:
         producer is None
         or producer.graph is not affine.node.graph
         or not is_arithmetic(producer)
+        or id(producer) in ctx.keep
         or sole_consumer(affine.input) is not affine.node
     ):
         return None

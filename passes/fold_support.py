@@ -38,6 +38,7 @@ class FoldContext:
     namer: Namer
     opset: int = 0  # the model's default-domain opset
     ensure_shapes: Callable[[], None] = lambda: None  # call before reading value shapes
+    keep: frozenset[int] = frozenset()  # ids of nodes no fold may take (decomposed forms)
 
     def weight(
         self, value: ir.Value | None, what: str, min_rank: int = 0

@@ -189,3 +189,27 @@ def test_a_conv_with_malformed_pads_is_declined_not_a_crash(rng):
     result = fold(model, passes=PASSES)
     assert op_types(result.model) == ["Sub", "Conv"]
     assert "Conv pads (1, 1, 1) for a rank-2 kernel" in sites(result, "affine")[0].reason
+
+
+def test_the_scale_of_a_decomposed_gelu_is_not_taken_with_the_shift_after_it(rng):
+    """Opset 17 has no Gelu op, so the chain stays whole for runtimes to fuse: the shift after it
+    stays on the input without taking the chain's final Mul by 0.5 along."""
+    inits = {
+        "r2": np.array(np.sqrt(2), np.float32),
+        "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+        "m": rng.uniform(-1, 1, (1, 3, 1, 1)).astype(np.float32),
+    }
+    gelu_then_shift = [
+        helper.make_node("Div", ["x", "r2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "half"], ["g"]),
+        helper.make_node("Add", ["g", "m"], ["h"]),
+    ]
+    model = _shift_before_padded_conv(rng, gelu_then_shift, inits)
+    model.opset_import[0].version = 17
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Div", "Erf", "Add", "Mul", "Mul", "Add", "Conv"]
+    assert_same_outputs(model, result.model, X)
