@@ -160,7 +160,27 @@ class FoldConstants(RewritePass):
             if array is None or array.dtype == object:
                 return None
             feeds[value.name or ""] = array
+        if node.op_type == "BatchNormalization" and opsets.get("", 1) < 14:
+            return _batchnorm_before_14(node, list(feeds.values()), opsets.get("", 1))
         return _run_reference(node, feeds, opsets)
+
+
+def _batchnorm_before_14(
+    node: ir.Node, inputs: list[np.ndarray], opset: int
+) -> list[np.ndarray] | None:
+    """BatchNormalization-9: y = scale (x - mean) / sqrt(var + epsilon) + B, in float64. onnx's
+    reference (1.23) fills in the default `momentum` and then normalizes with the batch's own
+    statistics, which this op never does. Earlier versions (is_test, spatial) are not folded."""
+    if opset < 9 or len(inputs) != 5 or len(node.outputs) != 1:
+        return None
+    x, scale, bias, mean, var = (a.astype(np.float64) for a in inputs)
+    if x.ndim < 2 or any(a.shape != (x.shape[1],) for a in (scale, bias, mean, var)):
+        return None
+    epsilon = node.attributes.get("epsilon")
+    eps = epsilon.as_float() if epsilon is not None else 1e-5
+    along = (-1,) + (1,) * (x.ndim - 2)
+    y = scale.reshape(along) * (x - mean.reshape(along)) / np.sqrt(var.reshape(along) + eps)
+    return [(y + bias.reshape(along)).astype(inputs[0].dtype)]
 
 
 def _planned_size(node: ir.Node, policy: ConstantPolicy) -> int:

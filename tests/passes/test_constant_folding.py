@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper, numpy_helper
 
 from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
@@ -79,3 +80,15 @@ def test_castlike_of_a_constant_folds_using_only_the_target_type(rng):
     assert_same_outputs(
         model, result.model, {"x": rng.standard_normal((2, 3)).astype(np.float32)}, exact=True
     )
+
+
+@pytest.mark.parametrize("opset", [9, 14])
+def test_a_batchnorm_of_constants_folds_to_its_test_mode_value(rng, opset):
+    """onnx.reference's BatchNormalization-9 uses the batch's statistics (tools/fuzz.py found it);
+    the fold must give what ONNX Runtime gives."""
+    inits = {"c": rng.standard_normal((1, 4, 1, 1)).astype(np.float32), **bn_params(rng, 4)}
+    nodes = [bn_node("c", "h"), helper.make_node("Add", ["x", "h"], ["y"])]
+    model = make_model(nodes, [("x", F32, [1, 4, 1, 1])], [("y", F32, None)], inits, opset=opset)
+    result = fold(model, passes=("constants",))
+    assert op_types(result.model) == ["Add"]
+    assert_same_outputs(model, result.model, {"x": np.zeros((1, 4, 1, 1), np.float32)})
