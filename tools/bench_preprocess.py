@@ -5,8 +5,8 @@
 1. numpy preprocessing (optkit.preprocessing.apply: cast, transpose, channel swap, /255, mean, std)
    then ONNX Runtime on the original model;
 2. the embedded model on the raw batch (preprocessing as ONNX nodes);
-3. the folded model on the raw batch (preprocessing absorbed into the first Conv; Cast + Transpose
-   left).
+3. the folded model on the raw batch (scale and channel swap absorbed into the first Conv; Cast,
+   Transpose and the mean's Add on the input left: the Conv pads, so the mean is not uniform there).
 The three alternate run by run; medians are printed with their ratio to (1). Model: the ResNet-style
 network of `models/` (ZOO["resnet"], 32x32 input), ORT at its default optimization level.
 """
