@@ -84,7 +84,7 @@ def batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int]
         dims = list(input_shape(value, None))
         if not isinstance(value.shape[0], int):
             dims[0] = batch
-        result[value.name] = tuple(dims)
+        result[value.name or ""] = tuple(dims)
     return result
 
 

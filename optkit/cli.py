@@ -395,7 +395,7 @@ def verify_command(
     level = Exactness(exactness)
     if default is not None:
         per_output = {
-            o.name: per_output.get(o.name, default) for o in model.graph.outputs
+            o.name or "": per_output.get(o.name or "", default) for o in model.graph.outputs
         } | per_output
     try:
         verdict = verify(

@@ -9,6 +9,8 @@ into the first layer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 
@@ -50,10 +52,7 @@ def embed(model: io.ModelLike, spec: PreprocessSpec, input_name: str | None = No
             f"input '{target.name}' is {target.type.dtype.name}; preprocessing feeds float32"
         )
     model_shape = tuple(d if isinstance(d, int) else None for d in target.shape)
-    spec.check(
-        tuple(target.shape.dims if hasattr(target.shape, "dims") else target.shape),
-        f"input '{target.name}'",
-    )
+    spec.check(model_shape, f"input '{target.name}'")
     graph = result.graph
     namer = Namer(result)
     name = target.name or "input"
@@ -64,7 +63,7 @@ def embed(model: io.ModelLike, spec: PreprocessSpec, input_name: str | None = No
     )
     nodes: list[ir.Node] = []
 
-    def add(op: str, inputs: list[ir.Value], **attributes: object) -> ir.Value:
+    def add(op: str, inputs: list[ir.Value], **attributes: Any) -> ir.Value:
         node = ir.node(
             op, inputs, attributes=attributes, name=namer.fresh(f"preprocess_{op.lower()}")
         )
@@ -72,7 +71,7 @@ def embed(model: io.ModelLike, spec: PreprocessSpec, input_name: str | None = No
         nodes.append(node)
         return node.outputs[0]
 
-    def constant(label: str, array: np.ndarray) -> ir.Value:
+    def constant(label: str, array: np.ndarray | np.floating) -> ir.Value:
         return add_initializer(
             graph, namer, f"{name}_{label}", np.asarray(array, np.float32), ir.DataType.FLOAT
         )

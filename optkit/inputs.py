@@ -78,7 +78,9 @@ def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, .
 
 def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
     """`--shape` values must name runtime inputs and match their declared rank."""
-    inputs = {v.name: v for v in runtime_inputs(model)}
+    inputs = {
+        v.name or "": v for v in runtime_inputs(model)
+    }  # inputs of a checked model have names
     unknown = sorted(set(shapes) - set(inputs))
     if unknown:
         raise InputError(
@@ -143,6 +145,7 @@ def random_array(
         return rng.standard_normal(size=shape).astype(np_dtype)
     if dtype.is_integer():
         low, high = int_range
+        info: np.iinfo | ml_dtypes.iinfo
         try:
             info = np.iinfo(np_dtype)
         except ValueError:  # 4-bit and other ml_dtypes integers
@@ -168,7 +171,9 @@ def load_samples(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{file}: no such file")
-    inputs = {v.name: v for v in runtime_inputs(model)}
+    inputs = {
+        v.name or "": v for v in runtime_inputs(model)
+    }  # inputs of a checked model have names
     try:
         if file.suffix == ".npz":
             with np.load(file, allow_pickle=False) as archive:

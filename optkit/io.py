@@ -257,8 +257,8 @@ def skeleton_proto(model: ir.Model) -> onnx.ModelProto:
         if value.type is None:
             value.type = ir.TensorType(tensor.dtype)
         if value.shape is None:
-            value.shape = ir.Shape(tensor.shape)
-        graph.initializers.pop(value.name)
+            value.shape = ir.Shape(tensor.shape.numpy())  # a tensor's shape is static
+        graph.initializers.pop(value.name or "")
         if not value.is_graph_input():
             graph.inputs.append(value)
     try:

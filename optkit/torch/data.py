@@ -70,7 +70,8 @@ def load_image_folder(path: Path) -> Dataset:
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise InputError(f"{path}: no class sub-folders")
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for index, folder in enumerate(classes):
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:

@@ -34,7 +34,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             (sample,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object
             dynamo=False,
             opset_version=opset,
             training=torch.onnx.TrainingMode.PRESERVE,

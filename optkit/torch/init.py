@@ -41,7 +41,10 @@ def gain(nonlinearity: str, negative_slope: float = 0.01) -> float:
     return 1.0
 
 
-def layers(model: nn.Module) -> list[nn.Module]:
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+
+def layers(model: nn.Module) -> list[Layer]:
     """The Linear and Conv layers of `model`, in order."""
     return [m for m in model.modules() if isinstance(m, _LAYERS)]
 

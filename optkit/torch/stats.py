@@ -131,8 +131,9 @@ def gradient_stats(
     for i, entry in enumerate(stats):
         grad = outputs[i].grad if i < len(outputs) else None
         entry.activation_grad_std = float(grad.std()) if grad is not None else None
-        if i < len(weights) and weights[i].weight.grad is not None:
-            entry.weight_grad_std = float(weights[i].weight.grad.std())
+        weight_grad = weights[i].weight.grad if i < len(weights) else None
+        if weight_grad is not None:
+            entry.weight_grad_std = float(weight_grad.std())
     model.zero_grad()
     return stats
 

@@ -117,7 +117,7 @@ def build_model(arch: Architecture) -> nn.Module:
     raise InputError(f"unknown architecture {arch.name!r}; choose {', '.join(ARCHITECTURES)}")
 
 
-def head(model: nn.Module) -> tuple[nn.Module, str]:
+def head(model: nn.Module) -> tuple[nn.Linear, str]:
     """The model's last Linear layer (the classifier) and its dotted name."""
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not found:
@@ -412,6 +412,8 @@ class StageClassifier(nn.Module):
         super().__init__()
         self.backbone, self.stage = backbone, stage
         self.linear = nn.Linear(features, classes)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
         self._captured: list[torch.Tensor] = []
