@@ -18,6 +18,8 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, _NORM_LAYERS):
+                if module.running_mean is None or module.running_var is None:
+                    continue  # no running statistics to set
                 c = module.num_features
                 module.running_mean.copy_(torch.rand(c, generator=generator) * 2 - 1)
                 module.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)

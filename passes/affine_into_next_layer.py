@@ -76,11 +76,12 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         return f"Gemm reads {op_b.shape[0]} input features, the {affine.what} has {affine.channels}"
     alpha, beta = attr_float(gemm, "alpha", 1.0), attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
-    c_arr = np.zeros(())
+    c_arr: np.ndarray = np.zeros(())
     if c_in is not None:
-        c_arr, _, why = ctx.weight(c_in, "Gemm C")
-        if c_arr is None:
+        c_read, _, why = ctx.weight(c_in, "Gemm C")
+        if c_read is None:
             return why
+        c_arr = c_read
     new_op_b = op_b * affine.scale[:, None]
     new_c = (beta * c_arr if beta != 0 else 0.0) + alpha * (affine.shift @ op_b)
     b_value = ctx.constant(
@@ -121,12 +122,13 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     c_out, c_in_per_group = weight.shape[0], weight.shape[1]
     if groups * c_in_per_group != affine.channels or c_out % groups:
         return f"Conv reads {groups * c_in_per_group} input channels, the {affine.what} has {affine.channels}"
-    bias = np.zeros(c_out)
+    bias: np.ndarray = np.zeros(c_out)
     b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
     if b_in is not None:
-        bias, _, why = ctx.weight(b_in, "Conv bias")
-        if bias is None:
+        b_read, _, why = ctx.weight(b_in, "Conv bias")
+        if b_read is None:
             return why
+        bias = b_read
     # t as seen by each (output channel, input-channel-in-group) weight slice.
     group_of_out = np.arange(c_out) // (c_out // groups)
     shift = affine.shift.reshape(groups, c_in_per_group)[group_of_out]
@@ -171,8 +173,10 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
         if moved is not None:
             return moved
     conv_node = _conv_node(conv, affine.input, new_w, None, dtype, ctx)
+    new_weight = conv_node.inputs[1]
+    assert new_weight is not None  # made by _conv_node
     border = ctx.constant(
-        f"{conv_node.inputs[1].name}_border", correction.reshape(1, c_out, *out_spatial), dtype
+        f"{new_weight.name}_border", correction.reshape(1, c_out, *out_spatial), dtype
     )
     conv_node.outputs[0].name = ctx.namer.fresh(f"{conv.outputs[0].name}_unshifted")
     add = new_node(
@@ -274,10 +278,8 @@ def _static_spatial(value: ir.Value, rank: int) -> tuple[int, ...] | None:
     shape = value.shape
     if shape is None or len(shape) != rank + 2:
         return None
-    dims = list(shape)[2:]
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
+    dims = [d for d in list(shape)[2:] if isinstance(d, int)]
+    return tuple(dims) if len(dims) == rank else None
 
 
 def _flatten(affine: Affine, flatten: ir.Node, ctx: FoldContext) -> Applied | str:

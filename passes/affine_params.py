@@ -159,7 +159,7 @@ def _read_image_shift(
         image = image[0]
     if image.shape != tuple(dims):
         return None, ""
-    channels = int(dims[0])
+    channels = image.shape[0]
     sign = -1.0 if node.op_type == "Sub" and not constant_first else 1.0
     scale = np.full(channels, -1.0 if node.op_type == "Sub" and constant_first else 1.0)
     kind = f"{node.op_type.lower()}-image"

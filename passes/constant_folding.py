@@ -134,7 +134,7 @@ class FoldConstants(RewritePass):
         if node.op_type in ("Shape", "Size") and node.inputs and node.inputs[0] is not None:
             shape = node.inputs[0].shape
             if shape is not None and shape.is_static():
-                dims = np.array([int(d) for d in shape], dtype=np.int64)
+                dims = np.array(shape.numpy(), dtype=np.int64)
                 if node.op_type == "Size":
                     return [np.array(int(np.prod(dims)), dtype=np.int64)]
                 start = node.attributes.get("start")

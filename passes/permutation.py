@@ -48,8 +48,11 @@ def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Ap
         return consumers_reason(gather.outputs[0], "its output")
     if layer.domain != "" or layer.inputs[0] is not gather.outputs[0]:
         return f"its output is not the data input of a layer ({node_label(layer)})"
+    data = gather.inputs[0]
+    if data is None:
+        return "its data input is missing"
     ctx.ensure_shapes()
-    shape = gather.inputs[0].shape
+    shape = data.shape
     channels = shape[1] if shape is not None and len(shape) > 1 else None
     if channels != len(order):
         what = channels if isinstance(channels, int) else "an unknown number of"
@@ -101,6 +104,7 @@ def _through_flatten(
     if attr_int(flatten, "axis", 1) != 1:
         return "the Flatten after it does not flatten from axis 1"
     ctx.ensure_shapes()
+    assert gather.inputs[0] is not None  # fold_permutation checked it
     shape = gather.inputs[0].shape
     if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
         return "the input's shape is not static, so its flattened features are unknown"
