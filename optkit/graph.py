@@ -223,3 +223,11 @@ def replace_nodes(
 def _position(graph: ir.Graph):
     order = {id(node): i for i, node in enumerate(graph)}
     return lambda node: order[id(node)]
+
+
+def dims_after_batch(shape: ir.Shape | None) -> list[int] | None:
+    """The dims of `shape` after the first (the batch), when every one of them is known."""
+    if shape is None:
+        return None
+    dims = [d for d in list(shape)[1:] if isinstance(d, int)]
+    return dims if len(dims) == len(shape) - 1 else None

@@ -31,7 +31,7 @@ import onnx_ir as ir
 
 from optkit.graph import attr_float, attr_str
 
-from .pattern import DEFAULT_DOMAINS, Match, Product, Reader, close, producer
+from .pattern import DEFAULT_DOMAINS, Match, Product, Reader, close, match, producer
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -71,7 +71,7 @@ def native(node: ir.Node, reader: Reader) -> Match | None:
     kind = node.op_type
     if kind == "Gelu" and attr_str(node, "approximate", "none") == "tanh":
         kind = "Gelu:tanh"
-    return Match(kind, node.op_type, attributes, node.inputs[0], [node])
+    return match(kind, node.op_type, attributes, node.inputs[0], [node])
 
 
 def find_activations(model: ir.Model) -> list[tuple[ir.Graph, Match]]:
@@ -133,7 +133,7 @@ def _gelu(node: ir.Node, reader: Reader) -> Match | str | None:
         nodes = [*p.nodes, add, inner, *argument.nodes]
         if inner.op_type == "Erf" and argument.only(x):
             return _checked(
-                Match("Gelu", "Gelu", {}, x, nodes),
+                match("Gelu", "Gelu", {}, x, nodes),
                 [(p, 0.5, "0.5"), (argument, SQRT_HALF, "1/sqrt(2)")],
                 reader.interior(node),
             )
@@ -142,7 +142,7 @@ def _gelu(node: ir.Node, reader: Reader) -> Match | str | None:
             if found is not None:
                 cubic, cubic_nodes = found
                 return _checked(
-                    Match("Gelu:tanh", "Gelu", {"approximate": "tanh"}, x, nodes + cubic_nodes),
+                    match("Gelu:tanh", "Gelu", {"approximate": "tanh"}, x, [*nodes, *cubic_nodes]),
                     [
                         (p, 0.5, "0.5"),
                         (argument, SQRT_2_OVER_PI, "sqrt(2/pi)"),
@@ -172,10 +172,12 @@ def _gelu_tanh_argument(
 
 
 def _checked(
-    found: Match, constants: list[tuple[Product, float, str]], interior: bool
+    found: Match | None, constants: list[tuple[Product, float, str]], interior: bool
 ) -> Match | str | None:
     """`found`, or why not: a constant that is not the function's (None, not a reason, when the
     product goes on into a larger one: the match is then being tried from the wrong end)."""
+    if found is None:
+        return None
     for product, expected, name in constants:
         if not close(product.coefficient, expected, product.dtype):
             if interior:
@@ -206,24 +208,24 @@ def _product_forms(node: ir.Node, reader: Reader) -> Match | str | None:
         nodes = [*p.nodes, gate]
         if gate.op_type == "Sigmoid" and close(p.coefficient, 1.0):
             if gate.inputs[0] is x:
-                return Match("Swish", "Swish", {"alpha": 1.0}, x, nodes)
+                return match("Swish", "Swish", {"alpha": 1.0}, x, nodes)
             scaled = reader.product_of(gate.inputs[0])
             if scaled is not None and scaled.only(x):
                 alpha = scaled.coefficient
-                return Match("Swish", "Swish", {"alpha": alpha}, x, nodes + scaled.nodes)
+                return match("Swish", "Swish", {"alpha": alpha}, x, nodes + scaled.nodes)
         if gate.op_type == "HardSigmoid" and gate.inputs[0] is x and close(p.coefficient, 1.0):
             if close(attr_float(gate, "alpha", 0.2), 1 / 6) and close(
                 attr_float(gate, "beta", 0.5), 0.5
             ):
-                return Match("HardSwish", "HardSwish", {}, x, nodes)
+                return match("HardSwish", "HardSwish", {}, x, nodes)
         if gate.op_type == "Clip" and close(p.coefficient, 1 / 6):
             shifted = _relu6_of_shift(gate, reader)
             if shifted is not None and shifted[0] is x:
-                return Match("HardSwish", "HardSwish", {}, x, nodes + shifted[1])
+                return match("HardSwish", "HardSwish", {}, x, nodes + shifted[1])
         if gate.op_type == "Tanh" and close(p.coefficient, 1.0):
             softplus = producer(gate.inputs[0], "Softplus")
             if softplus is not None and softplus.inputs[0] is x:
-                return Match("Mish", "Mish", {}, x, [*nodes, softplus])
+                return match("Mish", "Mish", {}, x, [*nodes, softplus])
     return None
 
 
@@ -235,13 +237,13 @@ def _scaled(p: Product, reader: Reader) -> Match | None:
         shifted = _relu6_of_shift(clip, reader)
         if shifted is not None:
             attributes = {"alpha": 1 / 6, "beta": 0.5}
-            return Match(
+            return match(
                 "HardSigmoid", "HardSigmoid", attributes, shifted[0], [*p.nodes, clip, *shifted[1]]
             )
     elu = producer(term, "Elu")
     if elu is not None and p.coefficient > 0:
         attributes = {"alpha": attr_float(elu, "alpha", 1.0), "gamma": p.coefficient}
-        return Match("Selu", "Selu", attributes, elu.inputs[0], [*p.nodes, elu])
+        return match("Selu", "Selu", attributes, elu.inputs[0], [*p.nodes, elu])
     return None
 
 
@@ -251,7 +253,7 @@ def _relu6_of_shift(clip: ir.Node, reader: Reader) -> tuple[ir.Value, list[ir.No
         return None
     add = producer(clip.inputs[0], "Add")
     split = reader.split(add) if add is not None else None
-    if split is None or not close(split[0], 3.0):
+    if add is None or split is None or not close(split[0], 3.0):
         return None
     return split[1], [add]
 
@@ -277,7 +279,7 @@ def _clip(node: ir.Node, reader: Reader) -> Match | None:
     """Clip(x, 0[, inf]) is Relu; Clip(alpha * x + beta, 0, 1) is HardSigmoid."""
     bounds = _clip_bounds(node, reader)
     if bounds == (0.0, np.inf):
-        return Match("Relu", "Relu", {}, node.inputs[0], [node])
+        return match("Relu", "Relu", {}, node.inputs[0], [node])
     if bounds != (0.0, 1.0):
         return None
     add = producer(node.inputs[0], "Add")
@@ -289,7 +291,7 @@ def _clip(node: ir.Node, reader: Reader) -> Match | None:
     if scaled is None or len(scaled.terms) != 1 or scaled.divisors:
         return None
     attributes = {"alpha": scaled.coefficient, "beta": beta}
-    return Match(
+    return match(
         "HardSigmoid", "HardSigmoid", attributes, scaled.terms[0], [node, add, *scaled.nodes]
     )
 
@@ -299,13 +301,13 @@ def _max(node: ir.Node, reader: Reader) -> Match | None:
     if len(node.inputs) != 2:
         return None
     for x, other in permutations(node.inputs):
-        if reader.scalar(x) is not None:
+        if x is None or reader.scalar(x) is not None:
             continue
         if reader.scalar(other) == 0.0:
-            return Match("Relu", "Relu", {}, x, [node])
+            return match("Relu", "Relu", {}, x, [node])
         scaled = reader.product_of(other)
         if scaled is not None and scaled.only(x) and 0.0 < scaled.coefficient < 1.0:
-            return Match(
+            return match(
                 "LeakyRelu", "LeakyRelu", {"alpha": scaled.coefficient}, x, [node, *scaled.nodes]
             )
     return None
@@ -327,24 +329,24 @@ def _where(node: ir.Node, reader: Reader) -> Match | None:
     positive, negative = (
         (when_true, when_false) if test.op_type.startswith("Greater") else (when_false, when_true)
     )
-    if positive is not x:
+    if x is None or negative is None or positive is not x:
         return None
     nodes = [node, test]
     if reader.scalar(negative) == 0.0:
-        return Match("Relu", "Relu", {}, x, nodes)
+        return match("Relu", "Relu", {}, x, nodes)
     expm1 = _expm1(negative, reader)  # Exp(x) - 1 with no factor: alpha = 1
     if expm1 is not None and expm1[0] is x:
-        return Match("Elu", "Elu", {"alpha": 1.0}, x, nodes + expm1[1])
+        return match("Elu", "Elu", {"alpha": 1.0}, x, nodes + expm1[1])
     scaled = reader.product_of(negative)
     if scaled is None or scaled.divisors or len(scaled.terms) != 1:
         return None
     if scaled.terms[0] is x:
         alpha = scaled.coefficient
-        return Match("LeakyRelu", "LeakyRelu", {"alpha": alpha}, x, nodes + scaled.nodes)
+        return match("LeakyRelu", "LeakyRelu", {"alpha": alpha}, x, nodes + scaled.nodes)
     expm1 = _expm1(scaled.terms[0], reader)
     if expm1 is not None and expm1[0] is x:
         alpha = scaled.coefficient
-        return Match("Elu", "Elu", {"alpha": alpha}, x, nodes + scaled.nodes + expm1[1])
+        return match("Elu", "Elu", {"alpha": alpha}, x, nodes + scaled.nodes + expm1[1])
     return None
 
 
@@ -354,7 +356,7 @@ def _expm1(value: ir.Value, reader: Reader) -> tuple[ir.Value, list[ir.Node]] | 
     if sub is None or len(sub.inputs) != 2 or reader.scalar(sub.inputs[1]) != 1.0:
         return None
     exp = producer(sub.inputs[0], "Exp")
-    if exp is None:
+    if exp is None or exp.inputs[0] is None:
         return None
     return exp.inputs[0], [sub, exp]
 
@@ -372,7 +374,7 @@ def _softplus_threshold(where: ir.Node, test: ir.Node, reader: Reader) -> Match 
         or reader.scalar(test.inputs[1]) != SOFTPLUS_THRESHOLD
     ):
         return None
-    return Match("Softplus", "Softplus", {}, x, [where, test, softplus])
+    return match("Softplus", "Softplus", {}, x, [where, test, softplus])
 
 
 def _log(node: ir.Node, reader: Reader) -> Match | None:
@@ -384,7 +386,7 @@ def _log(node: ir.Node, reader: Reader) -> Match | None:
     exp = producer(split[1], "Exp")
     if exp is None:
         return None
-    return Match("Softplus", "Softplus", {}, exp.inputs[0], [node, add, exp])
+    return match("Softplus", "Softplus", {}, exp.inputs[0], [node, add, exp])
 
 
 def _add(node: ir.Node, reader: Reader) -> Match | None:
@@ -400,7 +402,7 @@ def _add(node: ir.Node, reader: Reader) -> Match | None:
             found = _max(relu, reader)
             if found is None or found.kind != "Relu":
                 continue
-            x = found.x
+            x: ir.Value | None = found.x
         else:
             x = relu.inputs[0]
         for zero, branch in permutations(minimum.inputs):
@@ -409,13 +411,13 @@ def _add(node: ir.Node, reader: Reader) -> Match | None:
                 continue
             expm1 = _expm1(scaled.terms[0], reader)
             inner = reader.product_of(expm1[0]) if expm1 is not None else None
-            if inner is None or not inner.only(x):
+            if x is None or expm1 is None or inner is None or not inner.only(x):
                 continue
             alpha = scaled.coefficient
             if alpha <= 0 or not close(inner.coefficient * alpha, 1.0, inner.dtype):
                 continue
             nodes = [node, relu, minimum, *scaled.nodes, *expm1[1], *inner.nodes]
-            return Match("Celu", "Celu", {"alpha": alpha}, x, nodes)
+            return match("Celu", "Celu", {"alpha": alpha}, x, nodes)
     return None
 
 
@@ -426,7 +428,7 @@ def _prelu(node: ir.Node, reader: Reader) -> Match | None:
     slope = reader.scalar(node.inputs[1], max_rank=8)  # PRelu's output has x's shape
     if slope is None:
         return None
-    return Match("LeakyRelu", "LeakyRelu", {"alpha": slope}, node.inputs[0], [node])
+    return match("LeakyRelu", "LeakyRelu", {"alpha": slope}, node.inputs[0], [node])
 
 
 _FORMS = {

@@ -65,10 +65,11 @@ def merge_into_batchnorm(affine: Affine, ctx: FoldContext) -> Applied | str:
     beta, beta_dtype, why_beta = ctx.weight(bn_node.inputs[2], "BN bias")
     if gamma is None or beta is None:
         return why or why_beta
-    new_gamma = ctx.constant(f"{bn_node.inputs[1].name}_merged", gamma * affine.scale, dtype)
-    new_beta = ctx.constant(
-        f"{bn_node.inputs[2].name}_merged", beta * affine.scale + affine.shift, beta_dtype
-    )
+    gamma_in, beta_in = bn_node.inputs[1], bn_node.inputs[2]
+    gamma_name = gamma_in.name if gamma_in is not None else "scale"
+    beta_name = beta_in.name if beta_in is not None else "B"
+    new_gamma = ctx.constant(f"{gamma_name}_merged", gamma * affine.scale, dtype)
+    new_beta = ctx.constant(f"{beta_name}_merged", beta * affine.scale + affine.shift, beta_dtype)
     inputs = [bn_node.inputs[0], new_gamma, new_beta, bn_node.inputs[3], bn_node.inputs[4]]
     node = new_node("BatchNormalization", inputs, copy_attributes(bn_node), bn_node.name)
     removed = (node_label(bn_node), node_label(affine.node))

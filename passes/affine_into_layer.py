@@ -143,11 +143,12 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         return f"Gemm has {columns} output features, the {affine.what} has {affine.channels}"
     beta = attr_float(gemm, "beta", 1.0)
     c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
-    c_arr = np.zeros(())
+    c_arr: np.ndarray = np.zeros(())
     if c_in is not None:
-        c_arr, _, why = ctx.weight(c_in, "Gemm C")
-        if c_arr is None:
+        c_read, _, why = ctx.weight(c_in, "Gemm C")
+        if c_read is None:
             return why
+        c_arr = c_read
         if c_arr.ndim > 2 or (c_arr.ndim and c_arr.shape[-1] not in (1, affine.channels)):
             return f"Gemm C of shape {list(c_arr.shape)} does not broadcast to its output"
     new_b = b_mat * (affine.scale[:, None] if trans_b else affine.scale[None, :])

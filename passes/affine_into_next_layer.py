@@ -27,6 +27,7 @@ from optkit.graph import (
     attr_float,
     attr_int,
     consumers_reason,
+    dims_after_batch,
     node_label,
     replace_nodes,
     sole_consumer,
@@ -301,10 +302,10 @@ def _flatten(affine: Affine, flatten: ir.Node, ctx: FoldContext) -> Applied | st
     if weight is None:
         return why
     ctx.ensure_shapes()
-    shape = affine.input.shape
-    if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+    dims = dims_after_batch(affine.input.shape)
+    if dims is None:
         return "the input's shape is not static, so its flattened features are unknown"
-    positions = int(np.prod(list(shape)[2:]))
+    positions = math.prod(dims[1:])
     scale = np.repeat(affine.scale, positions)
     shift = np.repeat(affine.shift, positions)
     if affine.shift_image is not None:

@@ -111,7 +111,7 @@ class CanonicalizeActivations(Canonicalize):
         Exactness.REASSOCIATE,
         "fuse decomposed activations (GELU, Swish, HardSwish, Mish, ELU, ...) into their ONNX op",
     )
-    recognize = activation_forms.recognize
+    recognize = staticmethod(activation_forms.recognize)
 
 
 class CanonicalizeNormalization(Canonicalize):
@@ -120,7 +120,7 @@ class CanonicalizeNormalization(Canonicalize):
         Exactness.REASSOCIATE,
         "fuse decomposed LayerNorm and GroupNorm into LayerNormalization / GroupNormalization",
     )
-    recognize = normalization_forms.recognize
+    recognize = staticmethod(normalization_forms.recognize)
 
 
 def decomposed_forms(model: ir.Model) -> dict[int, str]:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from optkit.graph import attr_float, attr_int, attr_ints
 
-from .pattern import DEFAULT_DOMAINS, Match, Reader, producer
+from .pattern import DEFAULT_DOMAINS, Match, Reader, match, producer
 
 MIN_OPSET = {"LayerNormalization": 17, "GroupNormalization": 21}
 
@@ -52,7 +52,7 @@ def _peel_affine(
     if node.op_type == "Mul":
         gamma, inner = _constant_operand(node, reader)
         if gamma is not None:
-            if peeled and not reader.expandable(inner):
+            if inner is None or (peeled and not reader.expandable(inner)):
                 return None, None, None, []
             peeled.append(node)
             node = inner.producer()  # type: ignore[assignment]
@@ -95,7 +95,7 @@ def _layer_norm(
     x, mean = sub.inputs
     mean_node = producer(mean, "ReduceMean")
     var_node = producer(variance, "ReduceMean")
-    if mean_node is None or var_node is None or mean_node.inputs[0] is not x:
+    if x is None or mean_node is None or var_node is None or mean_node.inputs[0] is not x:
         return None
     square = producer(var_node.inputs[0], "Pow", "Mul")
     if square is None or not _is_square_of(square, d, reader):
@@ -121,7 +121,7 @@ def _layer_norm(
             "LayerNorm pattern, but its scale or bias does not broadcast over the normalized axes"
         )
     attributes = {"axis": axis, "epsilon": epsilon}
-    return Match("LayerNormalization", "LayerNormalization", attributes, x, nodes, [scale, bias])
+    return match("LayerNormalization", "LayerNormalization", attributes, x, nodes, [scale, bias])
 
 
 def _normalized(core: ir.Node) -> tuple[ir.Value | None, ir.Node | None, list[ir.Node]]:
@@ -201,7 +201,7 @@ def _group_norm(
         return None
     x = front.inputs[0]
     shape_of = producer(back.inputs[1], "Shape")
-    if shape_of is None or shape_of.inputs[0] is not x or len(shape_of.attributes):
+    if x is None or shape_of is None or shape_of.inputs[0] is not x or len(shape_of.attributes):
         return None
     scale, _ = reader.policy.array(norm.inputs[1])
     shift, _ = reader.policy.array(norm.inputs[2])
@@ -221,7 +221,7 @@ def _group_norm(
     if per_channel[0] is None or per_channel[1] is None or channels % groups:
         return "GroupNorm pattern, but its scale or bias is not one value per channel"
     attributes = {"epsilon": attr_float(norm, "epsilon", 1e-5), "num_groups": groups}
-    return Match("GroupNormalization", "GroupNormalization", attributes, x, nodes, per_channel)
+    return match("GroupNormalization", "GroupNormalization", attributes, x, nodes, per_channel)
 
 
 def _per_channel(

@@ -12,8 +12,9 @@ and 0.0447 does not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import onnx_ir as ir
@@ -73,6 +74,21 @@ class Match:
     def describe(self) -> str:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(self.attributes.items()))
         return self.kind + (f"({params})" if params else "")
+
+
+def match(
+    kind: str,
+    op_type: str,
+    attributes: dict[str, Any],
+    x: ir.Value | None,
+    nodes: Sequence[ir.Node | None],
+    constants: Sequence[np.ndarray | None] = (),
+) -> Match | None:
+    """A `Match`, or None when an operand of the form is missing (an omitted optional input)."""
+    if x is None or any(n is None for n in nodes) or any(c is None for c in constants):
+        return None
+    return Match(kind, op_type, attributes, x, [n for n in nodes if n is not None],
+                 [c for c in constants if c is not None])  # fmt: skip
 
 
 def _fmt(value: Any) -> str:
@@ -151,7 +167,7 @@ class Reader:
         consumer = next(iter(output.uses())).node
         return consumer.domain in DEFAULT_DOMAINS and consumer.op_type in ("Mul", "Div")
 
-    def expandable(self, value: ir.Value | None) -> bool:
+    def expandable(self, value: ir.Value | None) -> TypeGuard[ir.Value]:
         """`value` is read once, by one node, is no graph output and is computed in this graph."""
         if value is None or value.is_graph_output() or len(list(value.uses())) != 1:
             return False
@@ -185,9 +201,10 @@ class Reader:
             return
         if inner is not None and sign > 0:
             exponent = self.scalar(inner.inputs[1])
-            if exponent in (2.0, 3.0, 4.0) and self.scalar(inner.inputs[0]) is None:
+            base = inner.inputs[0]
+            if exponent in (2.0, 3.0, 4.0) and base is not None and self.scalar(base) is None:
                 into.nodes.append(inner)
-                into.terms += [inner.inputs[0]] * int(exponent)
+                into.terms += [base] * int(exponent)
                 return
         (into.terms if sign > 0 else into.divisors).append(value)
 

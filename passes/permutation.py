@@ -11,6 +11,8 @@ Exactness `reassociate`: the sums run in another order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 
@@ -20,6 +22,7 @@ from optkit.graph import (
     Namer,
     attr_int,
     consumers_reason,
+    dims_after_batch,
     iter_graphs,
     node_label,
     replace_nodes,
@@ -105,10 +108,10 @@ def _through_flatten(
         return "the Flatten after it does not flatten from axis 1"
     ctx.ensure_shapes()
     assert gather.inputs[0] is not None  # fold_permutation checked it
-    shape = gather.inputs[0].shape
-    if shape is None or not all(isinstance(d, int) for d in list(shape)[1:]):
+    dims = dims_after_batch(gather.inputs[0].shape)
+    if dims is None:
         return "the input's shape is not static, so its flattened features are unknown"
-    positions = int(np.prod(list(shape)[2:]))
+    positions = math.prod(dims[1:])
     features = (order[:, None] * positions + np.arange(positions)[None, :]).reshape(-1)
     indices = ctx.constant(f"{gather.name or 'gather'}_features", features, ir.DataType.INT64)
     new_flatten = new_node("Flatten", [gather.inputs[0]], copy_attributes(flatten), flatten.name)
