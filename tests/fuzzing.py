@@ -15,54 +15,42 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import optkit
+from helpers import F32, bn_node, bn_params, make_model
 from optkit.contract import tolerance_for
 from optkit.demo import demo_model
 from optkit.errors import InternalError, OptkitError
 from optkit.inputs import synthetic_inputs
 from optkit.inspection import inspect_model
 
-F32 = TensorProto.FLOAT
-
 
 def _conv_bn() -> onnx.ModelProto:
     rng = np.random.default_rng(1)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "s"),
-        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "m"),
-        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "v"),
-        numpy_helper.from_array(np.float32(0.5), "half"),
-    ]
+    inits = {
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        **bn_params(rng, 4),
+        "half": np.array(0.5, np.float32),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+        bn_node("c", "n"),
         helper.make_node("Mul", ["n", "half"], ["h"]),
         helper.make_node("Relu", ["h"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "conv_bn",
-        [helper.make_tensor_value_info("x", F32, [1, 3, 6, 6])],
-        [helper.make_tensor_value_info("y", F32, [1, 4, 6, 6])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, [1, 4, 6, 6])], inits,
+                      ir_version=9)  # fmt: skip
 
 
 def _gelu_mlp() -> onnx.ModelProto:
     rng = np.random.default_rng(2)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(5, 6)).astype(np.float32), "w"),
-        numpy_helper.from_array(np.float32(np.sqrt(2)), "r2"),
-        numpy_helper.from_array(np.float32(1), "one"),
-        numpy_helper.from_array(np.float32(0.5), "half"),
-    ]
+    inits = {
+        "w": rng.normal(size=(5, 6)).astype(np.float32),
+        "r2": np.array(np.sqrt(2), np.float32),
+        "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["z"]),
         helper.make_node("Div", ["z", "r2"], ["d"]),
@@ -71,51 +59,32 @@ def _gelu_mlp() -> onnx.ModelProto:
         helper.make_node("Mul", ["z", "a"], ["za"]),
         helper.make_node("Mul", ["za", "half"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "gelu_mlp",
-        [helper.make_tensor_value_info("x", F32, [2, 5])],
-        [helper.make_tensor_value_info("y", F32, [2, 6])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    return model
+    return make_model(nodes, [("x", F32, [2, 5])], [("y", F32, [2, 6])], inits, opset=20,
+                      ir_version=10)  # fmt: skip
 
 
 def _preprocessed() -> onnx.ModelProto:
     """Embedded preprocessing (channel swap, scale, mean, std) before a padded Conv and a BN."""
     rng = np.random.default_rng(3)
-    inits = [
-        numpy_helper.from_array(np.array([2, 0, 1], np.int64), "order"),
-        numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 255, np.float32), "a"),
-        numpy_helper.from_array(rng.uniform(0.3, 0.6, (1, 3, 1, 1)).astype(np.float32), "m"),
-        numpy_helper.from_array(rng.uniform(0.2, 0.3, (1, 3, 1, 1)).astype(np.float32), "sd"),
-        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "s"),
-        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "mu"),
-        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "v"),
-    ]
+    inits = {
+        "order": np.array([2, 0, 1], np.int64),
+        "a": np.full((1, 3, 1, 1), 1 / 255, np.float32),
+        "m": rng.uniform(0.3, 0.6, (1, 3, 1, 1)).astype(np.float32),
+        "sd": rng.uniform(0.2, 0.3, (1, 3, 1, 1)).astype(np.float32),
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        **bn_params(rng, 4),
+    }
     nodes = [
         helper.make_node("Gather", ["x", "order"], ["g"], axis=1),
         helper.make_node("Mul", ["g", "a"], ["scaled"]),
         helper.make_node("Sub", ["scaled", "m"], ["centred"]),
         helper.make_node("Div", ["centred", "sd"], ["n"]),
         helper.make_node("Conv", ["n", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "s", "b", "mu", "v"], ["bn"]),
+        bn_node("c", "bn"),
         helper.make_node("Relu", ["bn"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "preprocessed",
-        [helper.make_tensor_value_info("x", F32, [1, 3, 6, 6])],
-        [helper.make_tensor_value_info("y", F32, [1, 4, 6, 6])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return make_model(nodes, [("x", F32, [1, 3, 6, 6])], [("y", F32, [1, 4, 6, 6])], inits,
+                      ir_version=9)  # fmt: skip
 
 
 SEEDS = {
