@@ -143,20 +143,28 @@ def test_specs_that_do_not_fit_the_model_are_clear_errors(resnet_proto, fields, 
         embed(proto, PreprocessSpec(**fields))
 
 
-def test_permutation_into_a_grouped_conv_is_declined(rng):
+@pytest.mark.parametrize(
+    ("order", "weight_shape", "group", "reason"),
+    [
+        ([1, 0, 3, 2], (4, 2, 1, 1), 2, "grouped Conv"),
+        # indices 2, 0, 1 of a 4-channel input select three channels (found by tools/fuzz.py)
+        ([2, 0, 1], (4, 3, 1, 1), 1, "it picks 3 of 4 channels"),
+    ],
+)
+def test_a_permutation_that_cannot_fold_is_declined(rng, order, weight_shape, group, reason):
     nodes = [
         helper.make_node("Gather", ["x", "order"], ["p"], axis=1),
-        helper.make_node("Conv", ["p", "W"], ["y"], group=2),
+        helper.make_node("Conv", ["p", "W"], ["y"], group=group),
     ]
     inits = {
-        "order": np.array([1, 0, 3, 2], np.int64),
-        "W": rng.standard_normal((4, 2, 1, 1)).astype(np.float32),
+        "order": np.array(order, np.int64),
+        "W": rng.standard_normal(weight_shape).astype(np.float32),
     }
     model = make_model(nodes, [("x", F32, [1, 4, 3, 3])], [("y", F32, None)], inits)
     result = optkit.fuse(model)
     declined = [s for p in result.report.pipeline.passes if p.name == "permute" for s in p.declined]
     assert [n.op_type for n in result.model.graph] == ["Gather", "Conv"]
-    assert "grouped Conv" in declined[0].reason
+    assert reason in declined[0].reason
 
 
 def test_cli_fit_then_embed_and_fold(tmp_path, monkeypatch, capsys):
@@ -242,20 +250,3 @@ def test_a_permutation_moves_past_the_input_shift_and_folds(rng):
     model = make_model([*gather_sub, relu], [("x", F32, ["N", 3, 6, 6])], [("y", F32, None)], inits)
     result = optkit.fuse(model)
     assert [n.op_type for n in result.model.graph] == ["Gather", "Sub", "Relu"]
-
-
-def test_a_gather_that_picks_some_channels_is_not_a_permutation(rng):
-    """Indices 2, 0, 1 of a 4-channel input select three channels: nothing to fold (tools/fuzz.py)."""
-    nodes = [
-        helper.make_node("Gather", ["x", "order"], ["p"], axis=1),
-        helper.make_node("Conv", ["p", "W"], ["y"]),
-    ]
-    inits = {
-        "order": np.array([2, 0, 1], np.int64),
-        "W": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
-    }
-    model = make_model(nodes, [("x", F32, [1, 4, 3, 3])], [("y", F32, None)], inits)
-    result = optkit.fuse(model)
-    declined = [s for p in result.report.pipeline.passes if p.name == "permute" for s in p.declined]
-    assert [n.op_type for n in result.model.graph] == ["Gather", "Conv"]
-    assert "it picks 3 of 4 channels" in declined[0].reason
