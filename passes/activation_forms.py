@@ -77,28 +77,21 @@ def native(node: ir.Node, reader: Reader) -> Match | None:
 def find_activations(model: ir.Model) -> list[tuple[ir.Graph, Match]]:
     """Every activation of `model`, each graph in node order: a decomposed form whose inner values
     nothing else reads, else the single activation op (the nodes of a form are not listed again)."""
-    from optkit.graph import ConstantPolicy, iter_graphs
+    from optkit.graph import ConstantPolicy
 
-    from .pattern import private
+    from .pattern import forms_from_the_end, private
 
-    policy = ConstantPolicy(model)
-    found: list[tuple[ir.Graph, Match]] = []
-    for graph in iter_graphs(model.graph):
-        reader = Reader(graph, policy)
-        claimed: set[int] = set()
-        in_graph: list[tuple[ir.Graph, Match]] = []
-        for node in reversed(list(graph)):  # from the end, so the largest form is found first
-            if id(node) in claimed:
-                continue
-            match = recognize(node, reader)
-            if not isinstance(match, Match) or private(match.nodes, match.output, graph):
-                match = native(node, reader)
-            if match is None:
-                continue
-            claimed.update(id(n) for n in match.nodes)
-            in_graph.append((graph, match))
-        found += reversed(in_graph)
-    return found
+    def activation(node: ir.Node, reader: Reader) -> Match | None:
+        found = recognize(node, reader)
+        if isinstance(found, Match) and not private(found.nodes, found.output, reader.graph):
+            return found
+        return native(node, reader)
+
+    by_graph: dict[int, tuple[ir.Graph, list[Match]]] = {}
+    for graph, _, found in forms_from_the_end(model, ConstantPolicy(model), activation):
+        assert isinstance(found, Match)
+        by_graph.setdefault(id(graph), (graph, []))[1].append(found)
+    return [(graph, m) for graph, matches in by_graph.values() for m in reversed(matches)]
 
 
 def recognize(node: ir.Node, reader: Reader) -> Match | str | None:

@@ -30,7 +30,6 @@ from optkit.graph import (
     ConstantPolicy,
     Namer,
     add_initializer,
-    iter_graphs,
     node_label,
     opset_version,
     replace_nodes,
@@ -38,7 +37,7 @@ from optkit.graph import (
 from optkit.shapes import ShapesOnDemand
 
 from . import activation_forms, normalization_forms
-from .pattern import Match, Reader, private
+from .pattern import Match, Reader, forms_from_the_end, private
 
 MAX_ROUNDS = 4
 MIN_OPSET = activation_forms.MIN_OPSET | normalization_forms.MIN_OPSET
@@ -80,26 +79,17 @@ class Canonicalize(RewritePass):
         for _ in range(MAX_ROUNDS):
             declined = {}
             done = 0
-            for graph in list(iter_graphs(model.graph)):
-                reader = Reader(graph, policy)
-                claimed: set[int] = set()  # nodes of a form already found (fused or declined)
-                for node in reversed(list(graph)):
-                    if node.graph is not graph or id(node) in claimed:
-                        continue
-                    found = type(self).recognize(node, reader)
-                    if found is None:
-                        continue
-                    label = node_label(node)
-                    if isinstance(found, str):
-                        declined[label] = Site(self.spec.name, label, False, found)
-                        continue
-                    claimed.update(id(n) for n in found.nodes)
-                    reason = blocker(found, graph, opset, shapes, options)
-                    if reason:
-                        declined[label] = Site(found.kind, label, False, reason)
-                        continue
-                    applied.append(rewrite(found, graph, namer))
-                    done += 1
+            for graph, node, found in forms_from_the_end(model, policy, self.recognize):
+                label = node_label(node)
+                if isinstance(found, str):
+                    declined[label] = Site(self.spec.name, label, False, found)
+                    continue
+                reason = blocker(found, graph, opset, shapes, options)
+                if reason:
+                    declined[label] = Site(found.kind, label, False, reason)
+                    continue
+                applied.append(rewrite(found, graph, namer))
+                done += 1
             if not done:
                 break
         return applied + list(declined.values())
@@ -130,18 +120,18 @@ def decomposed_forms(model: ir.Model) -> dict[int, str]:
     model's opset, say) is still one that runtimes recognize and fuse themselves (ONNX Runtime's
     GELU and LayerNorm fusions match these exact chains), which folding one of its constants away
     would prevent."""
-    policy = ConstantPolicy(model)
+
+    def decomposed(node: ir.Node, reader: Reader) -> Match | None:
+        for recognize in (activation_forms.recognize, normalization_forms.recognize):
+            found = recognize(node, reader)
+            if isinstance(found, Match) and not found.fused:
+                return found
+        return None
+
     forms: dict[int, str] = {}
-    for graph in iter_graphs(model.graph):
-        reader = Reader(graph, policy)
-        for node in reversed(list(graph)):
-            if id(node) in forms:
-                continue
-            for recognize in (activation_forms.recognize, normalization_forms.recognize):
-                found = recognize(node, reader)
-                if isinstance(found, Match) and not found.fused:
-                    forms.update((id(n), found.kind) for n in found.nodes)
-                    break
+    for _, _, found in forms_from_the_end(model, ConstantPolicy(model), decomposed):
+        assert isinstance(found, Match)
+        forms.update((id(n), found.kind) for n in found.nodes)
     return forms
 
 

@@ -12,14 +12,14 @@ and 0.0447 does not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import numpy as np
 import onnx_ir as ir
 
-from optkit.graph import ConstantPolicy, node_label
+from optkit.graph import ConstantPolicy, iter_graphs, node_label
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ULPS = 4  # how many units in the last place a constant may be off (rounding on the way to storage)
@@ -229,3 +229,26 @@ def private(nodes: list[ir.Node], output: ir.Value, graph: ir.Graph) -> str:
                 if id(use.node) not in inside:
                     return f"intermediate '{value.name}' is also read by {node_label(use.node)}"
     return ""
+
+
+def forms_from_the_end(
+    model: ir.Model,
+    policy: ConstantPolicy,
+    recognize: Callable[[ir.Node, Reader], Match | str | None],
+) -> Iterator[tuple[ir.Graph, ir.Node, Match | str]]:
+    """What `recognize` finds at each node of every graph, from the end of the graph to its start,
+    so that the largest form around a node comes before the forms inside it: the nodes of a Match
+    are not visited again. The caller may rewrite the graph between steps (nodes it removed are
+    skipped)."""
+    for graph in list(iter_graphs(model.graph)):
+        reader = Reader(graph, policy)
+        claimed: set[int] = set()
+        for node in reversed(list(graph)):
+            if node.graph is not graph or id(node) in claimed:
+                continue
+            found = recognize(node, reader)
+            if found is None:
+                continue
+            if isinstance(found, Match):
+                claimed.update(id(n) for n in found.nodes)
+            yield graph, node, found
