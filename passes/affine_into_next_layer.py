@@ -8,10 +8,15 @@ With x' = s x + t per input channel (s, t from `batchnorm_params`):
     Conv:             W * x' + b       ->  W'[o, i] = s_(c(o, i)) W[o, i]  (c: the input channel that
                                           weight slice reads, through the groups), and the shift
                                           term W * t, which is the constant sum_(i,k) W[o,i,k] t_c in
-                                          the interior. With zero padding it is smaller at the borders:
-                                          for a static input size it is computed per output position
-                                          (exact border correction, added by one Add when it is not
-                                          uniform); otherwise the fold is declined.
+                                          the interior. With zero padding it is smaller at the borders,
+                                          and one of two exact forms is emitted, the one that touches
+                                          fewer values per sample: for a static input size, the shift
+                                          term per output position (a border correction, one Add on
+                                          the output when it is not uniform); or
+                   Conv(pad0(s x + t)) = Conv_(W s)(pad0(x + t / s)): the scale into the weights, the
+                                          shift kept as one Add on the input (also the only form for
+                                          a dynamic size; taken with a per-channel scale just before
+                                          it: a x + t = a (x + t / a)).
 
 Exact in real arithmetic.
 """

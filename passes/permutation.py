@@ -5,6 +5,10 @@ of the layer that reads it:
     Gemm (transA 0):      x[:, p] @ B       = x @ B[q, :]            (columns of B when transB = 1)
     MatMul (2-D):         x[:, p] @ W       = x @ W[q, :]
     Flatten -> Gemm:      the permutation is moved past the Flatten, over channel blocks of features
+    op(., c) -> layer:    a Mul / Add / Sub / Div by a per-channel constant moves in front of the
+                          Gather (c permuted with it, bit for bit); the permutation folds next run
+
+The Gather must pick every channel of its input once (indices 2, 0, 1 of a 4-channel tensor select).
 
 Exactness `reassociate`: the sums run in another order.
 """
