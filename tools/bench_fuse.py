@@ -2,14 +2,14 @@
 
     python tools/bench_fuse.py [--repeats 3] [--models resnet,vgg,...] [--json out.json]
 
-Per model and tool it prints: fuse time (median of warm runs in a fresh process: at least --repeats
-of them, and at least 1 s in all), peak memory (growth of a fresh process's peak RSS, VmHWM, over one
-cold run, imports done first), BatchNorm left, nodes after, and the max abs error against the truth
-on ONNX Runtime (optimizations off, 8 seeded inputs; for fp16 models the truth is the fp16 weights
-computed in fp32, and the "(original)" row shows the fp16 original's own error against it). Ratios
-compare optkit with the fastest peer *of the same run*, so machine noise hits both alike. Needs the
-`torch` and `bench` extras (models are exported from `models/`; the onnx package's light zoo models
-are read from its install).
+Per model and tool it prints: fuse time (median of warm runs, at least --repeats of them and at
+least 1 s in all, every tool's runs interleaved call by call in one fresh process), peak memory
+(growth of a fresh process's peak RSS, VmHWM, over one cold run, imports done first), BatchNorm
+left, nodes after, and the max abs error against the truth on ONNX Runtime (optimizations off, 8
+seeded inputs; for fp16 models the truth is the fp16 weights computed in fp32, and the "(original)"
+row shows the fp16 original's own error against it). Ratios compare optkit with the fastest peer *of
+the same run*, so machine noise hits both alike. Needs the `torch` and `bench` extras (models are
+exported from `models/`; the onnx package's light zoo models are read from its install).
 """
 
 from __future__ import annotations
@@ -81,13 +81,18 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child(mode: str, tool: str, model_path: str, out_path: str, repeats: int) -> None:
-    """Run in a fresh process. mode "memory": growth of peak RSS over one cold run (imports done
-    first); mode "time": median of warm runs (at least `repeats`, and 1 s), and save the result."""
+def child(mode: str, tools: str, model_path: str, out_prefix: str, repeats: int) -> None:
+    """Run in a fresh process.
+
+    mode "time": every tool in `tools` (comma-separated) fuses the model in turn, call by call, the
+    order reversed every round, so that the machine's noise hits each tool alike; each tool's median
+    over its warm calls (at least `repeats`, and at least MIN_SECONDS of them) is printed and its
+    result saved as OUT_PREFIX.TOOL.onnx. mode "memory" (one tool): the growth of peak RSS over one
+    cold run (imports done first)."""
     warnings.simplefilter("ignore")
-    fuse = fuser(tool)
     proto = onnx.load(model_path)
     if mode == "memory":
+        fuse = fuser(tools)
         # getrusage's ru_maxrss carries the parent's peak across fork and exec; the kernel's
         # VmHWM, reset through clear_refs, is this process's own.
         with open("/proc/self/clear_refs", "w") as handle:
@@ -96,14 +101,34 @@ def child(mode: str, tool: str, model_path: str, out_path: str, repeats: int) ->
         fuse(proto)
         print(json.dumps({"peak_mb": (_status_kb("VmHWM") - before) / 1024}))
         return
-    result = fuse(proto)
-    times = []
-    while len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < 200):
-        began = time.perf_counter()
-        result = fuse(proto)
-        times.append(time.perf_counter() - began)
-    onnx.save(result, out_path)
-    print(json.dumps({"seconds": statistics.median(times)}))
+    fuses, results, report = {}, {}, {}
+    for tool in tools.split(","):
+        try:
+            fuses[tool] = fuser(tool)
+            results[tool] = fuses[tool](proto)  # the cold call, not timed
+        except Exception as exc:  # a peer that cannot take this model
+            fuses.pop(tool, None)
+            report[tool] = {"error": (str(exc).strip().splitlines() or ["?"])[0][:120]}
+    times: dict[str, list[float]] = {tool: [] for tool in fuses}
+
+    def enough(tool: str) -> bool:
+        runs = times[tool]
+        return len(runs) >= repeats and (sum(runs) >= MIN_SECONDS or len(runs) >= 200)
+
+    rounds = 0
+    while not all(enough(tool) for tool in times):
+        order = list(times) if rounds % 2 == 0 else list(reversed(times))
+        for tool in order:
+            if enough(tool):
+                continue
+            began = time.perf_counter()
+            results[tool] = fuses[tool](proto)
+            times[tool].append(time.perf_counter() - began)
+        rounds += 1
+    for tool, runs in times.items():
+        onnx.save(results[tool], f"{out_prefix}.{tool}.onnx")
+        report[tool] = {"seconds": statistics.median(runs)}
+    print(json.dumps(report))
 
 
 def export_models(folder: str, names: list[str]) -> dict[str, str]:
@@ -182,35 +207,42 @@ def truth(path: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         os.unlink(handle.name)
 
 
-def _child_run(mode: str, tool: str, path: str, out: str, repeats: int) -> dict:
+def _child_run(mode: str, tools: str, path: str, out: str, repeats: int) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", mode, tool, path, out, str(repeats)],
+        [sys.executable, __file__, "--child", mode, tools, path, out, str(repeats)],
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=3600,
     )
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(tool: str, name: str, path: str, repeats: int, folder: str) -> dict:
-    out = os.path.join(folder, f"{name}.{tool}.onnx")
-    row = {"model": name, "tool": tool, **_child_run("time", tool, path, out, repeats)}
-    if "error" in row:
-        return row
-    row.update(_child_run("memory", tool, path, out, repeats))
-    result = onnx.load(out)
-    row["bn_left"] = sum(n.op_type == "BatchNormalization" for n in result.graph.node)
-    row["nodes"] = len(result.graph.node)
-    if name.endswith("-fp16"):
-        row["fold_rms"] = fold_error(path, out)
-    try:
-        row["max_err"] = max_error(path, out)
-    except Exception as exc:
-        row["max_err"] = float("nan")
-        row["error"] = f"result does not run: {str(exc)[:80]}"
-    return row
+def measure(tools: list[str], name: str, path: str, repeats: int, folder: str) -> list[dict]:
+    """One row per tool: time (all tools interleaved in one process), memory (a fresh process per
+    tool), BatchNorm and nodes left, errors."""
+    prefix = os.path.join(folder, name)
+    timed = _child_run("time", ",".join(tools), path, prefix, repeats)
+    rows = []
+    for tool in tools:
+        row = {"model": name, "tool": tool, **timed.get(tool, timed)}
+        rows.append(row)
+        if "error" in row:
+            continue
+        out = f"{prefix}.{tool}.onnx"
+        row.update(_child_run("memory", tool, path, out, repeats))
+        result = onnx.load(out)
+        row["bn_left"] = sum(n.op_type == "BatchNormalization" for n in result.graph.node)
+        row["nodes"] = len(result.graph.node)
+        if name.endswith("-fp16"):
+            row["fold_rms"] = fold_error(path, out)
+        try:
+            row["max_err"] = max_error(path, out)
+        except Exception as exc:
+            row["max_err"] = float("nan")
+            row["error"] = f"result does not run: {str(exc)[:80]}"
+    return rows
 
 
 def fold_error(path: str, candidate: str) -> float | None:
@@ -305,9 +337,9 @@ def main() -> None:
                 f"{name:<18} {'(original)':<14} {'':>9} {'':>8} {bn:>7} {len(proto.graph.node):>6} "
                 f"{max_error(path, path):10.2e}"
             )
-            for tool in tools:
-                row = measure(tool, name, path, args.repeats, folder)
+            for row in measure(tools, name, path, args.repeats, folder):
                 rows.append(row)
+                tool = row["tool"]
                 if "seconds" not in row:
                     print(f"{'':<18} {tool:<14} FAILED: {row['error']}")
                     continue
