@@ -101,11 +101,17 @@ def child(mode: str, tools: str, model_path: str, out_prefix: str, repeats: int)
         fuse(proto)
         print(json.dumps({"peak_mb": (_status_kb("VmHWM") - before) / 1024}))
         return
+
+    def fresh() -> onnx.ModelProto:  # some tools change the proto they are given
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        return copy
+
     fuses, results, report = {}, {}, {}
     for tool in tools.split(","):
         try:
             fuses[tool] = fuser(tool)
-            results[tool] = fuses[tool](proto)  # the cold call, not timed
+            results[tool] = fuses[tool](fresh())  # the cold call, not timed
         except Exception as exc:  # a peer that cannot take this model
             fuses.pop(tool, None)
             report[tool] = {"error": (str(exc).strip().splitlines() or ["?"])[0][:120]}
@@ -121,8 +127,9 @@ def child(mode: str, tools: str, model_path: str, out_prefix: str, repeats: int)
         for tool in order:
             if enough(tool):
                 continue
+            given = fresh()
             began = time.perf_counter()
-            results[tool] = fuses[tool](proto)
+            results[tool] = fuses[tool](given)
             times[tool].append(time.perf_counter() - began)
         rounds += 1
     for tool, runs in times.items():
