@@ -70,6 +70,15 @@ class FoldContext:
         return add_initializer(self.graph, self.namer, base, array, dtype)
 
 
+def _drop_new_initializers(graph: ir.Graph, existing: set[str]) -> None:
+    """Remove what a rule registered before it declined (it rewired nothing, so no node in a graph
+    reads them; at most a node it built and dropped): a declining pass reports no change, and the
+    pipeline would not run `unused` after it."""
+    for name in set(graph.initializers) - existing:
+        if all(use.node.graph is None for use in graph.initializers[name].uses()):
+            graph.initializers.pop(name)
+
+
 class FoldOverflow(ValueError):
     """A fold's result does not fit the weight's element type (a rule declines on it)."""
 
@@ -141,12 +150,14 @@ class Folds:
             return Site(self.site_rule, label, False, why) if why else None
         reasons = []
         for name, rule in self.rules:
+            existing = set(ctx.graph.initializers)
             try:
                 result = rule(affine, ctx)
-            except FoldOverflow as exc:  # nothing was rewired; its initializers go with `unused`
+            except FoldOverflow as exc:  # nothing was rewired
                 result = str(exc)
             if isinstance(result, Applied):
                 return Site(result.rule, label, True, removed=result.removed, added=result.added)
+            _drop_new_initializers(ctx.graph, existing)
             reasons.append(f"not {name} ({result})")
         return Site(self.site_rule, label, False, "; ".join(reasons))
 

@@ -1,9 +1,10 @@
 """Model mutation for fuzzing: seed models, byte- and structure-level mutations, and the property.
 
 The property (`check`): on any file, `fuse`, `inspect` and `verify` either succeed or raise optkit's
-own error type for bad input (`InternalError`, a bug, counts as a failure); and when `fuse` succeeds
-on a model ONNX Runtime can run, the result runs and gives the same outputs (compared here with ORT
-directly, within the tolerance of the passes that changed it).
+own error type for bad input (`InternalError`, a bug, counts as a failure); when `fuse` succeeds,
+`fuse` on its result applies nothing; and when it succeeds on a model ONNX Runtime can run, the
+result runs and gives the same outputs (compared here with ORT directly, within the tolerance of the
+passes that changed it).
 Used by tests/test_fuzz.py (a short run in CI) and tools/fuzz.py (long runs).
 """
 
@@ -180,6 +181,7 @@ def check(path: Path, stats: dict[str, int] | None = None) -> str:
     if result is not None:
         count("fuse succeeded")
         _same_outputs(path, result, count)
+        _idempotent(path, result)
     for name, call in (
         ("inspect", lambda: inspect_model(path)),
         ("verify", lambda: optkit.verify(str(path), str(path))),
@@ -192,6 +194,13 @@ def check(path: Path, stats: dict[str, int] | None = None) -> str:
         except OptkitError:
             count(f"{name} refused")
     return ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+
+
+def _idempotent(path: Path, result: optkit.FuseResult) -> None:
+    """`fuse` on its own output applies nothing (the pipeline skips passes on that assumption)."""
+    again = optkit.fuse(result.to_proto(), verify_result=False)
+    applied = [f"{p.name}: {s.rule}" for p in again.report.pipeline.passes for s in p.applied]
+    assert not applied, f"{path}: fuse on its own output applied {', '.join(applied)}"
 
 
 def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:

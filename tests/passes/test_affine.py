@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from helpers import F32, assert_same_outputs, bn_node, bn_params, fold, make_model, op_types, sites
 
@@ -213,3 +213,22 @@ def test_the_scale_of_a_decomposed_gelu_is_not_taken_with_the_shift_after_it(rng
     result = fold(model, passes=PASSES)
     assert op_types(result.model) == ["Div", "Erf", "Add", "Mul", "Mul", "Add", "Conv"]
     assert_same_outputs(model, result.model, X)
+
+
+def test_a_fold_that_overflows_leaves_no_initializers_behind(rng):
+    """x * a - m before a padded Conv: the shift's constant m / a is made before the weights times a
+    overflow float32; the declined rule must not leave it in the graph (a declining pass reports no
+    change, so `unused` would not run after it; found by tools/fuzz.py checking that fuse on its
+    own output applies nothing)."""
+    inits = {
+        "a": np.full((1, 3, 1, 1), 1e37, np.float32),
+        "m": np.ones((1, 3, 1, 1), np.float32),
+    }
+    nodes = [helper.make_node("Mul", ["x", "a"], ["s"]), helper.make_node("Sub", ["s", "m"], ["h"])]
+    model = _shift_before_padded_conv(rng, nodes, inits)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 1e3  # replaces the helper's W
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(w, "W"))
+    result = fold(model, passes=("affine",))
+    assert op_types(result.model) == ["Mul", "Sub", "Conv"]
+    assert any("beyond FLOAT's range" in s.reason for s in sites(result, "affine"))
+    assert sorted(result.model.graph.initializers) == ["W", "a", "m"]
