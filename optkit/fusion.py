@@ -196,7 +196,11 @@ def _not_text(model: ir.Model) -> str:
                 (f"the name of {label}", node.name),
                 (f"the domain of {label}", node.domain),
             ]
-            strings += [(f"the op type of {label}", node.op_type), (label, node.doc_string)]
+            strings += [
+                (f"the op type of {label}", node.op_type),
+                (f"the overload of {label}", node.overload),
+                (label, node.doc_string),
+            ]
             values += node.outputs
             for attr in node.attributes.values():
                 texts = attr.value if attr.type == ir.AttributeType.STRINGS else [attr.value]

@@ -82,6 +82,14 @@ def _nested_if(depth: int) -> onnx.ModelProto:
     return _model(nodes, inputs=inputs)
 
 
+def _non_utf8_overload() -> bytes:
+    """A node's `overload` (IR 10) that is not UTF-8 (found by tools/fuzz.py: the IR keeps it as
+    bytes and cannot write the fused model back)."""
+    model = _model()
+    model.graph.node[0].overload = "overload"
+    return model.SerializeToString().replace(b"overload", b"overloa\xee")
+
+
 def _non_utf8_attribute() -> onnx.ModelProto:
     node = helper.make_node("Conv", ["x", "w"], ["y"])
     attr = node.attribute.add()
@@ -158,6 +166,7 @@ def write_hostile(folder: Path) -> dict[str, Path]:
         "non_utf8_node_name": _model([helper.make_node("Relu", ["x"], ["y"], name="nodename")])
         .SerializeToString()
         .replace(b"nodename", b"nodenam\xee"),
+        "non_utf8_overload": _non_utf8_overload(),
         "garbage": os.urandom(2000),
         "empty": b"",
         "truncated": _model().SerializeToString()[:30],

@@ -28,7 +28,7 @@ BROKEN = [
     "init_absurd_dims", "cycle", "two_producers", "missing_input", "initializer_type_mismatch",
     "initializer_shape_mismatch", "unknown_default_op", "op_newer_than_opset",
     "opset_from_the_future", "no_opset_import", "non_utf8_attribute", "non_utf8_node_name",
-    "garbage", "empty", "truncated",
+    "non_utf8_overload", "garbage", "empty", "truncated",
 ]  # fmt: skip
 
 
@@ -66,6 +66,7 @@ def test_broken_input_is_one_clear_line_and_exit_2(monkeypatch, capsys, hostile,
         ("opset_from_the_future", "opset 999"),
         ("non_utf8_attribute", "attribute 'auto_pad' of"),
         ("non_utf8_node_name", "the name of a node is not UTF-8 text"),
+        ("non_utf8_overload", "the overload of Relu->y is not UTF-8 text"),
     ],
 )
 def test_errors_name_the_reason(monkeypatch, capsys, hostile, name, words):
