@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -39,6 +39,7 @@ class FoldContext:
     opset: int = 0  # the model's default-domain opset
     ensure_shapes: Callable[[], None] = lambda: None  # call before reading value shapes
     keep: frozenset[int] = frozenset()  # ids of nodes no fold may take (decomposed forms)
+    made: list[ir.Value] = field(default_factory=list)  # initializers `constant` registered
 
     def weight(
         self, value: ir.Value | None, what: str, min_rank: int = 0
@@ -67,16 +68,19 @@ class FoldContext:
             if np.any(np.isinf(rounded) & np.isfinite(array)):
                 peak = float(np.max(np.abs(array[np.isfinite(array)])))
                 raise FoldOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
-        return add_initializer(self.graph, self.namer, base, array, dtype)
+        value = add_initializer(self.graph, self.namer, base, array, dtype)
+        self.made.append(value)
+        return value
 
-
-def _drop_new_initializers(graph: ir.Graph, existing: set[str]) -> None:
-    """Remove what a rule registered before it declined (it rewired nothing, so no node in a graph
-    reads them; at most a node it built and dropped): a declining pass reports no change, and the
-    pipeline would not run `unused` after it."""
-    for name in set(graph.initializers) - existing:
-        if all(use.node.graph is None for use in graph.initializers[name].uses()):
-            graph.initializers.pop(name)
+    def drop_made_since(self, mark: int) -> None:
+        """Remove the initializers `constant` registered after `len(self.made)` was `mark`: a rule
+        that declines rewired nothing, so no node in a graph reads them (at most a node it built
+        and dropped). A declining pass reports no change, and the pipeline would not run `unused`
+        after it."""
+        for value in self.made[mark:]:
+            if value.name is not None and all(use.node.graph is None for use in value.uses()):
+                self.graph.initializers.pop(value.name, None)
+        del self.made[mark:]
 
 
 class FoldOverflow(ValueError):
@@ -150,14 +154,14 @@ class Folds:
             return Site(self.site_rule, label, False, why) if why else None
         reasons = []
         for name, rule in self.rules:
-            existing = set(ctx.graph.initializers)
+            mark = len(ctx.made)
             try:
                 result = rule(affine, ctx)
             except FoldOverflow as exc:  # nothing was rewired
                 result = str(exc)
             if isinstance(result, Applied):
                 return Site(result.rule, label, True, removed=result.removed, added=result.added)
-            _drop_new_initializers(ctx.graph, existing)
+            ctx.drop_made_since(mark)
             reasons.append(f"not {name} ({result})")
         return Site(self.site_rule, label, False, "; ".join(reasons))
 
