@@ -135,16 +135,15 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
         if b_read is None:
             return why
         bias = b_read
-    # t as seen by each (output channel, input-channel-in-group) weight slice.
-    group_of_out = np.arange(c_out) // (c_out // groups)
-    shift = affine.shift.reshape(groups, c_in_per_group)[group_of_out]
     kernel_dims = weight.shape[2:]
     new_w = _scaled_slices(weight, affine.scale, groups)
     # Shift pushed through the weights, per output channel and kernel offset: (c_out, K).
+    shift = _per_slice(affine.shift, weight.shape, groups)
     shift_by_offset = np.einsum("oik,oi->ok", weight.reshape(c_out, c_in_per_group, -1), shift)
     geometry = ConvGeometry.of(conv, tuple(int(k) for k in kernel_dims))
-    if geometry.problem():
-        return geometry.problem()
+    malformed = geometry.problem()
+    if malformed:
+        return malformed
     if not geometry.has_padding() and affine.shift_image is None:
         new_b = bias + shift_by_offset.sum(axis=1)
         node = _conv_node(conv, affine.input, new_w, new_b, dtype, ctx)
@@ -208,12 +207,18 @@ def _conv_node(
     return new_node("Conv", inputs, copy_attributes(conv), conv.name)
 
 
+def _per_slice(vector: np.ndarray, weight_shape: tuple[int, ...], groups: int) -> np.ndarray:
+    """v_(c(o, i)), shape (C_out, C_in / groups): the per-input-channel `vector` as seen by each
+    weight slice (o, i), c(o, i) being the input channel it reads through the groups."""
+    c_out, c_in_per_group = weight_shape[0], weight_shape[1]
+    group_of_out = np.arange(c_out) // (c_out // groups)
+    return vector.reshape(groups, c_in_per_group)[group_of_out]
+
+
 def _scaled_slices(weight: np.ndarray, scale: np.ndarray, groups: int) -> np.ndarray:
     """W[o, i] * s_(c(o, i)): each weight slice times the scale of the input channel it reads."""
-    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
-    group_of_out = np.arange(c_out) // (c_out // groups)
-    per_slice = scale.reshape(groups, c_in_per_group)[group_of_out]
-    return weight * per_slice.reshape(c_out, c_in_per_group, *([1] * (weight.ndim - 2)))
+    per_slice = _per_slice(scale, weight.shape, groups)
+    return weight * per_slice.reshape(*per_slice.shape, *([1] * (weight.ndim - 2)))
 
 
 def _shift_onto_input(
