@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit import io
+from optkit import io, runtime
+from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.graph import Namer, add_initializer
-from optkit.inputs import runtime_inputs
-from optkit.preprocessing import METADATA_KEY, PreprocessSpec
+from optkit.inputs import runtime_inputs, synthetic_inputs
+from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
+from optkit.verify import Verdict, compare_outputs
 
 RAW_TYPES = {
     "uint8": ir.DataType.UINT8,
@@ -108,3 +110,21 @@ def embed(model: io.ModelLike, spec: PreprocessSpec, input_name: str | None = No
     graph.sort()
     result.metadata_props[METADATA_KEY] = spec.to_json()
     return result
+
+
+def verify_preprocessing(
+    original: Any,
+    rewritten: Any,
+    spec: PreprocessSpec,
+    input_name: str,
+    *,
+    seed: int = 0,
+    exactness: Exactness = Exactness.REASSOCIATE,
+) -> Verdict:
+    """The adapter the preprocessing rewrite declares: seeded raw inputs (integers over 0..255) to
+    `rewritten`, the same after `apply(spec, raw)` to `original`, outputs compared at `exactness`."""
+    raw = synthetic_inputs(io.load(rewritten, copy=False), seed=seed, int_range=(0, 256))
+    preprocessed = {**raw, input_name: apply(spec, raw[input_name])}
+    want = runtime.run(runtime.make_session(original), preprocessed)
+    got = runtime.run(runtime.make_session(rewritten), raw)
+    return compare_outputs(want, got, exactness)

@@ -134,6 +134,17 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     return (math.prod(tensor.dims) * bits + 7) // 8
 
 
+def external_locations(proto: onnx.ModelProto) -> list[str]:
+    """The external data locations the tensors of `proto` name (relative to its folder), in order."""
+    locations: list[str] = []
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in locations:
+                    locations.append(entry.value)
+    return locations
+
+
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as an `onnx.ModelProto` (materializes external data in memory)."""
     return ir.to_proto(model)
@@ -200,7 +211,7 @@ def save(
         else:
             data_path = (folder / external_data).resolve()
             read = external_data_paths(model)
-            shards = _shard_pattern(data_path.name)
+            shards = shard_pattern(data_path.name)
             if data_path in read or (
                 shard_size is not None
                 and any(p.parent == data_path.parent and shards.fullmatch(p.name) for p in read)
@@ -218,7 +229,7 @@ def save(
     return target
 
 
-def _shard_pattern(name: str) -> re.Pattern[str]:
+def shard_pattern(name: str) -> re.Pattern[str]:
     """The names onnx_ir gives the shards of external data `name` (model-00001-of-00003.data)."""
     example = ir.external_data._get_shard_filename(name, 1, 2)
     prefix, _, ext = example.partition("-00001-of-00002")

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from helpers import F32, bn_node, bn_params, make_model
-from optkit.cli import default_output
+from optkit.cli.common import default_output
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from optkit import io
+from optkit.cli.common import load_labels, load_model
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
 from optkit.verify import Verdict
@@ -22,10 +23,9 @@ from optkit.verify import Verdict
 def activations_command(model: Path, as_json: bool) -> None:
     """List the activations MODEL uses: kind, count, where, and which are decomposed chains
     (e.g. GELU as Div/Erf/Add/Mul/Mul) that `optkit fuse` can turn into one op."""
-    from optkit.cli import _load_checked
     from optkit.inspection import activation_usage, format_activation_usage
 
-    usage = activation_usage(_load_checked(model))
+    usage = activation_usage(load_model(model))
     if as_json:
         click.echo(json.dumps(usage, indent=2))
         return
@@ -112,7 +112,6 @@ def swap_command(
       optkit swap mobilenet.onnx --map Swish=HardSwish --map Sigmoid=HardSigmoid:0.1667,0.5
       optkit swap cnn.onnx --map Relu=LeakyRelu:0.01 --allow-lossy --data val.npz --labels y.npy
     """
-    from optkit.cli import _load_checked, _load_labels
     from optkit.swap import parse_rule, swap
     from optkit.verify import verify
 
@@ -129,11 +128,11 @@ def swap_command(
     if out.resolve() == model.resolve():
         raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
     rules = [parse_rule(text) for text in maps]
-    original = _load_checked(model)
+    original = load_model(model)
     working = io.load(original)
     done = swap(working, rules, allow_lossy=allow_lossy)
     feeds = load_samples(data, original) if data is not None else None
-    label_array = _load_labels(labels) if labels is not None else None
+    label_array = load_labels(labels) if labels is not None else None
     try:
         verdict = verify(
             original,

@@ -12,9 +12,8 @@ import click
 from optkit import io
 from optkit.contract import Exactness
 from optkit.errors import InputError
-from optkit.inputs import runtime_inputs, synthetic_inputs
-from optkit.preprocessing import DTYPES, LAYOUTS, MODES, PreprocessSpec, apply, batches, fit
-from optkit.verify import Verdict, compare_outputs
+from optkit.inputs import runtime_inputs
+from optkit.preprocessing import DTYPES, LAYOUTS, MODES, PreprocessSpec, batches, fit
 
 
 class DefaultToEmbed(click.Group):
@@ -177,7 +176,7 @@ def embed_command(
     Verification feeds raw inputs to the new model and numpy-preprocessed ones to MODEL; the
     embedded model must match bit for bit, the folded one within the fp32 tolerance.
     """
-    from optkit.embedding import embed
+    from optkit.embedding import embed, verify_preprocessing
     from optkit.fusion import check_input, fuse
 
     if spec_path is not None:
@@ -231,23 +230,3 @@ def embed_command(
             f"{verdict.summary()}"
         )
     sys.exit(0 if verdict.ok else 1)
-
-
-def verify_preprocessing(
-    original: Any,
-    rewritten: Any,
-    spec: PreprocessSpec,
-    input_name: str,
-    *,
-    seed: int = 0,
-    exactness: Exactness = Exactness.REASSOCIATE,
-) -> Verdict:
-    """The adapter the preprocessing rewrite declares: seeded raw inputs (integers over 0..255) to
-    `rewritten`, the same after `apply(spec, raw)` to `original`, outputs compared at `exactness`."""
-    from optkit import runtime
-
-    raw = synthetic_inputs(io.load(rewritten, copy=False), seed=seed, int_range=(0, 256))
-    preprocessed = {**raw, input_name: apply(spec, raw[input_name])}
-    want = runtime.run(runtime.make_session(original), preprocessed)
-    got = runtime.run(runtime.make_session(rewritten), raw)
-    return compare_outputs(want, got, exactness)

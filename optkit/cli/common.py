@@ -1,0 +1,113 @@
+"""Shared pieces of the command line: options, parsers of option values, the output guard, and
+loading a user's file with a one-line error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import onnx_ir as ir
+
+from optkit.contract import Tolerance
+from optkit.errors import InputError
+from optkit.inputs import parse_shape
+from optkit.runtime import OPTIMIZATION_LEVELS
+
+
+def split_names(values: tuple[str, ...]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def input_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--shape, --seed and --int-range: how the synthetic inputs for `purpose` are made."""
+    options = [
+        click.option(
+            "--shape",
+            "shapes",
+            multiple=True,
+            metavar="NAME=DxD...",
+            help=f"Shape for a dynamic input of the {purpose}, e.g. image=1x3x224x224.",
+        ),
+        click.option("--seed", default=0, show_default=True, help=f"Seed of the {purpose}."),
+        click.option(
+            "--int-range",
+            default="0:10",
+            show_default=True,
+            metavar="LOW:HIGH",
+            help=f"Range of integer {purpose} (HIGH exclusive), e.g. 0:30522 for token ids.",
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500MB', '64MiB' or a byte count."""
+    number = text.strip().upper().rstrip("BIKMG ")
+    unit = text.strip().upper()[len(number) :].strip()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise InputError(f"bad size '{text}': expected e.g. 1GB, 500MB, 64MiB or bytes") from None
+    if value < 1:
+        raise InputError(f"bad size '{text}': must be at least one byte")
+    return int(value)
+
+
+def default_output(path: Path) -> Path:
+    """`model.onnx` -> `model.optkit.onnx`, next to the input."""
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{stem}.optkit.onnx")
+
+
+def shape_map(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    return dict(parse_shape(s) for s in values)
+
+
+def tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, Tolerance]]:
+    """``RTOL,ATOL`` for every output, or ``OUTPUT=RTOL,ATOL`` for one."""
+    default, per_output = None, {}
+    for text in values:
+        name, _, numbers = text.rpartition("=")
+        try:
+            rtol, atol = (float(x) for x in numbers.split(","))
+        except ValueError:
+            raise InputError(f"bad --tolerance '{text}': expected [OUTPUT=]RTOL,ATOL") from None
+        if name:
+            per_output[name] = Tolerance(rtol, atol)
+        else:
+            default = Tolerance(rtol, atol)
+    return default, per_output
+
+
+def load_model(path: Path) -> ir.Model:
+    """A model file, loaded (weights stay on disk) and run through the checker; InputError if not."""
+    from optkit.fusion import load_checked
+
+    return load_checked(path, copy=False)
+
+
+provider_choice = click.Choice(["cpu", "cuda", "auto"])
+optimization_choice = click.Choice(list(OPTIMIZATION_LEVELS))
+
+
+def load_labels(path: Path) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{path}: labels must be integer class ids, found {labels.dtype.name}")
+    return labels

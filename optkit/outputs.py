@@ -1,0 +1,122 @@
+"""The output contract every writer follows: an output is resolved and checked before any work.
+
+An output is refused (`InputError`, one line) when it is a directory, when its folder does not exist
+or cannot be written, or when it, or a file written beside it (a model's ``<name>.data`` or its
+shards), is a file the inputs read: the input model, its external data files and shards, a source
+checkpoint, a data file, a spec. "Is" means the same file on disk (`os.path.samefile`), so a
+symbolic or hard link to an input is refused too.
+
+The check is cheap whatever the model size: a file an input reads exists, so only outputs that
+already exist are compared, and a model's external data files are listed from its protobuf without
+reading a byte of the data (`model_reads`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from optkit.errors import InputError
+
+PathLike = str | os.PathLike
+
+
+def model_reads(path: PathLike) -> list[Path]:
+    """The model file and every external data file its tensors name (resolved, existing ones).
+
+    Reads only the protobuf (`load_external_data=False`); a file that is not a readable model reads
+    nothing else (loading it later gives the proper error).
+    """
+    import onnx
+
+    from optkit.io import external_locations
+
+    model = Path(path)
+    reads = [model]
+    if not model.is_file():
+        return reads
+    try:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+    except Exception:  # not a model: the loader reports it when the command reads it
+        return reads
+    folder = model.parent
+    reads += [folder / location for location in external_locations(proto)]
+    return [p for p in reads if p.exists()]
+
+
+def written_files(output: Path, *, model: bool) -> list[Path]:
+    """The files a writer creates for `output`: the file itself and, for a model, the external
+    data file (``<name>.data``) and any shard of it already present in the folder."""
+    files = [output]
+    if model:
+        files.append(output.with_name(output.name + ".data"))
+        if output.parent.is_dir():
+            from optkit.io import shard_pattern
+
+            shards = shard_pattern(output.name + ".data")
+            files += [p for p in output.parent.iterdir() if shards.fullmatch(p.name)]
+    return files
+
+
+def check_output(
+    output: PathLike,
+    *,
+    reads: Iterable[PathLike] | Callable[[], Iterable[PathLike]] = (),
+    what: str = "output",
+    model: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """`output` resolved, or InputError when writing it could destroy an input or cannot work.
+
+    `reads` are the files the inputs read (or a function listing them, called only when some file
+    the writer would create already exists); `model` says the output is an ONNX model (which may
+    bring a ``.data`` file or shards). `overwrite` allows replacing the first of `reads` (the file
+    a Python model was loaded from) but never a file the result itself still reads.
+    """
+    target = Path(output)
+    label = f"{what} {target}" if what else str(target)
+    if str(output) == "" or target.name in ("", ".", ".."):
+        raise InputError(f"{label}: not a file name")
+    if target.is_dir():
+        raise InputError(f"{label}: is a directory; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{label}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{label}: folder {folder} is not writable")
+    existing = [p for p in written_files(target, model=model) if p.exists()]
+    if not existing:
+        return target.resolve()
+    sources = [Path(p) for p in (reads() if callable(reads) else reads)]
+    for index, source in enumerate(sources):
+        if overwrite and index == 0:
+            continue
+        for written in existing:
+            if _same(written, source):
+                kind = "the input" if index == 0 else f"{source}, which the input reads"
+                if written == target:
+                    raise InputError(
+                        f"{label}: is {kind}; refusing to overwrite it (choose another)"
+                    )
+                raise InputError(
+                    f"{label}: its data file {written.name} would overwrite {kind}; choose another"
+                )
+    return target.resolve()
+
+
+def check_distinct(outputs: Iterable[tuple[str, PathLike]]) -> None:
+    """Two outputs of one command must not be the same file."""
+    seen: list[tuple[str, Path]] = []
+    for what, path in outputs:
+        for other_what, other in seen:
+            if Path(path).resolve() == other.resolve():
+                raise InputError(f"{what} {path}: is also the {other_what}; choose another")
+        seen.append((what, Path(path)))
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
