@@ -62,6 +62,7 @@ def written_files(output: Path, *, model: bool) -> list[Path]:
 def check_output(
     output: PathLike,
     *,
+    source: PathLike | None = None,
     reads: Iterable[PathLike] | Callable[[], Iterable[PathLike]] = (),
     what: str = "output",
     model: bool = False,
@@ -69,10 +70,11 @@ def check_output(
 ) -> Path:
     """`output` resolved, or InputError when writing it could destroy an input or cannot work.
 
-    `reads` are the files the inputs read (or a function listing them, called only when some file
-    the writer would create already exists); `model` says the output is an ONNX model (which may
-    bring a ``.data`` file or shards). `overwrite` allows replacing the first of `reads` (the file
-    a Python model was loaded from) but never a file the result itself still reads.
+    `source` is the input itself (the model or checkpoint being read; replaced only with
+    `overwrite`, and only when nothing still reads it); `reads` are the other files the inputs read
+    (external data, shards, data files, specs), never replaced (or a function listing them, called
+    only when some file the writer would create already exists). `model` says the output is an ONNX
+    model, which may bring a ``.data`` file or shards beside it.
     """
     target = Path(output)
     label = f"{what} {target}" if what else str(target)
@@ -88,20 +90,20 @@ def check_output(
     existing = [p for p in written_files(target, model=model) if p.exists()]
     if not existing:
         return target.resolve()
-    sources = [Path(p) for p in (reads() if callable(reads) else reads)]
-    for index, source in enumerate(sources):
-        if overwrite and index == 0:
-            continue
-        for written in existing:
-            if _same(written, source):
-                kind = "the input" if index == 0 else f"{source}, which the input reads"
-                if written == target:
-                    raise InputError(
-                        f"{label}: is {kind}; refusing to overwrite it (choose another)"
-                    )
-                raise InputError(
-                    f"{label}: its data file {written.name} would overwrite {kind}; choose another"
-                )
+    listed = reads() if callable(reads) else reads
+    protected = [(Path(p), f"{p}, which the input reads") for p in listed]
+    if source is not None and not overwrite:
+        protected.insert(0, (Path(source), "the input"))
+    for written in existing:
+        for path, kind in protected:
+            if not _same(written, path):
+                continue
+            if written == target:
+                raise InputError(f"{label}: refusing to overwrite {kind}; choose another output")
+            raise InputError(
+                f"{label}: its data file {written.name} would overwrite {kind}; "
+                "choose another output"
+            )
     return target.resolve()
 
 
@@ -120,3 +122,20 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file in the same folder, then a rename)."""
+    import tempfile
+
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

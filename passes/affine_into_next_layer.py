@@ -8,15 +8,19 @@ With x' = s x + t per input channel (s, t from `batchnorm_params`):
     Conv:             W * x' + b       ->  W'[o, i] = s_(c(o, i)) W[o, i]  (c: the input channel that
                                           weight slice reads, through the groups), and the shift
                                           term W * t, which is the constant sum_(i,k) W[o,i,k] t_c in
-                                          the interior. With zero padding it is smaller at the borders,
-                                          and one of two exact forms is emitted, the one that touches
-                                          fewer values per sample: for a static input size, the shift
-                                          term per output position (a border correction, one Add on
-                                          the output when it is not uniform); or
+                                          the interior. A pure scale (t = 0) commutes with zero
+                                          padding, pad0(s x) = s pad0(x): it folds into the weights
+                                          whatever the input's size. With a shift and zero padding
+                                          the term is smaller at the borders, and one of two exact
+                                          forms is emitted, the one that touches fewer values per
+                                          sample: for a static input size, the shift term per output
+                                          position (a border correction, one Add on the output when
+                                          it is not uniform); or
                    Conv(pad0(s x + t)) = Conv_(W s)(pad0(x + t / s)): the scale into the weights, the
-                                          shift kept as one Add on the input (also the only form for
-                                          a dynamic size; taken with a per-channel scale just before
-                                          it: a x + t = a (x + t / a)).
+                                          shift kept as one Add on the input (the only form for a
+                                          dynamic size, where the border correction, a constant per
+                                          output position, cannot be built; taken with a per-channel
+                                          scale just before it: a x + t = a (x + t / a)).
 
 Exact in real arithmetic.
 """
@@ -144,16 +148,19 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     malformed = geometry.problem()
     if malformed:
         return malformed
-    if not geometry.has_padding() and affine.shift_image is None:
-        new_b = bias + shift_by_offset.sum(axis=1)
+    if affine.shift_image is None and (not geometry.has_padding() or not np.any(affine.shift)):
+        # No padding: the shift term is uniform. A pure scale commutes with zero padding
+        # (pad0(s x) = s pad0(x)), so it folds whatever the input's size (a static one or not).
+        shifted = bool(np.any(affine.shift))
+        new_b = bias + shift_by_offset.sum(axis=1) if shifted or b_in is not None else None
         node = _conv_node(conv, affine.input, new_w, new_b, dtype, ctx)
         return _replace(affine, conv, [node], f"{affine.kind}+conv", ctx)
     ctx.ensure_shapes()
     spatial = _static_spatial(affine.input, len(kernel_dims))
     if spatial is None:
         dynamic = (
-            "Conv pads its input and the input's spatial shape is not static: "
-            "the shift is not uniform at the borders"
+            "Conv pads its input and the input's spatial shape is not static: the shift is not "
+            "uniform at the borders, and a border correction needs a static size"
         )
         moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, dynamic)
         return dynamic if moved is None else moved

@@ -81,8 +81,18 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("optkit: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `optkit` or a group alone: its help
+        click.echo(exc.format_message())
+        sys.exit(0)
+    except click.UsageError as exc:  # one line, like every other error, with where to look
+        command = exc.ctx.command_path if exc.ctx is not None else "optkit"
+        click.echo(
+            f"optkit: error: {exc.format_message()} (see '{command} --help')".replace("\n", " "),
+            err=True,
+        )
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"optkit: error: {exc.format_message()}".replace("\n", " "), err=True)
         sys.exit(2)
     except OptkitError as exc:
         click.echo(f"optkit: error: {exc}", err=True)

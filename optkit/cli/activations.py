@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import load_labels, load_model
+from optkit.cli.common import guard_output, load_labels, load_model
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
 from optkit.verify import Verdict
@@ -124,9 +124,11 @@ def swap_command(
         raise InputError("--labels needs --data")
     if max_accuracy_drop is not None and labels is None:
         raise InputError("--max-accuracy-drop needs --labels")
-    out = output or model.with_name(model.name.removesuffix(".onnx") + ".swapped.onnx")
-    if out.resolve() == model.resolve():
-        raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
+    out = guard_output(
+        output or model.with_name(model.name.removesuffix(".onnx") + ".swapped.onnx"),
+        model,
+        *(path for path in (data, labels) if path is not None),
+    )
     rules = [parse_rule(text) for text in maps]
     original = load_model(model)
     working = io.load(original)

@@ -4,11 +4,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from optkit.cli.common import load_model, optimization_choice, provider_choice, shape_map
+from optkit.cli.common import load_model, shape_map
 from optkit.errors import InputError, OptkitError, first_line
+from optkit.runtime import OPTIMIZATION_LEVELS
+
+
+def _option(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+class _Choice(click.Choice):
+    """A case-insensitive choice, normalised to lower case; a bad value is one line (exit 2)."""
+
+    def __init__(self, choices: list[str]) -> None:
+        super().__init__(choices, case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return str(super().convert(value, param, ctx)).lower()
+        except click.BadParameter:
+            raise InputError(
+                f"{_option(param)} '{value}': not one of {', '.join(map(str, self.choices))}"
+            ) from None
+
+
+class _Count(click.ParamType):
+    """An integer of at least `minimum`; anything else is one line (exit 2)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            raise InputError(f"{_option(param)} '{value}': not an integer") from None
+        if number < self.minimum:
+            raise InputError(f"{_option(param)} {number}: must be at least {self.minimum}")
+        return int(number)
 
 
 @click.command("bench")
@@ -18,26 +57,39 @@ from optkit.errors import InputError, OptkitError, first_line
     type=click.Path(dir_okay=False, path_type=Path),
     help="Another model, run alternately with MODEL on the same inputs; prints the ratio.",
 )
-@click.option("--batch", default=1, show_default=True, help="Batch size (the dynamic first dim).")
-@click.option("--threads", default=0, show_default=True, help="Intra-op threads (0: ORT's choice).")
-@click.option("--provider", type=provider_choice, default="cpu", show_default=True)
+@click.option(
+    "--batch",
+    type=_Count(1),
+    default=None,
+    help="Batch size: sets the dynamic leading dim of the inputs (default: the model's static "
+    "batch, else 1). A static batch dim that differs is an error.",
+)
+@click.option(
+    "--threads", type=_Count(0), default=0, show_default=True, help="Intra-op threads (0: ORT's)."
+)
+@click.option("--provider", type=_Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option(
     "--optimization",
-    type=optimization_choice,
+    type=_Choice(list(OPTIMIZATION_LEVELS)),
     default="all",
     show_default=True,
     help="ORT graph optimization level (ORT's default is all).",
 )
-@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
-@click.option("--runs", default=50, show_default=True, help="Timed runs per model.")
+@click.option("--warmup", type=_Count(0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--runs", type=_Count(1), default=50, show_default=True, help="Timed runs per model.")
 @click.option(
-    "--shape", "shapes", multiple=True, metavar="NAME=DxD...", help="Shape for a dynamic input."
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD...",
+    help="Shape of an input, e.g. x=8x3x224x224 (wins over --batch, must agree on dim 0). Dynamic "
+    "dims left unset take a default (1 batch, 16 other) and the report says so.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def bench_command(
     model: Path,
     baseline: Path | None,
-    batch: int,
+    batch: int | None,
     threads: int,
     provider: str,
     optimization: str,
@@ -48,6 +100,8 @@ def bench_command(
 ) -> None:
     """Time MODEL on ONNX Runtime: session creation, latency (median, p90), throughput.
 
+    The report lists the shape of every input fed and which dynamic dims took a default.
+
     \b
     Examples:
       optkit bench model.optkit.onnx --baseline model.onnx
@@ -55,11 +109,10 @@ def bench_command(
     """
     from optkit.bench import bench
 
+    parsed = shape_map(shapes)
     load_model(model)
     if baseline is not None:
         load_model(baseline)
-    if runs < 1 or batch < 1:
-        raise InputError("--runs and --batch must be at least 1")
     try:
         report = bench(
             str(model),
@@ -70,7 +123,7 @@ def bench_command(
             optimization=optimization,
             warmup=warmup,
             runs=runs,
-            shapes=shape_map(shapes),
+            shapes=parsed,
         )
     except OptkitError:
         raise

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from optkit.contract import Tolerance
 from optkit.errors import InputError
 from optkit.inputs import parse_shape
+from optkit.outputs import check_output, model_reads
 from optkit.runtime import OPTIMIZATION_LEVELS
 
 
@@ -70,6 +71,20 @@ def default_output(path: Path) -> Path:
     """`model.onnx` -> `model.optkit.onnx`, next to the input."""
     stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
     return path.with_name(f"{stem}.optkit.onnx")
+
+
+def guard_output(
+    output: Path, source: Path | None, *reads: Path, model: bool = True, what: str = "output"
+) -> Path:
+    """The output contract (`optkit.outputs.check_output`) for a command reading `source` (a model
+    when `model`, whose external data files count as read too) and `reads`; before any work."""
+
+    def listed() -> list[Path]:
+        data = model_reads(source)[1:] if model and source is not None else []
+        return [*data, *reads]
+
+    check_output(output, source=source, reads=listed, what=what, model=model)
+    return output
 
 
 def shape_map(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

@@ -10,9 +10,11 @@ from typing import Any
 import click
 
 from optkit import io
+from optkit.cli.common import guard_output
 from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.inputs import runtime_inputs
+from optkit.outputs import write_text
 from optkit.preprocessing import DTYPES, LAYOUTS, MODES, PreprocessSpec, batches, fit
 
 
@@ -128,10 +130,12 @@ def fit_command(
     output: Path | None,
 ) -> None:
     """Fit a preprocessing spec to training data (numpy only; streamed in chunks)."""
+    if output is not None:
+        guard_output(output, data, model=False)
     base = PreprocessSpec(dtype, layout, _order(channel_order), scale)
     spec = fit(batches(data), mode, base, components=components)
     if output is not None:
-        output.write_text(spec.to_json())
+        write_text(output, spec.to_json())
     click.echo(spec.to_json())
 
 
@@ -179,6 +183,11 @@ def embed_command(
     from optkit.embedding import embed, verify_preprocessing
     from optkit.fusion import check_input, fuse
 
+    out = guard_output(
+        output or model.with_name(model.name.removesuffix(".onnx") + ".raw.onnx"),
+        model,
+        *([spec_path] if spec_path is not None else []),
+    )
     if spec_path is not None:
         spec = PreprocessSpec.load(spec_path)
     else:
@@ -202,9 +211,6 @@ def embed_command(
         seed=seed,
         exactness=Exactness.BITWISE if no_fold else Exactness.REASSOCIATE,
     )
-    out = output or model.with_name(model.name.removesuffix(".onnx") + ".raw.onnx")
-    if out.resolve() == model.resolve():
-        raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
     if verdict.ok:
         io.save(result, out)
     ops = [n.op_type for n in result.graph]

@@ -130,11 +130,13 @@ def test_gemm_then_per_feature_scale_and_shift(rng):
     assert_same_outputs(model, result.model, {"a": rng.standard_normal((3, 5)).astype(np.float32)})
 
 
-def _shift_before_padded_conv(rng, nodes, inits, c_in=3, c_out=8):
-    """`nodes` compute 'h' from 'x' (c_in channels, 6x6); a padded 3x3 Conv reads 'h'."""
+def _shift_before_padded_conv(rng, nodes, inits, c_in=3, c_out=8, spatial=(6, 6), **conv):
+    """`nodes` compute 'h' from 'x' (c_in channels, 6x6 unless `spatial` says otherwise: names are
+    dynamic dims); a padded 3x3 Conv reads 'h'."""
     inits = {**inits, "W": rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32)}
-    nodes = [*nodes, helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1])]
-    return make_model(nodes, [("x", F32, ["N", c_in, 6, 6])], [("y", F32, None)], inits)
+    conv = conv or {"pads": [1, 1, 1, 1]}
+    nodes = [*nodes, helper.make_node("Conv", ["h", "W"], ["y"], **conv)]
+    return make_model(nodes, [("x", F32, ["N", c_in, *spatial])], [("y", F32, None)], inits)
 
 
 def test_a_shift_before_a_padded_conv_stays_on_the_input_where_that_is_cheaper(rng):
@@ -232,3 +234,71 @@ def test_a_fold_that_overflows_leaves_no_initializers_behind(rng):
     assert op_types(result.model) == ["Mul", "Sub", "Conv"]
     assert any("beyond FLOAT's range" in s.reason for s in sites(result, "affine"))
     assert sorted(result.model.graph.initializers) == ["W", "a", "m"]
+
+
+DYNAMIC = ("N", "H", "W")
+
+
+def _at_two_sizes(rng, model, result, c_in=3):
+    for shape in ((1, c_in, 9, 7), (3, c_in, 16, 16)):
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        assert_same_outputs(model, result.model, feeds)
+
+
+def test_a_pure_scale_before_a_padded_conv_folds_at_a_dynamic_size(rng):
+    """pad0(x / s) = pad0(x) / s: a scale needs no border correction, so no static size either (it
+    used to become an Add of zeros on the input, which kept a shift before it from folding)."""
+    inits = {"s": rng.uniform(0.5, 2, (3, 1, 1)).astype(np.float32)}
+    model = _shift_before_padded_conv(
+        rng, [helper.make_node("Div", ["x", "s"], ["h"])], inits, spatial=DYNAMIC[1:]
+    )
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Conv"]
+    assert [s.rule for s in sites(result, "affine") if s.applied] == ["div+conv"]
+    assert len(next(iter(result.model.graph)).inputs) == 2  # no bias made up where there was none
+    _at_two_sizes(rng, model, result)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {"pads": [1, 1, 1, 1]},
+        {"pads": [1, 0, 1, 2], "strides": [2, 2], "dilations": [1, 2]},
+        {"auto_pad": "SAME_UPPER"},
+    ],
+)
+def test_scale_shift_and_std_before_a_padded_conv_at_a_dynamic_size_leave_one_add(rng, conv):
+    """(x a - m) / std at a dynamic size: 1/std and a into the weights, one Add(x, -m / a) on the
+    input (the border correction is a constant per output position: it needs a static size)."""
+    inits = {
+        "a": np.array(1 / 255, np.float32),
+        "m": rng.uniform(0, 1, (1, 3, 1, 1)).astype(np.float32),
+        "std": rng.uniform(0.2, 0.3, (3, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Mul", ["x", "a"], ["s"]),
+        helper.make_node("Sub", ["s", "m"], ["d"]),
+        helper.make_node("Div", ["d", "std"], ["h"]),
+    ]
+    model = _shift_before_padded_conv(rng, nodes, inits, spatial=DYNAMIC[1:], **conv)
+    result = fold(model, passes=PASSES)
+    assert op_types(result.model) == ["Add", "Conv"]
+    assert [s.rule for s in sites(result, "affine") if s.applied] == [
+        "div+conv",
+        "sub+conv(shift on input)",
+    ]
+    _at_two_sizes(rng, model, result)
+    second = fold(result.to_proto(), passes=PASSES)
+    assert not [s for s in sites(second, "affine") if s.applied]
+    (site,) = sites(second, "affine")
+    assert "a border correction needs a static size" in site.reason
+
+
+def test_a_batchnorm_with_a_zero_scale_before_a_padded_conv_at_a_dynamic_size_stays(rng):
+    """t / s has no value where s = 0, and the border correction needs a static size: declined."""
+    params = bn_params(rng, 3)
+    params["bn.scale"][1] = 0
+    model = _shift_before_padded_conv(rng, [bn_node("x", "h")], params, spatial=DYNAMIC[1:])
+    result = fold(model, passes=("batchnorm", "affine", "unused"))
+    assert op_types(result.model) == ["BatchNormalization", "Conv"]
+    assert any("needs a static size" in s.reason for s in sites(result, "batchnorm"))
