@@ -115,13 +115,13 @@ def test_choices_are_case_insensitive_and_normalised(dynamic, monkeypatch, capsy
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (("--runs", "0"), "--runs 0"),
-        (("--batch", "0"), "--batch 0"),
-        (("--warmup", "-1"), "--warmup -1"),
-        (("--threads", "-1"), "--threads -1"),
-        (("--runs", "many"), "--runs 'many'"),
-        (("--provider", "gpu"), "--provider 'gpu'"),
-        (("--optimization", "max"), "--optimization 'max'"),
+        (("--runs", "0"), "--runs"),
+        (("--batch", "0"), "--batch"),
+        (("--warmup", "-1"), "--warmup"),
+        (("--threads", "-1"), "--threads"),
+        (("--runs", "many"), "many"),
+        (("--provider", "gpu"), "gpu"),
+        (("--optimization", "max"), "max"),
         (("--shape", "x=1x3"), "rank 2"),
         (("--shape", "y=1x3x8x8"), "unknown input"),
     ],
@@ -167,5 +167,5 @@ def test_library_refuses_a_batch_the_model_cannot_take(tmp_path):
     )
     with pytest.raises(InputError, match="no input with a batch dimension"):
         bench(scalar, batch=2, runs=1, warmup=0)
-    with pytest.raises(InputError, match="--runs 0"):
+    with pytest.raises(InputError, match="--runs"):
         bench(scalar, runs=0)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import guard_output, load_labels, load_model
+from optkit.cli.common import COUNT, FiniteFloat, guard_output, load_labels, load_model
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
 from optkit.verify import Verdict
@@ -72,11 +72,15 @@ def _catalogue_lines() -> list[str]:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help=".npy class labels for --data: prints the accuracy before and after.",
 )
-@click.option("--samples", default=8, show_default=True, help="Synthetic samples without --data.")
-@click.option("--max-error", type=float, help="Fail (exit 1, nothing written) above this error.")
+@click.option(
+    "--samples", type=COUNT, default=8, show_default=True, help="Synthetic samples without --data."
+)
+@click.option(
+    "--max-error", type=FiniteFloat(0), help="Fail (exit 1, nothing written) above this error."
+)
 @click.option(
     "--max-accuracy-drop",
-    type=float,
+    type=FiniteFloat(0),
     help="Fail (exit 1, nothing written) when accuracy drops more (in points, needs --labels).",
 )
 @click.option("--force", is_flag=True, help="Write the result even when a --max-* check fails.")

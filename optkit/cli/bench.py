@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from optkit.cli.common import load_model, shape_map
+from optkit.cli.common import (
+    COUNT,
+    NON_NEGATIVE,
+    load_model,
+    optimization_choice,
+    provider_choice,
+    shape_map,
+)
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.runtime import OPTIMIZATION_LEVELS
-
-
-def _option(param: click.Parameter | None) -> str:
-    return param.opts[0] if param is not None and param.opts else "value"
-
-
-class _Choice(click.Choice):
-    """A case-insensitive choice, normalised to lower case; a bad value is one line (exit 2)."""
-
-    def __init__(self, choices: list[str]) -> None:
-        super().__init__(choices, case_sensitive=False)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return str(super().convert(value, param, ctx)).lower()
-        except click.BadParameter:
-            raise InputError(
-                f"{_option(param)} '{value}': not one of {', '.join(map(str, self.choices))}"
-            ) from None
-
-
-class _Count(click.ParamType):
-    """An integer of at least `minimum`; anything else is one line (exit 2)."""
-
-    name = "integer"
-
-    def __init__(self, minimum: int) -> None:
-        self.minimum = minimum
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        try:
-            number = value if isinstance(value, int) else int(str(value).strip())
-        except ValueError:
-            raise InputError(f"{_option(param)} '{value}': not an integer") from None
-        if number < self.minimum:
-            raise InputError(f"{_option(param)} {number}: must be at least {self.minimum}")
-        return int(number)
 
 
 @click.command("bench")
@@ -59,24 +27,30 @@ class _Count(click.ParamType):
 )
 @click.option(
     "--batch",
-    type=_Count(1),
+    type=COUNT,
     default=None,
     help="Batch size: sets the dynamic leading dim of the inputs (default: the model's static "
     "batch, else 1). A static batch dim that differs is an error.",
 )
 @click.option(
-    "--threads", type=_Count(0), default=0, show_default=True, help="Intra-op threads (0: ORT's)."
+    "--threads",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Intra-op threads (0: ORT's).",
 )
-@click.option("--provider", type=_Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--provider", type=provider_choice, default="cpu", show_default=True)
 @click.option(
     "--optimization",
-    type=_Choice(list(OPTIMIZATION_LEVELS)),
+    type=optimization_choice,
     default="all",
     show_default=True,
     help="ORT graph optimization level (ORT's default is all).",
 )
-@click.option("--warmup", type=_Count(0), default=5, show_default=True, help="Untimed runs first.")
-@click.option("--runs", type=_Count(1), default=50, show_default=True, help="Timed runs per model.")
+@click.option(
+    "--warmup", type=NON_NEGATIVE, default=5, show_default=True, help="Untimed runs first."
+)
+@click.option("--runs", type=COUNT, default=50, show_default=True, help="Timed runs per model.")
 @click.option(
     "--shape",
     "shapes",

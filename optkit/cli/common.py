@@ -3,7 +3,8 @@ loading a user's file with a one-line error."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,13 @@ def input_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., 
             metavar="NAME=DxD...",
             help=f"Shape for a dynamic input of the {purpose}, e.g. image=1x3x224x224.",
         ),
-        click.option("--seed", default=0, show_default=True, help=f"Seed of the {purpose}."),
+        click.option(
+            "--seed",
+            type=NON_NEGATIVE,
+            default=0,
+            show_default=True,
+            help=f"Seed of the {purpose}.",
+        ),
         click.option(
             "--int-range",
             default="0:10",
@@ -100,6 +107,8 @@ def tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, Tol
             rtol, atol = (float(x) for x in numbers.split(","))
         except ValueError:
             raise InputError(f"bad --tolerance '{text}': expected [OUTPUT=]RTOL,ATOL") from None
+        if not (math.isfinite(rtol) and math.isfinite(atol) and rtol >= 0 and atol >= 0):
+            raise InputError(f"bad --tolerance '{text}': RTOL and ATOL must be finite and >= 0")
         if name:
             per_output[name] = Tolerance(rtol, atol)
         else:
@@ -114,8 +123,37 @@ def load_model(path: Path) -> ir.Model:
     return load_checked(path, copy=False)
 
 
-provider_choice = click.Choice(["cpu", "cuda", "auto"])
-optimization_choice = click.Choice(list(OPTIMIZATION_LEVELS))
+def choice(values: Iterable[str]) -> click.Choice:
+    """A choice in any case (`--layout nhwc`), passed on as the listed spelling."""
+    return click.Choice(list(values), case_sensitive=False)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number (no nan, no inf), at least `minimum` when given."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{value!r} is below {self.minimum:g}", param, ctx)
+        return number
+
+
+COUNT = click.IntRange(min=1)  # runs, samples, batches: at least one
+NON_NEGATIVE = click.IntRange(min=0)  # seeds, limits, warm-up runs
+provider_choice = choice(["cpu", "cuda", "auto"])
+optimization_choice = choice(OPTIMIZATION_LEVELS)
 
 
 def load_labels(path: Path) -> np.ndarray:

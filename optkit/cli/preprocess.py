@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import guard_output
+from optkit.cli.common import COUNT, NON_NEGATIVE, choice, guard_output
 from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.inputs import runtime_inputs
@@ -34,6 +35,8 @@ def _floats(text: str | None) -> float | list[float] | None:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"bad number list '{text}': expected e.g. 0.485,0.456,0.406") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"bad number list '{text}': every mean and std must be finite")
     return values[0] if len(values) == 1 else values
 
 
@@ -54,14 +57,14 @@ def _plumbing_options(command: Any) -> Any:
         [
             click.option(
                 "--dtype",
-                type=click.Choice(DTYPES),
+                type=choice(DTYPES),
                 default="float32",
                 show_default=True,
                 help="Element type of the raw input.",
             ),
             click.option(
                 "--layout",
-                type=click.Choice(LAYOUTS),
+                type=choice(LAYOUTS),
                 default="NCHW",
                 show_default=True,
                 help="Layout of the raw input (flat: (N, D) vectors).",
@@ -107,12 +110,12 @@ def preprocess_group() -> None:
 )
 @click.option(
     "--mode",
-    type=click.Choice(MODES),
+    type=choice(MODES),
     required=True,
     help="What to fit: the lecture's three variants, or PCA / whitening of flat data.",
 )
 @_plumbing_options
-@click.option("--components", type=int, help="PCA / whitening: keep this many directions.")
+@click.option("--components", type=COUNT, help="PCA / whitening: keep this many directions.")
 @click.option(
     "-o",
     "--output",
@@ -158,7 +161,13 @@ def fit_command(
     help="Where to write [default: MODEL with .raw.onnx]. Never the input.",
 )
 @click.option("--no-fold", is_flag=True, help="Keep the preprocessing as nodes (no folding).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the verification inputs.")
+@click.option(
+    "--seed",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Seed of the verification inputs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def embed_command(
     model: Path,
