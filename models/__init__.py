@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+try:
+    from torch import nn
+except ImportError:  # torch is the `torch` extra; say how to get it, not just "no module torch"
+    raise ImportError(
+        "optkit.models needs PyTorch, which is not installed: pip install 'optkit[torch]'"
+    ) from None
 
 from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
 from .common import conv_bn_relu, randomize_batchnorm

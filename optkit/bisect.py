@@ -88,25 +88,29 @@ def exposed(model: ir.Model) -> tuple[ir.Model, dict[str, str]]:
 
 
 def bisect(
-    before: ir.Model | str,
-    after: ir.Model | str,
+    before: io.ModelSource,
+    after: io.ModelSource,
     feeds: Sequence[Mapping[str, np.ndarray]],
     exactness: Exactness,
     *,
     tolerances: Mapping[str, Tolerance] | None = None,
     provider: str = "cpu",
+    reference_feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> BisectReport:
     """Run both models once per sample with every intermediate tensor exposed and name the first
-    tensor of `before`, in topological order, whose match in `after` is beyond tolerance."""
+    tensor of `before`, in topological order, whose match in `after` is beyond tolerance.
+
+    `reference_feeds` (default: `feeds`) are what `before` is fed, sample by sample, where the two
+    take different inputs (`optkit.verify.prepare_feeds`: embedded preprocessing)."""
     from optkit.verify import pool_samples
 
     tolerances = tolerances or {}
     values = []
     producers = []
-    for model in (before, after):
+    for model, samples in ((before, reference_feeds or feeds), (after, feeds)):
         open_model, labels = exposed(io.load(model, copy=False))
         session = runtime.make_session(open_model, provider=provider)
-        values.append(pool_samples([runtime.run(session, sample) for sample in feeds]))
+        values.append(pool_samples([runtime.run(session, sample) for sample in samples]))
         producers.append(labels)
     (ref, got), (made_before, made_after) = values, producers
     compared = 0

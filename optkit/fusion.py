@@ -18,7 +18,7 @@ from optkit import io
 from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
 from optkit.graph import count_ops, iter_graphs, node_count, node_label, opset_version
-from optkit.inputs import check_shapes
+from optkit.inputs import check_nonempty_shapes, check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.verify import Verdict, verify_rewrite
@@ -26,7 +26,15 @@ from optkit.verify import Verdict, verify_rewrite
 
 @dataclass
 class FuseReport:
-    """What `fuse` did, for people (`format_text`) and machines (`to_dict`)."""
+    """What `fuse` did, for people (`format_text`) and machines (`to_dict`).
+
+    Verification is in one of four states (`state`): "equivalent" (it ran and the outputs agree),
+    "differs" (it ran and they do not), "unverified" (it was asked for and could not run:
+    `unverified_reason` says why, e.g. ONNX Runtime cannot run the original, no inputs can be made,
+    nothing to compare, or the original is not deterministic) and "disabled" (`verify_result=False`).
+    `ok` is True only for "equivalent" and "disabled": a verification that was asked for and did
+    not run never passes. `verified` is True when a verdict exists (it ran).
+    """
 
     source: str
     nodes_before: int
@@ -39,18 +47,33 @@ class FuseReport:
     seconds: float = 0.0
     output: str = ""
     opset_upgrade: tuple[int, int] | None = None  # (from, to) when --upgrade-opset converted it
+    verification_requested: bool = True
+
+    @property
+    def verified(self) -> bool:
+        """True when verification ran (whatever it found: see `ok`)."""
+        return self.verdict is not None
+
+    @property
+    def state(self) -> str:
+        """'equivalent', 'differs', 'unverified' (asked for, could not run) or 'disabled'."""
+        if self.verdict is not None:
+            return "equivalent" if self.verdict.ok else "differs"
+        return "unverified" if self.verification_requested else "disabled"
 
     @property
     def ok(self) -> bool:
-        """False only when verification ran and found the outputs differ."""
-        return self.verdict is None or self.verdict.ok
+        """True when verification ran and the outputs agree, or when it was disabled; False when
+        it found a difference, and False when it was asked for and could not run."""
+        return self.state in ("equivalent", "disabled")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "output": self.output,
             "ok": self.ok,
-            "verified": self.verdict is not None,
+            "verified": self.verified,
+            "verification_state": self.state,
             "unverified_reason": self.unverified_reason,
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
@@ -59,7 +82,7 @@ class FuseReport:
             "opset_upgrade": list(self.opset_upgrade) if self.opset_upgrade else None,
             "seconds": round(self.seconds, 6),
             "pipeline": self.pipeline.to_dict(),
-            "verification": self.verdict.to_dict() if self.verdict else None,
+            "verification": self.verdict.to_dict() if self.verdict is not None else None,
         }
 
     def format_text(self, *, verbose: bool = False) -> str:
@@ -106,12 +129,26 @@ class FuseResult:
     def to_proto(self) -> onnx.ModelProto:
         return io.to_proto(self.model)
 
-    def save(self, path: str | os.PathLike, *, shard_size: int | None = None) -> None:
+    def save(
+        self, path: str | os.PathLike, *, shard_size: int | None = None, overwrite: bool = False
+    ) -> None:
         """Write atomically; weights go to `<name>.data` when the input had external data or the
-        model is too large for one protobuf, to shards of at most `shard_size` bytes if given."""
+        model is too large for one protobuf, to shards of at most `shard_size` bytes if given.
+
+        Refused (InputError, nothing written) over the file the model was fused from unless
+        `overwrite=True`, and always over a file the result still reads (the input's external data).
+        """
         name = os.path.basename(os.fspath(path))
         external = f"{name}.data" if self.external_data or shard_size else None
-        io.save(self.model, path, external_data=external, shard_size=shard_size)
+        source = self.report.source if os.path.isfile(self.report.source) else None
+        io.save(
+            self.model,
+            path,
+            external_data=external,
+            shard_size=shard_size,
+            source=source,
+            overwrite=overwrite,
+        )
         self.report.output = str(path)
 
 
@@ -124,7 +161,7 @@ def select_passes(passes: Iterable[str] | None = None, skip: Iterable[str] = ())
     return [p for p in DEFAULT_PASSES if p.spec.name in names and p.spec.name not in set(skip)]
 
 
-def check_input(source: io.ModelLike, model: ir.Model, what: str) -> None:
+def check_input(source: io.ModelSource, model: ir.Model, what: str) -> None:
     """The checker on the input as given: a file by its path (external data stays on disk), a proto
     as is, an IR model through `check_model`."""
     try:
@@ -210,9 +247,9 @@ def _not_text(model: ir.Model) -> str:
     return next((place for place, text in strings if isinstance(text, bytes)), "")
 
 
-def load_checked(source: io.ModelLike, what: str | None = None, *, copy: bool = True) -> ir.Model:
+def load_checked(source: io.ModelSource, what: str | None = None, *, copy: bool = True) -> ir.Model:
     """`io.load`, then `check_input`: the model every entry point starts from."""
-    what = what or (str(source) if isinstance(source, str | os.PathLike) else "<model>")
+    what = what or io.describe(source)
     model = io.load(source, copy=copy)
     check_input(source, model, what)
     return model
@@ -252,7 +289,7 @@ def upgraded(model: ir.Model, opset: int, source: str) -> ir.Model:
 
 
 def fuse(
-    model: io.ModelLike,
+    model: io.ModelSource,
     *,
     passes: Sequence[str] | None = None,
     skip: Sequence[str] = (),
@@ -265,18 +302,24 @@ def fuse(
     max_iterations: int = 4,
     upgrade_opset: int | None = None,
 ) -> FuseResult:
-    """Fold and clean `model` (a path, ModelProto or onnx_ir.Model; never modified) and verify it.
+    """Fold and clean `model` and verify it. `model` is a path, ModelProto, onnx_ir.Model,
+    serialized ModelProto bytes or `torch.onnx.ONNXProgram`; it is never modified.
 
     `upgrade_opset` converts the model to that default-domain opset first (onnx's version converter),
     so that ops newer than the model's opset (Gelu 20, Swish 24, LayerNormalization 17) can be used.
     Returns the rewritten `onnx_ir.Model` and a `FuseReport`. Raises `InputError` for unusable input.
     When verification finds a difference the report says so (`report.ok` is False); nothing raises.
+    When it was asked for and cannot run (see `FuseReport.state`), `report.ok` is False too, and
+    `report.unverified_reason` says why. A `shapes` entry that contradicts a static dimension of the
+    model, or (with verification) has a zero dimension, raises InputError.
     """
     began = time.perf_counter()
-    source = str(model) if not isinstance(model, onnx.ModelProto | ir.Model) else "<model>"
+    source = io.describe(model)
     original = io.load(model)
     check_input(model, original, source)
     check_shapes(original, shapes or {})
+    if verify_result or verify_each:
+        check_nonempty_shapes(shapes or {})
     nodes_before, bn_before = node_count(original), count_ops(original, "BatchNormalization")
     external_data = bool(io.external_data_paths(original))
     # `original` is a private copy already; a second one is only needed to compare against.
@@ -311,6 +354,7 @@ def fuse(
         count_ops(result, "BatchNormalization"),
         pipeline_report,
         opset_upgrade=opset_upgrade,
+        verification_requested=verify_result,
     )
     try:
         check_model(result, f"{source} after fuse")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import ml_dtypes
@@ -77,7 +77,8 @@ def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, .
 
 
 def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
-    """`--shape` values must name runtime inputs and match their declared rank."""
+    """`--shape` values must name runtime inputs, match their declared rank, and agree with every
+    static dimension the model declares (a `--shape` can fill dynamic dims, never change fixed ones)."""
     inputs = {
         v.name or "": v for v in runtime_inputs(model)
     }  # inputs of a checked model have names
@@ -92,6 +93,46 @@ def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
             raise InputError(
                 f"--shape for input '{name}' has rank {len(dims)}, the model declares rank {len(declared)}"
             )
+        if declared is None:
+            continue
+        for axis, (given, fixed) in enumerate(zip(dims, declared, strict=True)):
+            if isinstance(fixed, int) and given != fixed:
+                raise InputError(
+                    f"--shape {name}={format_dims(dims)} contradicts the model: input '{name}' "
+                    f"declares dim {axis} = {fixed} (static), not {given}; declared shape "
+                    f"{format_dims(declared)}"
+                )
+
+
+def format_dims(dims: Iterable[int | str | ir.SymbolicDim | None]) -> str:
+    """``1x3x224x224``; a dynamic dim by its name (``Nx3x224x224``) or ``?``."""
+    parts = []
+    for dim in dims:
+        if isinstance(dim, int):
+            parts.append(str(dim))
+        else:
+            name = dim.value if isinstance(dim, ir.SymbolicDim) else dim
+            parts.append(str(name) if name else "?")
+    return "x".join(parts) if parts else "(scalar)"
+
+
+def check_nonempty_shapes(shapes: Mapping[str, Sequence[int]]) -> None:
+    """A `--shape` with a zero dimension makes an input with no elements: nothing to compare."""
+    for name, dims in shapes.items():
+        if math.prod(dims) == 0:
+            raise InputError(
+                f"--shape {name}={format_dims(dims)} makes input '{name}' empty (no elements): "
+                "nothing to compare; give every dimension at least 1"
+            )
+
+
+def empty_inputs(feeds: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the inputs in `feeds` that hold no elements, each with its shape."""
+    return [
+        f"'{name}' {format_dims(np.shape(array))}"
+        for name, array in feeds.items()
+        if np.size(array) == 0
+    ]
 
 
 def synthetic_inputs(
@@ -121,10 +162,15 @@ def synthetic_inputs(
         if any(d < 0 for d in shape):
             raise UnsynthesizableInput(f"input '{value.name}' has a negative dimension {shape}")
         if math.prod(shape) > MAX_SYNTHETIC_ELEMENTS:
+            dynamic = value.shape is None or not all(isinstance(d, int) for d in value.shape)
+            hint = (
+                f"give a smaller --shape {value.name}=..."
+                if dynamic
+                else "its dimensions are all static"
+            )
             raise UnsynthesizableInput(
                 f"input '{value.name}' of shape {list(shape)} has {math.prod(shape):,} elements, "
-                f"over the {MAX_SYNTHETIC_ELEMENTS:,} optkit synthesizes; give a smaller "
-                f"--shape {value.name}=..."
+                f"over the {MAX_SYNTHETIC_ELEMENTS:,} optkit synthesizes; {hint}"
             )
         feeds[value.name] = random_array(rng, dtype, shape, int_range)
     return feeds

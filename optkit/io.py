@@ -1,7 +1,8 @@
 """Loading and saving models.
 
-`load` accepts a path, an `onnx.ModelProto` or an `onnx_ir.Model` and returns an `onnx_ir.Model`
-(external data stays memory-mapped, never copied up front). `save` writes atomically: to a temporary
+`load` accepts a path, an `onnx.ModelProto`, an `onnx_ir.Model`, serialized ModelProto bytes or a
+`torch.onnx.ONNXProgram`, and returns an `onnx_ir.Model` (external data stays memory-mapped, never
+copied up front). `save` writes atomically: to a temporary
 file in the target folder, then renamed, so a crash never leaves a half-written model; it refuses to
 write external data over a file that tensors of the model still read from.
 """
@@ -14,6 +15,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import google.protobuf.message
 import onnx
@@ -21,19 +23,69 @@ import onnx_ir as ir
 
 from optkit.errors import InputError, first_line
 from optkit.graph import iter_graphs
+from optkit.outputs import check_output
 
 ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
+SOURCE_KEY = "optkit.source"  # in `ir.Model.meta` (not serialized): the file `load` read
+
+
+class ProgramLike(Protocol):
+    """What optkit reads of a `torch.onnx.ONNXProgram` (torch is never imported for it): its
+    `.model`, an `onnx_ir.Model`, or else its `.model_proto`."""
+
+    @property
+    def model_proto(self) -> onnx.ModelProto: ...
+
+
+ModelSource = ModelLike | bytes | ProgramLike
+"""What `load` (and so `fuse` and `verify`) accepts: a path, an `onnx.ModelProto`, an
+`onnx_ir.Model`, a serialized ModelProto (`bytes`), or a `torch.onnx.ONNXProgram`."""
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
-    """An `onnx_ir.Model` from a path, a ModelProto or an IR model (cloned unless `copy=False`)."""
+def describe(source: Any) -> str:
+    """How messages name a model: its path, or what kind of object it came as."""
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    if _program_model(source) is not None:
+        return f"<{type(source).__name__}>"
+    return "<model>"
+
+
+def _program_model(source: Any) -> ir.Model | onnx.ModelProto | None:
+    """The model inside a `torch.onnx.ONNXProgram` (duck-typed: its `.model` or `.model_proto`)."""
+    if isinstance(source, ir.Model | onnx.ModelProto | str | os.PathLike | bytes):
+        return None
+    try:
+        model = getattr(source, "model", None)
+        if isinstance(model, ir.Model):
+            return model
+        proto = getattr(source, "model_proto", None)
+    except Exception:  # a property that fails: not a program optkit can read
+        return None
+    return proto if isinstance(proto, onnx.ModelProto) else None
+
+
+def load(source: ModelSource, *, copy: bool = True) -> ir.Model:
+    """An `onnx_ir.Model` from a path, a ModelProto, an IR model (cloned unless `copy=False`),
+    serialized ModelProto bytes, or a `torch.onnx.ONNXProgram` (its `.model`, cloned unless
+    `copy=False`). Raises `InputError` for anything else, and for bytes that are not a model."""
     if isinstance(source, ir.Model):
         return source.clone() if copy else source
     if isinstance(source, onnx.ModelProto):
         return ir.from_proto(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _load_bytes(bytes(source))
+    inner = _program_model(source)
+    if inner is not None:
+        return load(inner, copy=copy)
     if not isinstance(source, str | os.PathLike):
-        raise InputError(f"cannot load a model from {type(source).__name__}")
+        raise InputError(
+            f"cannot load a model from {type(source).__name__}: expected a path, an "
+            "onnx.ModelProto, an onnx_ir.Model, bytes or a torch.onnx.ONNXProgram"
+        )
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -43,20 +95,50 @@ def load(source: ModelLike, *, copy: bool = True) -> ir.Model:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except (google.protobuf.message.DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-    if not proto.HasField("graph") or proto.ir_version == 0:
-        raise InputError(f"{path}: not an ONNX model (no graph or no IR version)")
-    if proto.ir_version > onnx.IR_VERSION:
-        raise InputError(
-            f"{path}: IR version {proto.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})"
-        )
+    _check_header(proto, str(path))
     check_external_data(proto, path)
-    try:
-        model = ir.serde.deserialize_model(proto)
-    except Exception as exc:  # the deserializer raises many types on malformed graphs
-        raise InputError(f"{path}: malformed ONNX model ({first_line(exc)})") from None
+    model = _deserialize(proto, str(path))
     for graph in iter_graphs(model.graph):
         ir.external_data.set_base_dir(graph, str(path.parent.resolve()))
+    model.meta[SOURCE_KEY] = str(path.resolve())
     return model
+
+
+def _load_bytes(data: bytes) -> ir.Model:
+    """A serialized ModelProto. Its external data, if it names any, has no folder to be read from."""
+    what = "<bytes>"
+    if not data:
+        raise InputError(f"{what}: not a readable ONNX model (no bytes)")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (google.protobuf.message.DecodeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{what}: not a readable ONNX model ({first_line(exc)})") from None
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise InputError(f"{what}: not a readable ONNX model (no graph or no IR version)")
+    _check_header(proto, what)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
+        raise InputError(
+            f"{what}: the model keeps tensors in external data, which bytes cannot carry; "
+            "load it from its path"
+        )
+    return _deserialize(proto, what)
+
+
+def _check_header(proto: onnx.ModelProto, what: str) -> None:
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise InputError(f"{what}: not an ONNX model (no graph or no IR version)")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise InputError(
+            f"{what}: IR version {proto.ir_version} is newer than this onnx reads ({onnx.IR_VERSION})"
+        )
+
+
+def _deserialize(proto: onnx.ModelProto, what: str) -> ir.Model:
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as exc:  # the deserializer raises many types on malformed graphs
+        raise InputError(f"{what}: malformed ONNX model ({first_line(exc)})") from None
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -176,8 +258,15 @@ def save(
     *,
     external_data: str | None = None,
     shard_size: int | None = None,
+    source: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `model` to `path` atomically.
+    """Write `model` to `path` atomically, never over a file it still reads.
+
+    Refused before anything is written (`optkit.outputs.check_output`): a directory, a missing or
+    unwritable folder, a path (or a data file beside it) that is one of the external data files the
+    model reads, and the file the model was loaded from (`source`, by default the path `load` read
+    it from) unless `overwrite=True`.
 
     `external_data` names a data file (relative to `path`'s folder) for large tensors; it is chosen
     automatically (``<file>.data``) when the model read external data, would exceed protobuf's 2 GB,
@@ -189,9 +278,16 @@ def save(
     if shard_size is not None and shard_size <= 0:
         raise InputError(f"shard size must be positive, not {shard_size}")
     target = Path(path)
+    source = source if source is not None else model.meta.get(SOURCE_KEY)
+    check_output(
+        target,
+        source=source,
+        reads=lambda: external_data_paths(model),
+        what="",
+        model=True,
+        overwrite=overwrite,
+    )
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{target}: folder {folder} does not exist")
     if external_data is None and (
         shard_size is not None
         or external_data_paths(model)

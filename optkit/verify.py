@@ -5,11 +5,18 @@ rewrite. Each output is judged by the tolerance its element type gets at the giv
 (`optkit.contract.tolerance_for`), unless the caller sets one for it: bitwise rewrites must agree
 exactly, integer outputs always exactly. With several samples, each output is compared over all of
 them at once (concatenated along the first axis).
+
+A verdict never passes what it did not check: inputs with no elements, or outputs that are all empty,
+are "nothing to compare" (`Unverifiable`, an InputError), and so is an original that disagrees with
+itself on the same inputs (`Nondeterministic`: training-mode Dropout, random ops). A candidate with
+preprocessing embedded by `optkit preprocess` is fed raw inputs and the reference `apply(spec, raw)`.
+`bool(verdict)` is `verdict.ok`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,20 +24,40 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit import runtime
+from optkit import io, runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.inputs import UnsynthesizableInput, synthetic_inputs
+from optkit.graph import ConstantPolicy, all_nodes, attr_int, node_label, opset_version
+from optkit.inputs import (
+    UnsynthesizableInput,
+    check_nonempty_shapes,
+    empty_inputs,
+    format_dims,
+    random_array,
+    runtime_inputs,
+    synthetic_inputs,
+)
+from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
 
 NAN = float("nan")
 Feeds = Mapping[str, np.ndarray]
+
+
+class Unverifiable(InputError):
+    """Verification cannot conclude anything: nothing to compare (inputs with no elements, outputs
+    all empty), or an original that is not deterministic. Never a pass, never a difference."""
+
+
+class Nondeterministic(Unverifiable):
+    """The original gives different outputs on two runs on the same inputs."""
 
 
 @dataclass(frozen=True)
 class OutputComparison:
     """How one output of the rewritten model compares with the original's.
 
-    Error statistics are NaN where the comparison stopped early (`problem` says why). For outputs
+    Error statistics are NaN where the comparison stopped early (`problem` says why); `size` is the
+    reference output's element count (0: empty in both, nothing compared). For outputs
     shaped (rows, classes), `top1_agreement` is the share of rows whose arg-max agrees and
     `top5_agreement` the share whose reference arg-max is among the candidate's five largest.
     """
@@ -47,12 +74,14 @@ class OutputComparison:
     reference_max_abs: float = NAN
     top1_agreement: float | None = None
     top5_agreement: float | None = None
+    size: int | None = None  # elements of the reference output (None: not an array)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "dtype": self.dtype,
             "ok": self.ok,
+            "elements": self.size,
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
             "mean_abs_error": self.mean_abs_error,
@@ -82,13 +111,23 @@ class Accuracy:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of comparing two models on the same inputs."""
+    """The outcome of comparing two models on the same inputs.
+
+    `ok` is True only when something was compared and every output agreed; `bool(verdict)` is
+    `verdict.ok`. `problem` says why a verdict that compared nothing is not ok; `notes` say how the
+    inputs were fed (e.g. raw inputs to a model with embedded preprocessing).
+    """
 
     ok: bool
     exactness: Exactness
     outputs: list[OutputComparison] = field(default_factory=list)
     samples: int = 1
     accuracy: Accuracy | None = None
+    problem: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.ok
 
     @property
     def max_abs_error(self) -> float:
@@ -96,15 +135,57 @@ class Verdict:
 
     def summary(self) -> str:
         state = "equivalent" if self.ok else "NOT equivalent"
+        if self.problem:
+            return f"{state} ({self.exactness.value}): {self.problem}"
         parts = [f"{o.name}: max abs err {o.max_abs_error:.3g}" for o in self.outputs]
         bad = [f"{o.name}: {o.problem or 'beyond tolerance'}" for o in self.outputs if not o.ok]
         return f"{state} ({self.exactness.value}) " + "; ".join(bad or parts)
+
+    def format_table(self, reference: str = "reference", candidate: str = "candidate") -> str:
+        """The per-output table `optkit verify` prints (and `optkit.testing.assert_equivalent`
+        raises): errors, cosine, top-1 / top-5 agreement, tolerance and verdict of each output."""
+        state = "equivalent" if self.ok else "NOT equivalent"
+        lines = [
+            f"{candidate} vs {reference}: {state} ({self.exactness.value}, "
+            f"{self.samples} sample{'s' if self.samples != 1 else ''})",
+            *(f"  {note}" for note in self.notes),
+        ]
+        if self.problem:
+            lines.append(f"  NO: {self.problem}")
+        lines.append(
+            f"  {'output':<20} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'mean abs':>10} "
+            f"{'cosine':>9} {'top-1':>6} {'top-5':>6}  {'rtol, atol':<16} ok"
+        )
+
+        def pct(value: float | None) -> str:
+            return "" if value is None else f"{value:.0%}"
+
+        for o in self.outputs:
+            if not o.ok:
+                verdict = "NO: " + (o.problem or "beyond tolerance")
+            else:
+                verdict = "yes (empty in both)" if o.size == 0 else "yes"
+            lines.append(
+                f"  {o.name[:20]:<20} {o.dtype:<8} {o.max_abs_error:10.3g} "
+                f"{o.max_rel_error:10.3g} {o.mean_abs_error:10.3g} {o.cosine:9.6f} "
+                f"{pct(o.top1_agreement):>6} {pct(o.top5_agreement):>6}  "
+                f"{f'{o.tolerance.rtol:g}, {o.tolerance.atol:g}':<16} {verdict}"
+            )
+        if self.accuracy is not None:
+            a = self.accuracy
+            lines.append(
+                f"  accuracy on {a.count} labels ({a.output}): reference {a.reference:.2%}, "
+                f"candidate {a.candidate:.2%}, agreement {a.agreement:.2%}"
+            )
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "exactness": self.exactness.value,
             "samples": self.samples,
+            "problem": self.problem,
+            "notes": list(self.notes),
             "outputs": [o.to_dict() for o in self.outputs],
             "accuracy": self.accuracy.to_dict() if self.accuracy else None,
         }
@@ -125,7 +206,7 @@ def compare_arrays(
     """
     ref, got = np.asarray(reference), np.asarray(candidate)
     tolerance = tolerance or tolerance_for(exactness, ref.dtype.name)
-    outcome = functools.partial(OutputComparison, name, ref.dtype.name, tolerance)
+    outcome = functools.partial(OutputComparison, name, ref.dtype.name, tolerance, size=ref.size)
     if ref.shape != got.shape:
         return outcome(False, f"shape {got.shape} != {ref.shape}")
     if ref.dtype != got.dtype:
@@ -183,7 +264,11 @@ def compare_outputs(
     exactness: Exactness,
     tolerances: Mapping[str, Tolerance] | None = None,
 ) -> Verdict:
-    """Match outputs by name, then by position for the names that differ."""
+    """Match outputs by name, then by position for the names that differ.
+
+    A verdict that compared nothing (every output empty in both models, or no tensor at all) is not
+    ok, and its `problem` says so; empty outputs next to non-empty ones are fine.
+    """
     tolerances = tolerances or {}
     unknown = sorted(set(tolerances) - set(reference))
     if unknown:
@@ -202,7 +287,20 @@ def compare_outputs(
                 name, reference[name], candidate[other], exactness, tolerances.get(name)
             )
         )
-    return Verdict(all(c.ok for c in comparisons), exactness, comparisons)
+    ok = all(c.ok for c in comparisons)
+    problem = ""
+    if ok and all(c.size == 0 for c in comparisons):
+        empty = ", ".join(
+            f"'{name}' {format_dims(np.shape(v))}"
+            for name, v in reference.items()
+            if isinstance(v, np.ndarray)
+        )
+        problem = (
+            f"nothing to compare: every output is empty in both models ({empty})"
+            if comparisons
+            else "nothing to compare: no output holds a tensor"
+        )
+    return Verdict(ok and not problem, exactness, comparisons, problem=problem)
 
 
 def _compare_nested(
@@ -265,9 +363,147 @@ def accuracy(
     raise InputError("labels given, but no output is shaped (rows, classes)")
 
 
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+     "Multinomial"}
+)  # fmt: skip
+
+
+def nondeterministic_nodes(model: ir.Model) -> list[str]:
+    """The nodes (subgraphs included) that may make two runs on the same inputs differ: random ops,
+    and Dropout in training mode (or with a training_mode computed at run time), as
+    ``node 'name' Op ...`` for messages. A static scan: no run, cost linear in the node count."""
+    policy = ConstantPolicy(model, freeze_initializer_inputs=True)  # defaults are what runs get
+    opset = opset_version(model)
+    found = []
+    for node in all_nodes(model):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        label = f"node '{node_label(node)}' {node.op_type}"
+        if node.op_type in RANDOM_OPS:
+            found.append(label)
+        elif node.op_type == "Dropout":
+            mode = _dropout_mode(node, opset, policy)
+            if mode:
+                found.append(f"{label} {mode}")
+    return found
+
+
+def _dropout_mode(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
+    """How a Dropout may be random ('' when it is the identity it is at inference)."""
+    if opset < 7:
+        return "in training mode (is_test=0)" if attr_int(node, "is_test", 0) == 0 else ""
+    if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
+        return ""
+    mode, _ = policy.array(node.inputs[2])
+    if mode is None:
+        return "with a training_mode fed or computed at run time"
+    if mode.size == 0 or not bool(mode.reshape(-1)[0]):
+        return ""
+    ratio, _ = policy.array(node.inputs[1]) if node.inputs[1] is not None else (None, "")
+    if ratio is not None and ratio.size and float(ratio.reshape(-1)[0]) == 0.0:
+        return ""  # training mode, but drops nothing
+    return "in training mode"
+
+
+def _check_deterministic(
+    again: Mapping[str, Any],
+    first: Mapping[str, Any],
+    exactness: Exactness,
+    tolerances: Mapping[str, Tolerance] | None,
+    suspects: Sequence[str],
+    role: str,
+) -> None:
+    """Raise `Nondeterministic` when a second run of the original on the same sample (`again`)
+    disagrees with the first (`first`) beyond the tolerance the verification itself uses."""
+    verdict = compare_outputs(first, again, exactness, tolerances)
+    if verdict.ok or verdict.problem:
+        return
+    if suspects:
+        named = ", ".join(suspects[:3]) + (
+            f" and {len(suspects) - 3} more" if len(suspects) > 3 else ""
+        )
+        why = f" ({named})"
+    else:
+        bad = next(o for o in verdict.outputs if not o.ok)
+        why = f" (output '{bad.name}': {bad.problem}, max abs err {bad.max_abs_error:.3g})"
+    raise Nondeterministic(
+        f"the {role} is not deterministic{why}: two runs on the same inputs differ; "
+        "nothing can be verified"
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessingAdapter:
+    """One model has `optkit preprocess`'s preprocessing embedded (its input `input_name` takes the
+    raw tensor), the other does not: the raw side is fed raw inputs, the other `apply(spec, raw)`."""
+
+    spec: PreprocessSpec
+    input_name: str
+    raw_side: str  # "candidate" or "reference"
+
+    @property
+    def note(self) -> str:
+        other = "reference" if self.raw_side == "candidate" else "candidate"
+        return (
+            f"{self.raw_side} takes raw input (embedded preprocessing): {other} fed "
+            f"apply(spec, raw) for input '{self.input_name}'"
+        )
+
+    def preprocessed(self, raw: Feeds) -> dict[str, np.ndarray]:
+        return {**raw, self.input_name: apply(self.spec, raw[self.input_name])}
+
+    def feeds(self, raw: Sequence[Feeds]) -> tuple[list[Feeds], list[Feeds]]:
+        """(reference feeds, candidate feeds) for raw samples."""
+        done: list[Feeds] = [self.preprocessed(sample) for sample in raw]
+        return (list(raw), done) if self.raw_side == "reference" else (done, list(raw))
+
+
+def preprocessing_adapter(reference: ir.Model, candidate: ir.Model) -> PreprocessingAdapter | None:
+    """The adapter when exactly one of the models records a preprocessing spec in its metadata
+    (`optkit.preprocessing`, written by `optkit preprocess`); None otherwise."""
+    specs = [m.metadata_props.get(METADATA_KEY) for m in (reference, candidate)]
+    if (specs[0] is None) == (specs[1] is None):
+        return None
+    side = "candidate" if specs[1] is not None else "reference"
+    raw_model, other = (candidate, reference) if side == "candidate" else (reference, candidate)
+    text = specs[1] if side == "candidate" else specs[0]
+    assert text is not None
+    spec = PreprocessSpec.from_json(text, f"the {side}'s metadata '{METADATA_KEY}'")
+    theirs = {v.name: v for v in runtime_inputs(other)}
+    raw_dtype = np.dtype(spec.dtype)
+
+    def dtype(value: ir.Value) -> np.dtype | None:
+        if not isinstance(value.type, ir.TensorType):
+            return None
+        try:
+            return np.dtype(value.type.dtype.numpy())
+        except TypeError:
+            return None
+
+    fits = [
+        v
+        for v in runtime_inputs(raw_model)
+        if v.name in theirs and dtype(v) == raw_dtype and dtype(theirs[v.name]) == np.float32
+    ]
+    if len(fits) > 1:  # several could take it: the one whose type or shape the embedding changed
+        fits = [
+            v
+            for v in fits
+            if dtype(v) != dtype(theirs[v.name]) or str(v.shape) != str(theirs[v.name].shape)
+        ]
+    if len(fits) != 1:
+        raise InputError(
+            f"the {side} records embedded preprocessing ({spec.dtype} {spec.layout} raw input), "
+            "but no single input of it matches a float32 input of the other model by name"
+        )
+    assert fits[0].name is not None
+    return PreprocessingAdapter(spec, fits[0].name, side)
+
+
 def verify(
-    before: ir.Model | str,
-    after: ir.Model | str,
+    before: io.ModelSource,
+    after: io.ModelSource,
     inputs: Feeds | Sequence[Feeds] | None = None,
     *,
     exactness: Exactness = Exactness.REASSOCIATE,
@@ -283,20 +519,130 @@ def verify(
 ) -> Verdict:
     """Run `before` and `after` on ORT and compare all outputs over every sample.
 
+    Models are paths, ModelProtos, onnx_ir Models, serialized bytes or `torch.onnx.ONNXProgram`s.
     `inputs` is one feed dict or a list of them; by default `samples` seeded synthetic ones.
     `reference_provider` runs `before` on another execution provider (CUDA against CPU, say).
+    When `after` has preprocessing embedded by `optkit preprocess` and `before` has not (or the
+    other way round), the raw side is fed raw inputs (synthesized from, and `inputs` and `shapes`
+    checked against, its signature; uint8 over 0..255) and the other the same after
+    `apply(spec, raw)`; `Verdict.notes` says so.
+
+    Raises `Unverifiable` (an InputError) when there is nothing to compare (an input or every
+    output holds no elements) and `Nondeterministic` when `before` disagrees with itself on the same
+    inputs. Cost: a random op or training-mode Dropout found by a static scan of `before` costs one
+    extra run of it on the first sample, in the same session; a failed comparison costs one fresh
+    session and run of `before`, so that a difference is only reported when the original repeats
+    itself; a clean pass costs nothing extra. A verdict is never ok on nothing.
     """
     from optkit.fusion import load_checked
 
-    before_model = load_checked(before, copy=False)
-    if not isinstance(after, ir.Model):
-        load_checked(after, copy=False)
-    feeds = _samples(before_model, inputs, shapes, seed, samples, int_range)
-    reference = _run_all(before, feeds, reference_provider or provider, optimization)
-    candidate = _run_all(after, feeds, provider, optimization)
+    reference_name, candidate_name = io.describe(before), io.describe(after)
+    before_model = load_checked(before, reference_name, copy=False)
+    after_model = (
+        after if isinstance(after, ir.Model) else load_checked(after, candidate_name, copy=False)
+    )
+    reference_feeds, candidate_feeds, adapter = prepare_feeds(
+        before_model,
+        after_model,
+        inputs,
+        shapes=shapes,
+        seed=seed,
+        samples=samples,
+        int_range=int_range,
+    )
+    reference_runnable = _runnable(before, before_model)
+    reference_provider = reference_provider or provider
+    session, reference_runs = _run_all(
+        reference_runnable, reference_name, reference_feeds, reference_provider, optimization
+    )
+    first = reference_runs[0]
+    suspects = nondeterministic_nodes(before_model)
+
+    def check_stable(again: Mapping[str, Any]) -> None:
+        try:
+            _check_deterministic(again, first, exactness, tolerances, suspects, "reference")
+        except Nondeterministic as exc:
+            raise Nondeterministic(f"{reference_name}: {exc}") from None
+
+    if suspects:  # the same session: a seeded random op repeats its draws in a fresh one
+        check_stable(runtime.run(session, reference_feeds[0]))
+    del session  # one model's session in memory at a time
+    reference = pool_samples(reference_runs)
+    del reference_runs
+    _, candidate_runs = _run_all(
+        _runnable(after, after_model), candidate_name, candidate_feeds, provider, optimization
+    )
+    candidate = pool_samples(candidate_runs)
+    del candidate_runs
     verdict = compare_outputs(reference, candidate, exactness, tolerances)
+    if verdict.problem:
+        raise Unverifiable(f"{candidate_name} vs {reference_name}: {verdict.problem}")
+    if not verdict.ok and not suspects:  # a difference only counts when the reference repeats
+        _, again = _run_all(
+            reference_runnable,
+            reference_name,
+            reference_feeds[:1],
+            reference_provider,
+            optimization,
+        )
+        check_stable(again[0])
     score = accuracy(reference, candidate, labels) if labels is not None else None
-    return Verdict(verdict.ok, exactness, verdict.outputs, len(feeds), score)
+    notes = (adapter.note,) if adapter else ()
+    return Verdict(verdict.ok, exactness, verdict.outputs, len(reference_feeds), score, notes=notes)
+
+
+def prepare_feeds(
+    reference: ir.Model,
+    candidate: ir.Model,
+    inputs: Feeds | Sequence[Feeds] | None = None,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    samples: int = 1,
+    int_range: tuple[int, int] = (0, 10),
+) -> tuple[list[Feeds], list[Feeds], PreprocessingAdapter | None]:
+    """The samples `verify` feeds each model: (reference feeds, candidate feeds, adapter).
+
+    Without an adapter both get the same feeds: `inputs`, or `samples` seeded synthetic ones. With
+    one (`preprocessing_adapter`), the raw side gets raw samples and the other `apply(spec, raw)`.
+    Raises `Unverifiable` when a sample has an input with no elements.
+    """
+    adapter = preprocessing_adapter(reference, candidate)
+    raw_model = candidate if adapter and adapter.raw_side == "candidate" else reference
+    raw_uint8 = adapter.input_name if adapter and adapter.spec.dtype == "uint8" else None
+    feeds = _samples(raw_model, inputs, shapes, seed, samples, int_range, raw_uint8)
+    _refuse_empty(feeds, shapes or {}, given=inputs is not None)
+    if adapter is None:
+        return feeds, feeds, None
+    return (*adapter.feeds(feeds), adapter)
+
+
+def _runnable(source: io.ModelSource, model: ir.Model) -> ir.Model | str | os.PathLike:
+    """What to hand ORT: a path as a path (external data read from disk), else the loaded model."""
+    return source if isinstance(source, str | os.PathLike) else model
+
+
+def _refuse_empty(
+    samples: Sequence[Feeds], shapes: Mapping[str, Sequence[int]], *, given: bool
+) -> None:
+    """Raise when a sample has an input with no elements: whatever the outputs, nothing was fed."""
+    if not samples:
+        raise Unverifiable("no input samples given: nothing to compare")
+    for sample in samples:
+        empty = empty_inputs(sample)
+        if not empty:
+            continue
+        if given:
+            raise Unverifiable(
+                f"input {empty[0]} of the given inputs holds no elements: nothing to compare"
+            )
+        try:
+            check_nonempty_shapes({k: v for k, v in shapes.items() if k in sample})
+        except InputError as exc:  # the user's --shape: say which
+            raise Unverifiable(str(exc)) from None
+        raise Unverifiable(
+            f"input {empty[0]} holds no elements as the model declares it: nothing to compare"
+        )
 
 
 def _samples(
@@ -306,28 +652,39 @@ def _samples(
     seed: int,
     count: int,
     int_range: tuple[int, int],
+    raw_uint8: str | None = None,
 ) -> list[Feeds]:
     if inputs is None:
-        return [
-            synthetic_inputs(model, shapes, seed=seed + i, int_range=int_range)
-            for i in range(max(1, count))
-        ]
+        made: list[Feeds] = []
+        for i in range(max(1, count)):
+            sample = synthetic_inputs(model, shapes, seed=seed + i, int_range=int_range)
+            if raw_uint8 is not None:  # raw pixels: the whole uint8 range, as deployed
+                rng = np.random.default_rng(seed + i)
+                shape = sample[raw_uint8].shape
+                sample[raw_uint8] = random_array(rng, ir.DataType.UINT8, shape, (0, 256))
+            made.append(sample)
+        return made
     if isinstance(inputs, Mapping):
         return [inputs]
     return list(inputs)
 
 
 def _run_all(
-    model: ir.Model | str, feeds: Sequence[Feeds], provider: str, optimization: str
-) -> dict[str, Any]:
+    model: ir.Model | str | os.PathLike,
+    name: str,
+    feeds: Sequence[Feeds],
+    provider: str,
+    optimization: str,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The session and its outputs on each sample."""
     try:
         session = runtime.make_session(model, provider=provider, optimization=optimization)
-        return pool_samples([runtime.run(session, sample) for sample in feeds])
+        return session, [runtime.run(session, sample) for sample in feeds]
     except OptkitError:
         raise
     except Exception as exc:  # ORT rejects the model or an input
-        name = model if isinstance(model, str) else "the model"
-        raise InputError(f"ONNX Runtime cannot run {name}: {first_line(exc)}") from None
+        shown = "the model" if name.startswith("<") else name
+        raise InputError(f"ONNX Runtime cannot run {shown}: {first_line(exc)}") from None
 
 
 def verify_rewrite(
@@ -339,19 +696,35 @@ def verify_rewrite(
     seed: int = 0,
     int_range: tuple[int, int] = (0, 10),
 ) -> Verdict | str:
-    """Like `verify`, for a model and its rewrite: a string says why the original itself cannot run
-    on ONNX Runtime (so nothing can be concluded); a rewrite that fails to run is a failed verdict.
+    """Like `verify`, for a model and its rewrite: a string says why nothing can be concluded (the
+    original cannot run on ONNX Runtime, no inputs can be made for it, its inputs or outputs hold no
+    elements, or it is not deterministic); a rewrite that fails to run is a failed verdict. The
+    returned Verdict is never ok on nothing. A zero dimension in `shapes` raises InputError.
     """
+    check_nonempty_shapes(shapes or {})
     try:
         feeds = synthetic_inputs(before, shapes, seed=seed, int_range=int_range)
     except UnsynthesizableInput as exc:
         return f"no inputs to run it on: {exc}"
     try:
-        reference = runtime.run(runtime.make_session(before), feeds)
+        _refuse_empty([feeds], shapes or {}, given=False)
+    except Unverifiable as exc:
+        return str(exc)
+    try:
+        session = runtime.make_session(before)
+        reference = runtime.run(session, feeds)
+        suspects = nondeterministic_nodes(before)
+        again = runtime.run(session, feeds) if suspects else None
+        del session  # one model's session in memory at a time
     except InputError:
         raise
     except Exception as exc:  # ORT rejects the original: nothing to compare against
         return f"ONNX Runtime cannot run the original model: {first_line(exc)}"
+    try:
+        if again is not None:
+            _check_deterministic(again, reference, exactness, None, suspects, "original")
+    except Nondeterministic as exc:
+        return str(exc)
     try:
         candidate = runtime.run(runtime.make_session(after), feeds)
     except Exception as exc:
@@ -360,4 +733,13 @@ def verify_rewrite(
             "<model>", "none", tolerance_for(exactness, "none"), False, problem
         )
         return Verdict(False, exactness, [failure])
-    return compare_outputs(reference, candidate, exactness)
+    verdict = compare_outputs(reference, candidate, exactness)
+    if verdict.problem:
+        return verdict.problem
+    if not verdict.ok and not suspects:  # a difference only counts when the original repeats
+        try:
+            again = runtime.run(runtime.make_session(before), feeds)
+            _check_deterministic(again, reference, exactness, None, suspects, "original")
+        except Nondeterministic as exc:
+            return str(exc)
+    return verdict

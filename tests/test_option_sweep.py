@@ -120,5 +120,5 @@ def test_a_malformed_option_is_one_line_and_exit_2(monkeypatch, capsys, files, c
     ],
 )
 def test_choices_take_any_case(monkeypatch, capsys, files, argv):
-    code, out, err = run_main(monkeypatch, capsys, *(a.format(**files) for a in argv))
+    code, _out, err = run_main(monkeypatch, capsys, *(a.format(**files) for a in argv))
     assert code == 0, err

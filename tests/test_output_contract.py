@@ -82,7 +82,7 @@ WRITERS = {
     ),
     "swap": (
         ["swap", "{model}", "--map", "Relu=LeakyRelu:0.1", "--allow-lossy", "--data", "{data}",
-         "--labels", "{labels}", "-o", "{out}"],  # fmt: skip
+         "--labels", "{labels}", "-o", "{out}"],
         "optkit.swap.swap",
     ),
 }
@@ -162,7 +162,7 @@ def test_the_python_api_refuses_the_source_without_overwrite_and_its_data_always
         optkit.save(loaded, source)
     with pytest.raises(InputError, match="does not exist"):
         optkit.save(loaded, workspace["missing"])
-    with pytest.raises(InputError, match="single.onnx.data would overwrite"):
+    with pytest.raises(InputError, match=r"single\.onnx\.data would overwrite"):
         result.save(source, overwrite=True)  # its weights would go where it reads them from
     assert _snapshot(source.parent) == before
 

@@ -196,7 +196,7 @@ def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
     assert code == 2 and "no such checkpoint" in err
     code, _, err = run_main(monkeypatch, capsys, "train", "--init", "he", "--epochs", "1",
                             "--checkpoint", str(checkpoint))  # fmt: skip
-    assert code == 2 and "unknown init scheme" in err
+    assert code == 2 and "'he' is not one of" in err and "kaiming" in err
 
 
 @pytest.mark.slow

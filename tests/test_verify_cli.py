@@ -186,11 +186,14 @@ def test_json_schema(resnet_files, monkeypatch, capsys):
         "samples",
         "outputs",
         "accuracy",
+        "problem",
+        "notes",
     }
     assert set(result["outputs"][0]) == {
         "name",
         "dtype",
         "ok",
+        "elements",
         "max_abs_error",
         "max_rel_error",
         "mean_abs_error",

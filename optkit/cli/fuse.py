@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -11,7 +10,10 @@ from pathlib import Path
 import click
 
 from optkit.cli.common import (
+    COUNT,
+    NON_NEGATIVE,
     default_output,
+    guard_output,
     input_options,
     load_model,
     parse_size,
@@ -60,6 +62,7 @@ from optkit.passes import DEFAULT_PASSES
 )
 @click.option(
     "--fold-limit",
+    type=NON_NEGATIVE,
     default=PassOptions().constant_fold_max_elements,
     show_default=True,
     metavar="ELEMENTS",
@@ -67,7 +70,7 @@ from optkit.passes import DEFAULT_PASSES
 )
 @click.option(
     "--upgrade-opset",
-    type=int,
+    type=COUNT,
     metavar="N",
     help="Convert the model to opset N first, so newer fused ops can be used "
     "(Gelu 20, Swish 24, LayerNormalization 17, GroupNormalization 21).",
@@ -127,9 +130,8 @@ def fuse_command(
       optkit fuse model.onnx --skip constants --verify-each
       optkit fuse bert.onnx --upgrade-opset 20      # Gelu needs opset 20
     """
-    out = output or default_output(model)
-    if out.resolve() == model.resolve():
-        raise InputError(f"{out}: refusing to overwrite the input model; choose another -o")
+    out = guard_output(output or default_output(model), model)
+    shard_bytes = parse_size(shard_size) if shard_size else None
     options = PassOptions(
         freeze_initializer_inputs=freeze_initializer_inputs,
         bn_to_affine=bn_to_affine,
@@ -149,9 +151,18 @@ def fuse_command(
         int_range=parse_int_range(int_range),
         upgrade_opset=upgrade_opset,
     )
-    failed = not result.report.ok
+    report = result.report
+    if no_verify:
+        report.unverified_reason = "disabled by --no-verify"
+    elif report.verdict is None:  # asked for, could not run: an unverified model is not written
+        print_report(result, as_json, verbose_report)
+        raise InputError(
+            f"{model}: verification could not run: {report.unverified_reason}; nothing written "
+            "(use --no-verify to write it unverified)"
+        )
+    failed = not report.ok
     if not failed or force:
-        result.save(str(out), shard_size=parse_size(shard_size) if shard_size else None)
+        result.save(str(out), shard_size=shard_bytes)
     print_report(result, as_json, verbose_report)
     if failed:
         click.echo(
@@ -186,15 +197,17 @@ def inspect_command(model: Path, no_dry_run: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def demo_command(out_dir: Path | None, as_json: bool) -> None:
     """Build the bundled demo CNN (Conv/BN/Relu, depthwise, Gemm+BN), fuse it, verify it."""
-    import onnx
-
+    from optkit import io
     from optkit.demo import demo_model
 
     with tempfile.TemporaryDirectory(prefix="optkit-demo-") as tmp:
         folder = out_dir or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
         source = folder / "demo.onnx"
-        onnx.save(demo_model(), os.fspath(source))
+        io.save(io.load(demo_model()), source)
         result = fuse(source)
         result.save(str(default_output(source)))
         print_report(result, as_json, verbose=False)

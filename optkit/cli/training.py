@@ -1,21 +1,73 @@
 """`optkit train`, `finetune`, `export`, `stats`: the PyTorch side on the command line.
 
 torch is imported inside the commands, so the ONNX side's CLI works without the `torch` extra.
+
+Every user mistake is exit 2 with one line: option values are checked by click types (an option
+error is reported as one line, see `_Command`), outputs by `optkit.outputs.check_output` before any
+work, and the rest (data, checkpoints, classes) before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from optkit.errors import InputError
+from optkit.outputs import check_output
 
 if TYPE_CHECKING:
     from optkit.torch.data import Dataset
-    from optkit.torch.train import Architecture, TrainConfig
+    from optkit.torch.train import Architecture, Checkpoint, TrainConfig
+
+# The choices of optkit.models and optkit.torch.init, spelled out so that this module loads without
+# torch (tests/test_training_cli.py checks they are the library's).
+ARCHITECTURES = ("mlp", "cnn", "resnet")
+ACTIVATIONS = (
+    "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "maxout", "swish", "gelu",
+)  # fmt: skip
+NORMS = ("batch", "layer", "instance", "group", "none")
+INIT_SCHEMES = ("constant", "small", "xavier", "glorot_uniform", "kaiming", "lsuv")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "none")
+STRATEGIES = ("auto", "linear", "stages", "last-k", "all")
+PLOT_SUFFIXES = ("", ".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+class _Command(click.Command):
+    """A command whose option errors (bad value, unknown option, missing argument) are one line
+    and exit 2, like every other user mistake, instead of click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise InputError(exc.format_message()) from None
+
+
+class _Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan passes FloatRange's comparisons)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _choice(values: tuple[str, ...]) -> click.Choice:
+    return click.Choice(values, case_sensitive=False)
+
+
+POSITIVE = _Finite(min=0, min_open=True)
+FRACTION = _Finite(min=0, max=1, min_open=True, max_open=True)
+COUNT = click.IntRange(min=1)
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def _need_torch() -> None:
@@ -27,58 +79,131 @@ def _need_torch() -> None:
         ) from None
 
 
-def _prepared(data_source: str, test_fraction: float, seed: int):
-    from optkit.torch.data import fit_preprocessing, load_data, preprocess, split
+def _given(name: str) -> bool:
+    """Whether option `name` was given (on the command line or in the environment)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _data_reads(source: str, option: str = "--data") -> list[Path]:
+    """The file `--data` reads (none for digits or a folder); InputError when it does not exist."""
+    if source == "digits":
+        return []
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{option} {source}: no such file or folder (or use 'digits')")
+    return [path] if path.is_file() else []
+
+
+def _split(data_source: str, test_fraction: float, seed: int) -> tuple[Dataset, Dataset, Dataset]:
+    """(all, train, test) with both splits non-empty."""
+    from optkit.torch.data import load_data, split
 
     data = load_data(data_source)
     train_raw, test_raw = split(data, test_fraction, seed)
+    for part, name in ((train_raw, "training"), (test_raw, "test")):
+        if len(part) == 0:
+            raise InputError(
+                f"--test-fraction {test_fraction}: leaves no {name} examples of {data_source} "
+                f"({len(data)} examples)"
+            )
+    return data, train_raw, test_raw
+
+
+def _prepared(data_source: str, test_fraction: float, seed: int):
+    from optkit.torch.data import fit_preprocessing, label_ids, preprocess
+
+    data, train_raw, test_raw = _split(data_source, test_fraction, seed)
+    if len(label_ids(data)) < 2:
+        raise InputError(f"--data {data_source}: one class only; a classifier needs two or more")
     spec = fit_preprocessing(train_raw)
     return data, train_raw, test_raw, spec, preprocess(spec, train_raw), preprocess(spec, test_raw)
+
+
+def _parse_classes(text: str, option: str = "--classes", minimum: int = 2) -> list[int]:
+    """'5,6,7' -> [5, 6, 7]: integers >= 0, no duplicates, at least `minimum`."""
+    items = [item.strip() for item in text.split(",")]
+    classes: list[int] = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            raise InputError(
+                f"{option} {text}: {item!r} is not an integer label (give e.g. 5,6,7,8,9)"
+            ) from None
+        if value < 0:
+            raise InputError(f"{option} {text}: {value} is not a label (labels are >= 0)")
+        if value in classes:
+            raise InputError(f"{option} {text}: class {value} is given twice")
+        classes.append(value)
+    if len(classes) < minimum:
+        raise InputError(
+            f"{option} {text}: {len(classes)} class; a classifier needs at least {minimum}"
+        )
+    return classes
+
+
+def _labels_text(labels: list[int]) -> str:
+    if labels and labels == list(range(labels[0], labels[0] + len(labels))) and len(labels) > 2:
+        return f"{labels[0]}..{labels[-1]}"
+    shown = ",".join(str(c) for c in labels[:20])
+    return shown + (",..." if len(labels) > 20 else "")
+
+
+def _check_present(wanted: list[int], data: Dataset, data_source: str, option: str) -> None:
+    from optkit.torch.data import label_ids
+
+    present = label_ids(data)
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise InputError(
+            f"{option} {','.join(map(str, wanted))}: {data_source} has no example of class "
+            f"{','.join(map(str, missing))} (its labels are {_labels_text(present)})"
+        )
+
+
+_TRAINING_HELP = {
+    "epochs": "Epochs in all (with --resume: default the recorded schedule's, more extends it).",
+    "batch_size": "Examples per step.",
+    "lr": "Initial learning rate.",
+}
 
 
 def _training_options(command: Any) -> Any:
     for option in reversed(
         [
-            click.option("--epochs", default=10, show_default=True),
-            click.option("--batch-size", default=64, show_default=True),
-            click.option("--lr", default=0.05, show_default=True, help="Learning rate."),
-            click.option(
-                "--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True
-            ),
-            click.option(
-                "--schedule",
-                type=click.Choice(["cosine", "step", "none"]),
-                default="cosine",
-                show_default=True,
-            ),
-            click.option("--seed", default=0, show_default=True),
-            click.option(
-                "--test-fraction", default=0.25, show_default=True, help="Held-out share."
-            ),
+            click.option("--epochs", type=COUNT, default=10, show_default=True,
+                         help=_TRAINING_HELP["epochs"]),
+            click.option("--batch-size", type=COUNT, default=64, show_default=True,
+                         help=_TRAINING_HELP["batch_size"]),
+            click.option("--lr", type=POSITIVE, default=0.05, show_default=True,
+                         help=_TRAINING_HELP["lr"]),
+            click.option("--optimizer", type=_choice(OPTIMIZERS), default="sgd",
+                         show_default=True),
+            click.option("--schedule", type=_choice(SCHEDULES), default="cosine",
+                         show_default=True),
+            click.option("--seed", type=SEED, default=0, show_default=True,
+                         help="Seed of the split, the initialization and the shuffles."),
+            click.option("--test-fraction", type=FRACTION, default=0.25, show_default=True,
+                         help="Held-out share (stratified)."),
         ]
-    ):
+    ):  # fmt: skip
         command = option(command)
     return command
 
 
-@click.command("train")
+@click.command("train", cls=_Command)
 @click.option("--data", "data_source", default="digits", show_default=True,
               help="'digits' (scikit-learn, no download), a .npz (x, y) or an image folder.")  # fmt: skip
-@click.option(
-    "--arch", type=click.Choice(["mlp", "cnn", "resnet"]), default="cnn", show_default=True
-)
-@click.option(
-    "--activation", default="relu", show_default=True, help="See optkit.models.ACTIVATIONS."
-)
-@click.option(
-    "--norm", default="batch", show_default=True, help="batch, layer, instance, group, none."
-)
-@click.option("--init", "init_scheme", default="kaiming", show_default=True,
-              help="constant, small, xavier, glorot_uniform, kaiming, lsuv.")  # fmt: skip
+@click.option("--arch", type=_choice(ARCHITECTURES), default="cnn", show_default=True)
+@click.option("--activation", type=_choice(ACTIVATIONS), default="relu", show_default=True)
+@click.option("--norm", type=_choice(NORMS), default="batch", show_default=True)
+@click.option("--init", "init_scheme", type=_choice(INIT_SCHEMES), default="kaiming",
+              show_default=True)  # fmt: skip
 @_training_options
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("optkit-model.pt"), show_default=True)  # fmt: skip
-@click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists.")
+@click.option("--resume", is_flag=True, help="Continue --checkpoint if it exists (see above).")
 def train_command(
     data_source: str, arch: str, activation: str, norm: str, init_scheme: str, epochs: int,
     batch_size: int, lr: float, optimizer: str, schedule: str, seed: int, test_fraction: float,
@@ -89,6 +214,21 @@ def train_command(
     \b
     Preprocessing (per-channel mean and std) is fitted on the training split and applied to both;
     it is stored in the checkpoint, and `optkit export --embed-preprocessing` puts it in the ONNX.
+    An existing --checkpoint is replaced only if it is an optkit checkpoint (and says so).
+
+    \b
+    --resume continues the run recorded in --checkpoint (weights, optimizer state, data and
+    split, architecture, training options). Options left out take the recorded values; an
+    option given with another value is refused (exit 2).
+
+    \b
+    With --resume, --epochs is the new total (default: the recorded schedule's length):
+      - the recorded length finishes an interrupted run, bit for bit as if it had not stopped;
+      - more extends the schedule, the learning rate never going up: the epochs it covered
+        keep their rates; with L the rate of the last covered epoch, new epoch k of n trains at
+        L * (1 + cos(pi * (k-1) / n)) / 2 under cosine (the first at L, then down towards 0),
+        and at L under step and none;
+      - fewer than the epochs done, or than the schedule covers, is refused.
 
     \b
     Examples:
@@ -97,14 +237,123 @@ def train_command(
       optkit train --checkpoint run.pt --resume --epochs 20
     """
     _need_torch()
+    from optkit.torch.train import is_checkpoint, load_checkpoint
+
+    options: dict[str, Any] = {
+        "data_source": data_source, "arch": arch, "activation": activation, "norm": norm,
+        "init_scheme": init_scheme, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "optimizer": optimizer, "schedule": schedule, "seed": seed,
+        "test_fraction": test_fraction,
+    }  # fmt: skip
+    check_output(checkpoint, reads=_data_reads(data_source), what="--checkpoint")
+    saved = None
+    if checkpoint.exists() and resume:
+        saved = load_checkpoint(checkpoint)
+        options = _resumed_options(saved, checkpoint, options)
+        check_output(checkpoint, reads=_data_reads(options["data_source"]), what="--checkpoint")
+    elif checkpoint.exists():
+        if not is_checkpoint(checkpoint):
+            raise InputError(
+                f"--checkpoint {checkpoint}: exists and is not an optkit checkpoint; refusing to "
+                "overwrite it (choose another name)"
+            )
+        click.echo(f"{checkpoint}: an optkit checkpoint; it is replaced (--resume continues it)")
+    _run_training(saved, checkpoint, resume, **options)
+
+
+# option name -> its flag: what a resumed run takes from the checkpoint
+_RESUMED = {
+    "data_source": "--data",
+    "test_fraction": "--test-fraction",
+    "arch": "--arch",
+    "activation": "--activation",
+    "norm": "--norm",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "schedule": "--schedule",
+    "seed": "--seed",
+}
+
+
+def _resumed_options(saved: Checkpoint, path: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The options of a resumed run: the recorded ones, refusing a given one that differs."""
+    if saved.origin != "train":
+        raise InputError(
+            f"--resume: {path} was written by `optkit {saved.origin}`; only a checkpoint of "
+            "`optkit train` can be resumed"
+        )
+    if "optimizer" not in saved.extra or "epoch" not in saved.extra:
+        raise InputError(f"--resume: {path} holds no optimizer state to resume from")
+    recorded: dict[str, Any] = {
+        "arch": saved.architecture.name,
+        "activation": saved.architecture.activation,
+        "norm": saved.architecture.norm,
+    }
+    if saved.config is not None:
+        recorded.update({name: getattr(saved.config, name) for name in
+                         ("batch_size", "lr", "optimizer", "schedule", "seed")})  # fmt: skip
+    if saved.data is not None:
+        recorded.update(data_source=saved.data.source, test_fraction=saved.data.test_fraction)
+    options = dict(given)
+    for name, flag in _RESUMED.items():
+        if name not in recorded:
+            continue
+        if _given(name) and given[name] != recorded[name]:
+            raise InputError(
+                f"{flag} {given[name]}: {path} was trained with {flag} {recorded[name]}; --resume "
+                f"keeps the recorded value (leave {flag} out)"
+            )
+        options[name] = recorded[name]
+    done, planned = saved.epochs_done, saved.planned_schedule().total
+    epochs = options["epochs"] = given["epochs"] if _given("epochs") else max(planned, done)
+    if epochs < done:
+        raise InputError(
+            f"--epochs {epochs}: {path} has already trained {done} epochs; give {done} or more "
+            "(more extends its schedule)"
+        )
+    if epochs < planned:
+        raise InputError(
+            f"--epochs {epochs}: {path}'s schedule runs {planned} epochs ({done} done); give "
+            f"{planned} to finish it, or more to extend it"
+        )
+    if _given("init_scheme"):
+        click.echo(f"--init {given['init_scheme']} ignored: the weights come from {path}")
+    return options
+
+
+def _run_training(
+    saved: Checkpoint | None, checkpoint: Path, resume: bool, *, data_source: str, arch: str,
+    activation: str, norm: str, init_scheme: str, epochs: int, batch_size: int, lr: float,
+    optimizer: str, schedule: str, seed: int, test_fraction: float,
+) -> None:  # fmt: skip
     import torch
 
     from optkit.torch.init import initialize
-    from optkit.torch.train import Architecture, TrainConfig, build_model, train
+    from optkit.torch.train import (
+        Architecture,
+        DataRecord,
+        TrainConfig,
+        build_model,
+        check_resumable,
+        train,
+    )
 
+    config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
+    if saved is not None:
+        check_resumable(saved, checkpoint, config)
+        if saved.epochs_done >= epochs:
+            last = saved.history[-1].test_accuracy if saved.history else float("nan")
+            click.echo(f"{checkpoint}: all {saved.epochs_done} epochs of its schedule are done; "
+                       f"nothing to train (a larger --epochs extends it)")  # fmt: skip
+            click.echo(f"test accuracy {last:.2%} -> {checkpoint} (unchanged)")
+            return
     _, _, _, spec, train_set, test_set = _prepared(data_source, test_fraction, seed)
     shape = tuple(int(d) for d in train_set.x.shape[1:])
     architecture = Architecture(arch, shape, train_set.classes, activation, norm)  # type: ignore[arg-type]
+    if saved is not None and saved.architecture != architecture:
+        raise InputError(f"--data {data_source}: makes a {architecture}, but {checkpoint} holds a "
+                         f"{saved.architecture}")  # fmt: skip
     try:
         model = build_model(architecture)
         torch.manual_seed(seed)
@@ -112,25 +361,30 @@ def train_command(
         initialize(model, init_scheme, nonlinearity=activation, batch=batch,
                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
     except ValueError as exc:
-        raise InputError(str(exc)) from None
-    config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
-    click.echo(f"{data_source}: {len(train_set)} train / {len(test_set)} test, {arch}, {activation}, "
-               f"{norm}, init {init_scheme}")  # fmt: skip
+        raise InputError(f"--arch {arch} --activation {activation} --norm {norm}: {exc}") from None
+    if saved is None:
+        click.echo(f"{data_source}: {len(train_set)} train / {len(test_set)} test, {arch}, "
+                   f"{activation}, {norm}, init {init_scheme}")  # fmt: skip
+    else:
+        click.echo(f"resuming {checkpoint} after epoch {saved.epochs_done}: {data_source}, "
+                   f"{arch}, {activation}, {norm}, schedule "
+                   f"{check_resumable(saved, checkpoint, config).describe()}")  # fmt: skip
     history = train(model, architecture, train_set, test_set, config, checkpoint=checkpoint,
-                    resume=resume, preprocessing=spec, log=click.echo)  # fmt: skip
+                    resume=resume, preprocessing=spec, log=click.echo,
+                    data=DataRecord(data_source, test_fraction, seed),
+                    classes=list(range(train_set.classes)))  # fmt: skip
     click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
 
 
-@click.command("finetune")
+@click.command("finetune", cls=_Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "data_source", default="digits", show_default=True)
-@click.option(
-    "--classes", help="Use only these classes of the data, e.g. 5,6,7,8,9 (relabelled 0..)."
-)
-@click.option("--per-class", type=int, help="Use at most this many training examples per class.")
-@click.option("--strategy", type=click.Choice(["auto", "linear", "stages", "last-k", "all"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--k", "k", default=2, show_default=True, help="Layers to retrain with last-k.")
+@click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
+              "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
+@click.option("--per-class", type=COUNT, help="Use at most this many training examples per class.")
+@click.option("--strategy", type=_choice(STRATEGIES), default="auto", show_default=True)
+@click.option("--k", "k", type=COUNT, default=2, show_default=True,
+              help="Layers to retrain with last-k.")  # fmt: skip
 @click.option("--similar/--different", default=True, show_default=True,
               help="Is the new data like the data the checkpoint was trained on? (for auto)")  # fmt: skip
 @_training_options
@@ -153,7 +407,8 @@ def finetune_command(
                                      the best on held-out examples kept
       more data, similar domain       fine-tune a few layers                  (last-k, k=2)
       more data, different domain     fine-tune all, backbone at lr/10        (all)
-    The checkpoint is a local file; nothing is downloaded.
+    The checkpoint is a local file; nothing is downloaded. The output records the classes, the
+    data and the split, so `optkit export` measures on the same test examples.
 
     \b
     Transfer does not always win: on 8x8 digits a network trained from scratch on 20 examples
@@ -162,9 +417,10 @@ def finetune_command(
     the same training options, and both test accuracies are printed.
     """
     _need_torch()
-    from optkit.torch.data import preprocess, subset
+    from optkit.torch.data import label_ids, preprocess, subset
     from optkit.torch.train import (
         Architecture,
+        DataRecord,
         TrainConfig,
         choose_strategy,
         load_checkpoint,
@@ -174,10 +430,24 @@ def finetune_command(
         transfer_report,
     )  # fmt: skip
 
+    asked = _parse_classes(classes) if classes is not None else None
+    check_output(output, reads=[checkpoint, *_data_reads(data_source)], what="output")
+    config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
     saved = load_checkpoint(checkpoint)
-    model = restore(saved)
-    _, train_raw, test_raw, _, _, _ = _prepared(data_source, test_fraction, seed)
-    wanted = [int(c) for c in classes.split(",")] if classes else list(range(train_raw.classes))
+    if saved.architecture.stage is not None:
+        raise InputError(f"{checkpoint}: a stage classifier (finetune --strategy stages); fine-tune "
+                         "the checkpoint it was made from instead")  # fmt: skip
+    model = restore(saved, str(checkpoint))
+    data, train_raw, test_raw = _split(data_source, test_fraction, seed)
+    wanted = asked if asked is not None else label_ids(data)
+    if len(wanted) < 2:
+        raise InputError(f"--data {data_source}: one class only; a classifier needs two or more")
+    _check_present(wanted, data, data_source, "--classes")
+    if per_class is not None:
+        have, label = min((int((train_raw.y == c).sum()), c) for c in wanted)
+        if have < per_class:
+            raise InputError(f"--per-class {per_class}: class {label} has {have} training "
+                             f"examples in {data_source}")  # fmt: skip
     train_raw = subset(train_raw, wanted, per_class, seed)
     test_raw = subset(test_raw, wanted)
     spec = saved.preprocessing
@@ -194,7 +464,7 @@ def finetune_command(
     new_arch = Architecture(saved.architecture.name, saved.architecture.input_shape,
                             len(wanted), saved.architecture.activation,
                             saved.architecture.norm)  # fmt: skip
-    config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
+    record = DataRecord(data_source, test_fraction, seed)
     if strategy == "stages":
         from dataclasses import replace
 
@@ -203,15 +473,17 @@ def finetune_command(
         probe = fit_stage_classifier(model, train_set, seed=seed, log=click.echo)
         arch = replace(saved.architecture, stage=probe.stage,
                        stage_features=probe.linear.in_features, stage_classes=len(wanted))  # fmt: skip
-        save_checkpoint(output, Checkpoint(arch, probe.state_dict(), [], spec))
+        save_checkpoint(output, Checkpoint(arch, probe.state_dict(), [], spec, classes=wanted,
+                                           data=record, origin="finetune"))  # fmt: skip
         accuracy = evaluate(probe, test_set)
     else:
         groups = prepare_transfer(model, len(wanted), strategy, k, lr, seed)
         click.echo(transfer_report(model))
         history = train(model, new_arch, train_set, test_set, config, checkpoint=output,
-                        preprocessing=spec, param_groups=groups, log=click.echo)  # fmt: skip
+                        preprocessing=spec, param_groups=groups, log=click.echo, classes=wanted,
+                        data=record, origin="finetune")  # fmt: skip
         accuracy = history[-1].test_accuracy
-    click.echo(f"test accuracy {accuracy:.2%} -> {output}")
+    click.echo(f"test accuracy {accuracy:.2%} on classes {_labels_text(wanted)} -> {output}")
     if compare_scratch:
         _compare_with_scratch(accuracy, new_arch, train_set, test_set, config)
 
@@ -236,44 +508,60 @@ def _compare_with_scratch(
                f"{verdict}")  # fmt: skip
 
 
-@click.command("export")
+@click.command("export", cls=_Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--data", "data_source", default="digits", show_default=True,
-              help="Real samples to check the export on (the test split) and report accuracy.")  # fmt: skip
-@click.option("--classes", help="The classes the checkpoint was fine-tuned on, e.g. 5,6,7,8,9.")
-@click.option("--test-fraction", default=0.25, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--data", "data_source",
+              help="Real samples to check the export on (the test split) and report accuracy. "
+                   "[default: the data the checkpoint records, else digits]")  # fmt: skip
+@click.option("--classes", help="The label ids of the head's outputs, e.g. 5,6,7,8,9 [default: "
+              "the recorded ones]; must agree with the checkpoint.")  # fmt: skip
+@click.option("--test-fraction", type=FRACTION,
+              help="[default: the recorded split's, else 0.25]")  # fmt: skip
+@click.option("--seed", type=SEED, help="Seed of the split. [default: the recorded, else 0]")
 @click.option("--no-fuse", is_flag=True, help="Keep BatchNorm (do not run optkit fuse).")
 @click.option("--embed-preprocessing", is_flag=True,
               help="Put the checkpoint's preprocessing in the graph (it takes raw input).")  # fmt: skip
 def export_command(
-    checkpoint: Path, output: Path, data_source: str, classes: str | None, test_fraction: float,
-    seed: int, no_fuse: bool, embed_preprocessing: bool,
+    checkpoint: Path, output: Path, data_source: str | None, classes: str | None,
+    test_fraction: float | None, seed: int | None, no_fuse: bool, embed_preprocessing: bool,
 ) -> None:  # fmt: skip
     """Export a checkpoint to ONNX (eval mode, BatchNorm kept for optkit to fold), check it against
     the torch model on real samples, optionally embed the preprocessing and fuse: one deployable file.
-    Prints the test accuracy of the torch model and of the ONNX model."""
+    Prints the test accuracy of the torch model and of the ONNX model, on the test examples of the
+    classes the checkpoint records (labels mapped to its head's outputs, as finetune did)."""
     _need_torch()
     import numpy as np
 
     from optkit import io
     from optkit.runtime import make_session
+    from optkit.torch.data import preprocess, subset
     from optkit.torch.export import export_checked
     from optkit.torch.train import evaluate, load_checkpoint, restore
 
+    asked = _parse_classes(classes, minimum=1) if classes is not None else None
+    check_output(output, reads=[checkpoint], what="output", model=True)
     saved = load_checkpoint(checkpoint)
-    model = restore(saved)
-    from optkit.torch.data import preprocess, subset
-
-    _, _, test_raw, _, _, _ = _prepared(data_source, test_fraction, seed)
-    if classes:
-        test_raw = subset(test_raw, [int(c) for c in classes.split(",")])
+    recorded = saved.data
+    source = data_source or (recorded.source if recorded else "digits")
+    option = "--data" if data_source else f"the recorded data of {checkpoint} (give --data)"
+    check_output(output, reads=[checkpoint, *_data_reads(source, option)], what="output",
+                 model=True)  # fmt: skip
+    if test_fraction is None:
+        test_fraction = recorded.test_fraction if recorded else 0.25
+    if seed is None:
+        seed = recorded.seed if recorded else 0
+    labels = _export_labels(saved, checkpoint, asked, classes)
+    model = restore(saved, str(checkpoint))
+    data, _, test_raw = _split(source, test_fraction, seed)
+    _check_present(labels, data, source, "classes")
+    test_raw = subset(test_raw, labels)
+    if len(test_raw) == 0:
+        raise InputError(f"{source}: no test examples of classes {_labels_text(labels)}")
     spec = saved.preprocessing
-
     test_set = preprocess(spec, test_raw) if spec else test_raw
     if tuple(test_set.x.shape[1:]) != saved.architecture.input_shape:
-        raise InputError(f"{data_source}: samples of shape {test_set.x.shape[1:]}, the checkpoint "
+        raise InputError(f"{source}: samples of shape {test_set.x.shape[1:]}, the checkpoint "
                          f"takes {saved.architecture.input_shape}")  # fmt: skip
     embed = spec if embed_preprocessing and spec else None
     proto, report = export_checked(model, test_set.x, spec=embed, raw_samples=test_raw.x,
@@ -286,17 +574,36 @@ def export_command(
     torch_accuracy = evaluate(model, test_set)
     click.echo(json.dumps({k: v for k, v in report.items() if k != "fuse"}))
     click.echo(report.get("fuse", "not fused"))
+    click.echo(f"classes {_labels_text(labels)} -> outputs 0..{len(labels) - 1}")
     click.echo(f"test accuracy: torch {torch_accuracy:.2%}, ONNX {onnx_accuracy:.2%} -> {output}")
 
 
-@click.command("stats")
-@click.option("--activation", default="tanh", show_default=True)
-@click.option("--init", "init_scheme", default="xavier", show_default=True)
-@click.option("--std", default=0.01, show_default=True, help="For --init small.")
-@click.option("--layers", default=7, show_default=True)
-@click.option("--width", default=4096, show_default=True)
-@click.option("--batch", default=16, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+def _export_labels(
+    saved: Checkpoint, path: Path, asked: list[int] | None, text: str | None
+) -> list[int]:
+    """The label id of each head output: the recorded ones; --classes must agree with them."""
+    if asked is None:
+        return saved.labels
+    if len(asked) != saved.outputs:
+        known = (f"classes {_labels_text(saved.classes)}" if saved.classes is not None
+                 else "classes not recorded")  # fmt: skip
+        raise InputError(f"--classes {text}: {len(asked)} classes, but {path}'s head has "
+                         f"{saved.outputs} outputs ({known})")  # fmt: skip
+    if saved.classes is not None and asked != saved.classes:
+        raise InputError(f"--classes {text}: {path} records classes "
+                         f"{','.join(map(str, saved.classes))} for its outputs")  # fmt: skip
+    return asked
+
+
+@click.command("stats", cls=_Command)
+@click.option("--activation", type=_choice(ACTIVATIONS), default="tanh", show_default=True)
+@click.option("--init", "init_scheme", type=_choice(INIT_SCHEMES), default="xavier",
+              show_default=True)  # fmt: skip
+@click.option("--std", type=POSITIVE, default=0.01, show_default=True, help="For --init small.")
+@click.option("--layers", type=COUNT, default=7, show_default=True)
+@click.option("--width", type=COUNT, default=4096, show_default=True)
+@click.option("--batch", type=COUNT, default=16, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--gradients", is_flag=True, help="Also one backward pass: gradient stds per layer.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Draw histograms.")
 @click.option("--json", "as_json", is_flag=True)
@@ -314,6 +621,12 @@ def stats_command(
       optkit stats --activation relu --init kaiming --png relu.png
     """
     _need_torch()
+    if png is not None:
+        if png.suffix.lower() not in PLOT_SUFFIXES:
+            kinds = ", ".join(suffix for suffix in PLOT_SUFFIXES if suffix)
+            raise InputError(f"--png {png}: write one of {kinds}, not {png.suffix}")
+        check_output(png, what="--png")
+    _check_memory(layers, width, batch, gradients, activation)
     import torch
 
     from optkit.torch.init import initialize
@@ -343,3 +656,20 @@ def stats_command(
         click.echo(json.dumps([s.to_dict() for s in result]))
     else:
         click.echo(format_table(result) + (f"\n-> {png}" if png else ""))
+
+
+def _check_memory(layers: int, width: int, batch: int, gradients: bool, activation: str) -> None:
+    """Refuse a network that would not fit: more than half of this machine's memory."""
+    pieces = 3 if activation == "maxout" else 1  # maxout: a second Linear to 2 * width
+    weights = 4 * layers * width * (width + 1) * pieces
+    values = 4 * layers * batch * width * 4  # activations and their histograms
+    need = weights * (2 if gradients else 1) + values * (2 if gradients else 1)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform: no limit known
+        return
+    if need > memory / 2:
+        raise InputError(
+            f"--layers {layers} --width {width} --batch {batch}: the network needs about "
+            f"{need / 1e9:.1f} GB, more than half of this machine's {memory / 1e9:.0f} GB"
+        )

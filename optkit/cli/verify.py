@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from optkit.cli.common import (
+    COUNT,
+    choice,
     input_options,
     load_labels,
     load_model,
@@ -20,7 +22,7 @@ from optkit.cli.common import (
 from optkit.cli.render import format_verdict
 from optkit.contract import Exactness
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.inputs import parse_int_range, synthetic_inputs
+from optkit.inputs import parse_int_range
 
 
 @click.command("verify")
@@ -39,6 +41,7 @@ from optkit.inputs import parse_int_range, synthetic_inputs
 )
 @click.option(
     "--samples",
+    type=COUNT,
     default=1,
     show_default=True,
     help="Synthetic samples to compare over (without --data).",
@@ -46,7 +49,7 @@ from optkit.inputs import parse_int_range, synthetic_inputs
 @input_options("synthetic samples")
 @click.option(
     "--exactness",
-    type=click.Choice(["bitwise", "reassociate"]),
+    type=choice(["bitwise", "reassociate"]),
     default="reassociate",
     show_default=True,
     help="bitwise: outputs must be equal; reassociate: dtype tolerance.",
@@ -108,7 +111,10 @@ def verify_command(
     Runs both on the same inputs (seeded synthetic ones, or --data), matches outputs by name, then
     by position, and reports per output max abs / max rel / mean abs error, cosine similarity and,
     for (rows, classes) outputs, top-1 / top-5 agreement. Tolerances follow the output dtype (fp16
-    is not fp32) unless --tolerance sets them. Exit 0 when equivalent, 1 when not, 2 on bad input.
+    is not fp32) unless --tolerance sets them. Exit 0 when equivalent, 1 when not, 2 on bad input
+    and when nothing can be verified (inputs or outputs with no elements, a REFERENCE that is not
+    deterministic). When CANDIDATE has preprocessing embedded by `optkit preprocess`, it is fed raw
+    inputs (--data and --shape describe those) and REFERENCE the same after the recorded spec.
 
     \b
     Examples:
@@ -119,12 +125,15 @@ def verify_command(
     """
     from optkit.bisect import bisect
     from optkit.inputs import load_samples
-    from optkit.verify import verify
+    from optkit.verify import prepare_feeds, preprocessing_adapter, verify
 
     model = load_model(reference)
-    load_model(candidate)
+    other = load_model(candidate)
+    adapter = preprocessing_adapter(model, other)
+    # Real inputs are what the raw side takes when one model has its preprocessing embedded.
+    fed = other if adapter is not None and adapter.raw_side == "candidate" else model
     default, per_output = tolerances(tolerance_texts)
-    feeds = load_samples(data, model) if data is not None else None
+    feeds = load_samples(data, fed) if data is not None else None
     label_array = load_labels(labels) if labels is not None else None
     level = Exactness(exactness)
     if default is not None:
@@ -149,19 +158,23 @@ def verify_command(
         )
         located = None
         if do_bisect:
-            inputs = feeds or [
-                synthetic_inputs(
-                    model, shape_map(shapes), seed=seed + i, int_range=parse_int_range(int_range)
-                )
-                for i in range(max(1, samples))
-            ]
+            reference_feeds, candidate_feeds, _ = prepare_feeds(
+                model,
+                other,
+                feeds,
+                shapes=shape_map(shapes),
+                seed=seed,
+                samples=samples,
+                int_range=parse_int_range(int_range),
+            )
             located = bisect(
                 str(reference),
                 str(candidate),
-                inputs,
+                candidate_feeds,
                 level,
                 tolerances=per_output,
                 provider=provider,
+                reference_feeds=reference_feeds,
             )
     except OptkitError:
         raise

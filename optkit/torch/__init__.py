@@ -6,6 +6,13 @@ preprocessing embedded and fused), `initialize` (the lecture's init schemes, see
 learning live in `optkit.torch.train`, data in `optkit.torch.data`.
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError:
+    raise ImportError(
+        "optkit.torch needs PyTorch, which is not installed: pip install 'optkit[torch]'"
+    ) from None
+
 from optkit.torch.export import export_checked, export_onnx
 from optkit.torch.init import initialize
 from optkit.torch.stats import activation_stats, gradient_stats

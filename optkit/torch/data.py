@@ -7,6 +7,7 @@ is fitted on the training split (`fit_preprocessing`, optkit's `PreprocessSpec`)
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,13 +45,19 @@ def digits() -> Dataset:
 def load_npz(path: Path) -> Dataset:
     """`x` (N, C, H, W) or (N, H, W) and `y` (N,) integer labels from a .npz file."""
     try:
-        with np.load(path) as archive:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: a single array (.npy), not a .npz with arrays 'x' and 'y'")
+    try:
+        with archive:
             if "x" not in archive or "y" not in archive:
                 raise InputError(
-                    f"{path}: needs arrays 'x' and 'y', has {', '.join(archive.files)}"
+                    f"{path}: needs arrays 'x' and 'y', has {', '.join(archive.files) or 'none'}"
                 )
             x, y = archive["x"], archive["y"]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
     if x.ndim == 3:
         x = x[:, None]
@@ -58,9 +65,16 @@ def load_npz(path: Path) -> Dataset:
         raise InputError(f"{path}: x has shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise InputError(f"{path}: y has shape {y.shape}; expected ({x.shape[0]},) labels")
+    if len(y) == 0:
+        raise InputError(f"{path}: no examples")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise InputError(f"{path}: y must hold class indices 0..C-1")
-    return Dataset(x.astype(np.float32), y.astype(np.int64), int(y.max()) + 1, str(path))
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"{path}: x holds {x.dtype}, not numbers")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{path}: x has values that are not finite (nan or inf)")
+    return Dataset(x, y.astype(np.int64), int(y.max()) + 1, str(path))
 
 
 def load_image_folder(path: Path) -> Dataset:
@@ -125,7 +139,10 @@ def subset(
         index = np.flatnonzero(data.y == label)
         if per_class is not None:
             if len(index) < per_class:
-                raise InputError(f"class {label} has {len(index)} examples, {per_class} asked")
+                raise InputError(
+                    f"class {label} has {len(index)} examples, fewer than the {per_class} per "
+                    "class asked"
+                )
             index = rng.choice(index, per_class, replace=False)
         chosen.append(index)
         labels.append(np.full(len(index), new))
@@ -133,6 +150,11 @@ def subset(
     return Dataset(
         data.x[order], np.concatenate(labels).astype(np.int64), len(classes), data.source
     )
+
+
+def label_ids(data: Dataset) -> list[int]:
+    """The label ids that occur in `data`, sorted."""
+    return [int(v) for v in np.unique(data.y)]
 
 
 def fit_preprocessing(train: Dataset) -> PreprocessSpec:

@@ -83,9 +83,10 @@ def activation_stats(
     for name, module, out in records:
         values = out.float().flatten()
         low, high = float(values.min()), float(values.max())
-        if low == high:
-            low, high = low - 1e-6, high + 1e-6
-        counts, edges = np.histogram(values.numpy(), bins=bins, range=(low, high))
+        if high - low < 1e-6 * max(1.0, abs(low)):  # (nearly) one value: a range around it
+            pad = 1e-3 * max(1.0, abs(low))
+            low, high = low - pad, high + pad
+        counts, edges = np.histogram(values.double().numpy(), bins=bins, range=(low, high))
         kind = type(module).__name__
         stats.append(
             LayerStats(

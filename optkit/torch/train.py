@@ -3,6 +3,12 @@
 - `train` runs SGD or Adam with a learning-rate schedule over a seeded shuffle (epoch e shuffles
   with seed + e, so a resumed run sees the same batches as an uninterrupted one), logs each epoch,
   and writes a checkpoint after each (atomically: temp file, then rename) that `resume` continues.
+  The schedule is a `Schedule` recorded in the checkpoint: a resumed run continues it, and more
+  epochs extend it without the learning rate ever going up (see `Schedule`).
+- A checkpoint (`optkit-checkpoint-2`) knows what it is: the architecture, the label ids its head's
+  outputs stand for (`classes`), the preprocessing, the training config and schedule, the data it
+  was trained on and the command that wrote it. `optkit-checkpoint-1` files still load (their
+  classes are then unknown: `range(head outputs)`).
 - `evaluate` always runs the model in eval mode (BatchNorm with its running statistics, Dropout off)
   and puts it back in the mode it was in.
 - `build_model` makes a model of `optkit.models` from its name and choices; a checkpoint records them,
@@ -13,6 +19,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -26,13 +33,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from optkit.errors import InputError
+from optkit.errors import InputError, first_line
 from optkit.preprocessing import PreprocessSpec
 from optkit.torch.data import Dataset
 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
+CHECKPOINT_FORMAT = "optkit-checkpoint-2"
+READABLE_FORMATS = ("optkit-checkpoint-1", CHECKPOINT_FORMAT)
+# What a resumed run must share with the run it continues (everything but the number of epochs).
+RESUMED_FIELDS = ("optimizer", "schedule", "batch_size", "lr", "momentum", "weight_decay", "seed")
 
 
 @dataclass
@@ -51,8 +62,99 @@ class TrainConfig:
             raise InputError(f"optimizer {self.optimizer!r}: choose {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule {self.schedule!r}: choose {', '.join(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise InputError("epochs, batch size and learning rate must be positive")
+        if self.epochs < 1:
+            raise InputError(f"epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise InputError(f"batch size {self.batch_size}: must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"learning rate {self.lr}: must be a positive number")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise InputError(f"{name.replace('_', ' ')} {value}: must be a number >= 0")
+        if self.seed < 0:
+            raise InputError(f"seed {self.seed}: must be >= 0")
+
+
+@dataclass
+class Schedule:
+    """The learning rate of every epoch: a base schedule over the planned run, then extensions.
+
+    The base schedule is `kind` over `epochs` epochs, as torch's schedulers compute it (bit for
+    bit): cosine anneals from the initial lr towards 0 (CosineAnnealingLR, T_max = epochs), step
+    multiplies it by 0.1 every max(1, epochs // 3) epochs (StepLR), none keeps it.
+
+    Each entry of `extended_to` is a new total number of epochs, added when a run was resumed with
+    more epochs than it had planned. The extension from S to N epochs starts from L, the learning
+    rate of epoch S (the last one the schedule covered before): under cosine, epoch S + k
+    (k = 1 .. N - S) trains at L * (1 + cos(pi * (k - 1) / (N - S))) / 2, a cosine from L towards 0
+    over the new epochs (the first new epoch at L); under step and none it stays at L. The epochs
+    the schedule covered keep their learning rates, and the rate never goes up across an extension.
+    """
+
+    kind: str = "cosine"
+    epochs: int = 10
+    extended_to: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """The epochs it covers."""
+        return self.extended_to[-1] if self.extended_to else self.epochs
+
+    def extend(self, epochs: int) -> Schedule:
+        """This schedule over `epochs` in all (at least `total`)."""
+        if epochs < self.total:
+            raise InputError(
+                f"the schedule covers {self.total} epochs; cannot shorten it to {epochs}"
+            )
+        if epochs == self.total:
+            return self
+        return Schedule(self.kind, self.epochs, [*self.extended_to, epochs])
+
+    def lr(self, initial: float, epoch: int) -> float:
+        """The learning rate of 0-based `epoch` for a parameter group that started at `initial`."""
+        if not 0 <= epoch < self.total:
+            raise ValueError(f"epoch {epoch + 1} is outside the schedule's {self.total} epochs")
+        if epoch < self.epochs:
+            return self._base(initial, epoch)
+        bounds = [self.epochs, *self.extended_to]
+        start, end = next((a, b) for a, b in itertools.pairwise(bounds) if epoch < b)
+        last = self.lr(initial, start - 1)  # the rate of the last epoch before the extension
+        if self.kind != "cosine":
+            return last
+        return last * (1 + math.cos(math.pi * (epoch - start) / (end - start))) / 2
+
+    def _base(self, initial: float, epoch: int) -> float:
+        # The recurrences of torch's CosineAnnealingLR (eta_min 0) and StepLR (gamma 0.1), so a
+        # run gets the same floats as with the schedulers themselves.
+        lr = initial
+        if self.kind == "cosine":
+            for i in range(1, epoch + 1):
+                lr = (1 + math.cos(math.pi * i / self.epochs)) / (
+                    1 + math.cos(math.pi * (i - 1) / self.epochs)
+                ) * (lr - 0.0) + 0.0
+        elif self.kind == "step":
+            step = max(1, self.epochs // 3)
+            for i in range(1, epoch + 1):
+                if i % step == 0:
+                    lr = lr * 0.1
+        return lr
+
+    def describe(self) -> str:
+        text = f"{self.kind} over {self.epochs} epochs"
+        for start, end in itertools.pairwise([self.epochs, *self.extended_to]):
+            text += f", extended {start}->{end}"
+        return text
+
+
+@dataclass
+class DataRecord:
+    """Which data a checkpoint was trained on and how it was split (so `export` measures on the
+    same test split)."""
+
+    source: str
+    test_fraction: float = 0.25
+    seed: int = 0
 
 
 @dataclass
@@ -95,7 +197,40 @@ class Checkpoint:
     history: list[EpochLog] = field(default_factory=list)
     preprocessing: PreprocessSpec | None = None
     config: TrainConfig | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # optimizer / scheduler state, epoch
+    extra: dict[str, Any] = field(default_factory=dict)  # optimizer state, epochs done
+    classes: list[int] | None = None  # the label id of each head output (None: unknown, format 1)
+    schedule: Schedule | None = None
+    data: DataRecord | None = None
+    origin: str = "train"  # the command that wrote it: "train" or "finetune"
+    format: str = CHECKPOINT_FORMAT  # the format it was read from
+
+    @property
+    def outputs(self) -> int:
+        """How many classes the head scores."""
+        arch = self.architecture
+        return arch.stage_classes if arch.stage is not None else arch.classes
+
+    @property
+    def labels(self) -> list[int]:
+        """The label id each head output stands for: the recorded classes, else 0 .. outputs-1."""
+        return list(self.classes) if self.classes is not None else list(range(self.outputs))
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.extra.get("epoch", len(self.history)))
+
+    def planned_schedule(self) -> Schedule:
+        """The recorded schedule; for a format-1 checkpoint, rebuilt from its config (and the
+        cosine scheduler's T_max)."""
+        if self.schedule is not None:
+            return self.schedule
+        config = self.config or TrainConfig()
+        scheduler = self.extra.get("scheduler") or {}
+        planned = config.epochs
+        if config.schedule == "cosine" and "T_max" in scheduler:
+            planned = int(scheduler["T_max"])
+        done = self.epochs_done
+        return Schedule(config.schedule, planned, [done] if done > planned else [])
 
 
 def build_model(arch: Architecture) -> nn.Module:
@@ -149,15 +284,6 @@ def _optimizer(groups: Iterable[dict[str, Any]], config: TrainConfig) -> torch.o
     )
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.schedule == "step":
-        step = max(1, config.epochs // 3)
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
-
-
 def train(
     model: nn.Module,
     arch: Architecture,
@@ -171,32 +297,44 @@ def train(
     param_groups: list[dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
     until: int | None = None,
+    classes: list[int] | None = None,
+    data: DataRecord | None = None,
+    origin: str = "train",
 ) -> list[EpochLog]:
     """Train `model` in place; returns the per-epoch log (the resumed part included).
 
-    With `resume`, an existing `checkpoint` restores weights, optimizer, schedule and history, and
-    training continues after its last epoch; `until` stops after that epoch (a time-boxed run that
-    a later `resume` completes). BatchNorm layers whose parameters are all frozen stay in eval mode
-    (their running statistics are part of the frozen backbone). Under `torch.distributed`
-    (torchrun), each process computes the loss of its share of every batch (over the whole batch's
-    size) and the gradients are summed across processes: the full batch's gradient, as one process
-    computes it up to float reassociation (BatchNorm statistics are per process, as in DDP).
+    With `resume`, an existing `checkpoint` restores weights, optimizer state, schedule and history,
+    and training continues after its last epoch; `until` stops after that epoch (a time-boxed run
+    that a later `resume` completes, bit for bit as if uninterrupted). The resumed run must use the
+    recorded optimizer, schedule, batch size, learning rate, momentum, weight decay and seed
+    (InputError naming the one that differs); `config.epochs` may not cut the recorded schedule
+    short, and more epochs extend it (`Schedule.extend`: the learning rate never goes up).
+
+    BatchNorm layers whose parameters are all frozen stay in eval mode (their running statistics are
+    part of the frozen backbone). Under `torch.distributed` (torchrun), each process computes the
+    loss of its share of every batch (over the whole batch's size) and the gradients are summed
+    across processes: the full batch's gradient, as one process computes it up to float
+    reassociation (BatchNorm statistics are per process, as in DDP).
+
+    Checkpoints record `classes` (the label id of each output; default 0 .. arch.classes-1), `data`
+    and `origin` (the command writing it) besides the weights, config and schedule.
     """
     config.check()
     torch.manual_seed(config.seed)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _optimizer(groups, config)
-    scheduler = _scheduler(optimizer, config)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    schedule = Schedule(config.schedule, config.epochs)
     history: list[EpochLog] = []
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
         saved = load_checkpoint(checkpoint)
-        if saved.architecture != arch:
-            raise InputError(f"{checkpoint}: trained for {saved.architecture}, not {arch}")
-        model.load_state_dict(saved.state)
-        optimizer.load_state_dict(saved.extra["optimizer"])
-        scheduler.load_state_dict(saved.extra["scheduler"])
-        history, start = saved.history, int(saved.extra["epoch"])
+        schedule, start = _resume(saved, checkpoint, model, arch, optimizer, config)
+        history = list(saved.history)
+        classes = classes if classes is not None else saved.classes
+        data = data if data is not None else saved.data
+    labels = list(classes) if classes is not None else list(range(arch.classes))
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
@@ -204,6 +342,9 @@ def train(
     last = config.epochs if until is None else min(config.epochs, until)
     for epoch in range(start, last):
         began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(group["initial_lr"], epoch)
+        lr = optimizer.param_groups[0]["lr"]
         model.train()
         _freeze_frozen_batchnorms(model)
         order = torch.randperm(
@@ -238,8 +379,6 @@ def train(
                     end="",
                     file=sys.stderr,
                 )
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
         entry = EpochLog(
             epoch + 1,
             total_loss / max(1, seen),
@@ -262,14 +401,67 @@ def train(
                     history,
                     preprocessing,
                     config,
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                    },
+                    {"optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                    classes=labels,
+                    schedule=schedule,
+                    data=data,
+                    origin=origin,
                 ),
             )
     return history
+
+
+def check_resumable(saved: Checkpoint, path: Path, config: TrainConfig) -> Schedule:
+    """The schedule a run resumed from `saved` with `config` follows; InputError when `config`
+    differs from the recorded one in anything but the epochs, or would cut the schedule short."""
+    if saved.origin != "train":
+        raise InputError(f"{path}: written by `optkit {saved.origin}`; it cannot be resumed")
+    if "optimizer" not in saved.extra or "epoch" not in saved.extra:
+        raise InputError(f"{path}: holds no optimizer state to resume from")
+    recorded = saved.config
+    if recorded is not None:
+        for name in RESUMED_FIELDS:
+            want, given = getattr(recorded, name), getattr(config, name)
+            if want != given:
+                raise InputError(
+                    f"{path}: trained with {name.replace('_', ' ')} {want}, not {given}; a "
+                    "resumed run keeps the recorded value"
+                )
+    done, schedule = saved.epochs_done, saved.planned_schedule()
+    if config.epochs < done:
+        raise InputError(
+            f"{path}: {done} epochs already trained, {config.epochs} asked; give {done} or more "
+            "(more extends the schedule)"
+        )
+    if config.epochs < schedule.total:
+        raise InputError(
+            f"{path}: its schedule runs {schedule.total} epochs ({done} done); {config.epochs} "
+            f"would cut it short (give {schedule.total} or more)"
+        )
+    return schedule.extend(config.epochs)
+
+
+def _resume(
+    saved: Checkpoint,
+    path: Path,
+    model: nn.Module,
+    arch: Architecture,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+) -> tuple[Schedule, int]:
+    if saved.architecture != arch:
+        raise InputError(f"{path}: trained for {saved.architecture}, not {arch}")
+    schedule = check_resumable(saved, path, config)
+    try:
+        model.load_state_dict(saved.state)
+        optimizer.load_state_dict(saved.extra["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path}: its weights or optimizer state do not fit this model ({first_line(exc)})"
+        ) from None
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return schedule, saved.epochs_done
 
 
 def _freeze_frozen_batchnorms(model: nn.Module) -> None:
@@ -281,14 +473,18 @@ def _freeze_frozen_batchnorms(model: nn.Module) -> None:
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Atomically: a temporary file in the same folder, then a rename."""
+    """Atomically: a temporary file in the same folder, then a rename. Always the current format."""
     payload = {
-        "format": "optkit-checkpoint-1",
+        "format": CHECKPOINT_FORMAT,
+        "origin": checkpoint.origin,
         "architecture": checkpoint.architecture.to_dict(),
+        "classes": checkpoint.labels,
         "state": checkpoint.state,
         "history": [asdict(h) for h in checkpoint.history],
         "preprocessing": checkpoint.preprocessing.to_json() if checkpoint.preprocessing else None,
         "config": asdict(checkpoint.config) if checkpoint.config else None,
+        "schedule": asdict(checkpoint.schedule) if checkpoint.schedule else None,
+        "data": asdict(checkpoint.data) if checkpoint.data else None,
         "extra": checkpoint.extra,
     }
     folder = path.parent if str(path.parent) else Path(".")
@@ -303,32 +499,80 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint written by `save_checkpoint`; InputError for anything else."""
+    """A checkpoint written by `save_checkpoint` (format 2, or 1); InputError for anything else.
+
+    Loaded with `weights_only=True`: a file that is not a checkpoint cannot run code."""
     if not Path(path).is_file():
         raise InputError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on a bad file
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != "optkit-checkpoint-1":
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
         raise InputError(f"{path}: not an optkit checkpoint")
-    arch = payload["architecture"]
-    arch["input_shape"] = tuple(arch["input_shape"])
+    try:
+        checkpoint = _from_payload(payload)
+    except InputError as exc:
+        raise InputError(f"{path}: a damaged optkit checkpoint ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else first_line(exc)
+        raise InputError(f"{path}: a damaged optkit checkpoint ({reason})") from None
+    return checkpoint
+
+
+def _from_payload(payload: dict[str, Any]) -> Checkpoint:
+    arch = dict(payload["architecture"])
+    arch["input_shape"] = tuple(int(d) for d in arch["input_shape"])
+    if len(arch["input_shape"]) != 3:
+        raise InputError(f"input shape {arch['input_shape']}: expected (C, H, W)")
+    architecture = Architecture(**arch)
+    if not isinstance(payload["state"], dict):
+        raise InputError("no weights")
     spec = payload.get("preprocessing")
-    return Checkpoint(
-        Architecture(**arch),
+    schedule = payload.get("schedule")
+    data = payload.get("data")
+    extra = payload.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise InputError("extra is not a dict")
+    checkpoint = Checkpoint(
+        architecture,
         payload["state"],
-        [EpochLog(**h) for h in payload.get("history", [])],
-        PreprocessSpec.from_json(spec) if spec else None,
+        [EpochLog(**h) for h in payload.get("history") or []],
+        PreprocessSpec.from_json(spec, "its preprocessing") if spec else None,
         TrainConfig(**payload["config"]) if payload.get("config") else None,
-        payload.get("extra", {}),
+        extra,
+        schedule=Schedule(**schedule) if schedule else None,
+        data=DataRecord(**data) if data else None,
+        origin=str(payload.get("origin") or "train"),
+        format=payload["format"],
     )
+    classes = payload.get("classes")
+    if classes is not None:
+        classes = [int(c) for c in classes]
+        if len(classes) != checkpoint.outputs or len(set(classes)) != len(classes):
+            raise InputError(f"classes {classes} for a head of {checkpoint.outputs} outputs")
+        checkpoint.classes = classes
+    return checkpoint
 
 
-def restore(checkpoint: Checkpoint) -> nn.Module:
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a file `load_checkpoint` reads."""
+    try:
+        load_checkpoint(path)
+    except InputError:
+        return False
+    return True
+
+
+def restore(checkpoint: Checkpoint, name: str = "the checkpoint") -> nn.Module:
     """The checkpoint's model, rebuilt and loaded, in eval mode."""
     model = build_model(checkpoint.architecture)
-    model.load_state_dict(checkpoint.state)
+    try:
+        model.load_state_dict(checkpoint.state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{name}: its weights do not fit its architecture ({first_line(exc)})"
+        ) from None
     return model.eval()
 
 
