@@ -25,6 +25,7 @@ from optkit.inputs import (
     DEFAULT_BATCH,
     DEFAULT_DIM,
     check_shapes,
+    format_dims,
     runtime_inputs,
     synthetic_inputs,
 )
@@ -262,6 +263,8 @@ def bench(
     loaded = [io.load(m, copy=False) for m in candidates]
     planned, defaults = plan_shapes(loaded[0], batch, shapes or {})
     feeds = synthetic_inputs(loaded[0], planned, seed=seed)
+    if baseline is not None:
+        check_same_inputs(loaded[1], feeds, _name(baseline))
 
     def create(item: io.ModelLike) -> Any:
         return runtime.make_session(
@@ -309,6 +312,38 @@ def bench(
         defaults=defaults,
         execution_providers=tuple(sessions[0].get_providers()),
     )
+
+
+def check_same_inputs(model: ir.Model, feeds: Mapping[str, np.ndarray], name: str) -> None:
+    """The baseline runs on the model's inputs: the same input names, dtypes and static dims, or an
+    InputError naming the first input that does not fit (before any session is made)."""
+    inputs = {v.name or "": v for v in runtime_inputs(model)}
+    if set(inputs) != set(feeds):
+        raise InputError(
+            f"--baseline {name}: takes inputs {sorted(inputs)}, the model takes {sorted(feeds)}; "
+            "the two models are run on the same inputs"
+        )
+    for input_name, array in feeds.items():
+        value = inputs[input_name]
+        if isinstance(value.type, ir.TensorType):
+            dtype = value.type.dtype
+            if dtype.numpy() != array.dtype:
+                raise InputError(
+                    f"--baseline {name}: input '{input_name}' is {dtype.name}, the model's is "
+                    f"{ir.DataType.from_numpy(array.dtype).name}; the two models are run on the "
+                    "same inputs"
+                )
+        if value.shape is None:
+            continue
+        fits = len(value.shape) == array.ndim and all(
+            not isinstance(dim, int) or dim == size
+            for dim, size in zip(value.shape, array.shape, strict=False)
+        )
+        if not fits:
+            raise InputError(
+                f"--baseline {name}: input '{input_name}' is declared {format_dims(value.shape)}, "
+                f"the model is fed {_dims(array.shape)}; the two models are run on the same inputs"
+            )
 
 
 def _dtype_name(type_: ir.TypeProtocol | None, array: np.ndarray) -> str:

@@ -169,3 +169,26 @@ def test_library_refuses_a_batch_the_model_cannot_take(tmp_path):
         bench(scalar, batch=2, runs=1, warmup=0)
     with pytest.raises(InputError, match="--runs"):
         bench(scalar, runs=0)
+
+
+def test_a_baseline_that_takes_other_inputs_is_one_line_before_any_run(
+    tmp_path, static, monkeypatch, capsys
+):
+    other_rank = _conv_bn(tmp_path, "rank3.onnx", [3, 8, 8])
+    other_size = _conv_bn(tmp_path, "size.onnx", [2, 3, 9, 9])
+    renamed = onnx.load(static)
+    renamed.graph.input[0].name = "image"
+    renamed.graph.node[0].input[0] = "image"
+    onnx.save(renamed, str(tmp_path / "renamed.onnx"))
+    as_double = onnx.load(static)
+    as_double.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    onnx.save(as_double, str(tmp_path / "double.onnx"))
+    for baseline, words in (
+        (other_rank, "is declared 3x8x8, the model is fed 2x3x8x8"),
+        (other_size, "is declared 2x3x9x9, the model is fed 2x3x8x8"),
+        (str(tmp_path / "renamed.onnx"), "takes inputs ['image'], the model takes ['x']"),
+        (str(tmp_path / "double.onnx"), "input 'x' is DOUBLE, the model's is FLOAT"),
+    ):
+        code, out, err = run_main(monkeypatch, capsys, "bench", static, "--baseline", baseline, *FAST)
+        assert code == 2 and f"--baseline {baseline}: " in err and words in err, err
+        assert len(err.strip().splitlines()) == 1 and out == ""
