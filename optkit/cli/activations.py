@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import COUNT, FiniteFloat, guard_output, load_labels, load_model
+from optkit.cli.common import (
+    COUNT,
+    NON_NEGATIVE_NUMBER,
+    guard_output,
+    load_labels,
+    load_model,
+)
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
 from optkit.verify import Verdict
@@ -76,11 +82,11 @@ def _catalogue_lines() -> list[str]:
     "--samples", type=COUNT, default=8, show_default=True, help="Synthetic samples without --data."
 )
 @click.option(
-    "--max-error", type=FiniteFloat(0), help="Fail (exit 1, nothing written) above this error."
+    "--max-error", type=NON_NEGATIVE_NUMBER, help="Fail (exit 1, nothing written) above this error."
 )
 @click.option(
     "--max-accuracy-drop",
-    type=FiniteFloat(0),
+    type=NON_NEGATIVE_NUMBER,
     help="Fail (exit 1, nothing written) when accuracy drops more (in points, needs --labels).",
 )
 @click.option("--force", is_flag=True, help="Write the result even when a --max-* check fails.")

@@ -128,30 +128,24 @@ def choice(values: Iterable[str]) -> click.Choice:
     return click.Choice(list(values), case_sensitive=False)
 
 
-class FiniteFloat(click.ParamType):
-    """A finite number (no nan, no inf), at least `minimum` when given."""
+class FiniteRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan passes FloatRange's comparisons)."""
 
     name = "number"
 
-    def __init__(self, minimum: float | None = None) -> None:
-        self.minimum = minimum
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        if self.minimum is not None and number < self.minimum:
-            self.fail(f"{value!r} is below {self.minimum:g}", param, ctx)
         return number
 
 
+NON_NEGATIVE_NUMBER = FiniteRange(min=0)  # error bounds, accuracy drops
+POSITIVE = FiniteRange(min=0, min_open=True)  # learning rates, stds
+FRACTION = FiniteRange(min=0, max=1, min_open=True, max_open=True)  # shares of a data set
 COUNT = click.IntRange(min=1)  # runs, samples, batches: at least one
 NON_NEGATIVE = click.IntRange(min=0)  # seeds, limits, warm-up runs
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take
 provider_choice = choice(["cpu", "cuda", "auto"])
 optimization_choice = choice(OPTIMIZATION_LEVELS)
 

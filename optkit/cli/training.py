@@ -3,14 +3,13 @@
 torch is imported inside the commands, so the ONNX side's CLI works without the `torch` extra.
 
 Every user mistake is exit 2 with one line: option values are checked by click types (an option
-error is reported as one line, see `_Command`), outputs by `optkit.outputs.check_output` before any
+error is reported as one line by `optkit.cli.main`), outputs by `optkit.outputs.check_output` before any
 work, and the rest (data, checkpoints, classes) before anything is written.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, choice
 from optkit.errors import InputError
 from optkit.outputs import check_output
 
@@ -37,37 +37,6 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
 STRATEGIES = ("auto", "linear", "stages", "last-k", "all")
 PLOT_SUFFIXES = ("", ".png", ".pdf", ".svg", ".jpg", ".jpeg")
-
-
-class _Command(click.Command):
-    """A command whose option errors (bad value, unknown option, missing argument) are one line
-    and exit 2, like every other user mistake, instead of click's usage block."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise InputError(exc.format_message()) from None
-
-
-class _Finite(click.FloatRange):
-    """A FloatRange that also refuses nan and inf (nan passes FloatRange's comparisons)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-def _choice(values: tuple[str, ...]) -> click.Choice:
-    return click.Choice(values, case_sensitive=False)
-
-
-POSITIVE = _Finite(min=0, min_open=True)
-FRACTION = _Finite(min=0, max=1, min_open=True, max_open=True)
-COUNT = click.IntRange(min=1)
-SEED = click.IntRange(0, 2**32 - 1)
 
 
 def _need_torch() -> None:
@@ -178,9 +147,9 @@ def _training_options(command: Any) -> Any:
                          help=_TRAINING_HELP["batch_size"]),
             click.option("--lr", type=POSITIVE, default=0.05, show_default=True,
                          help=_TRAINING_HELP["lr"]),
-            click.option("--optimizer", type=_choice(OPTIMIZERS), default="sgd",
+            click.option("--optimizer", type=choice(OPTIMIZERS), default="sgd",
                          show_default=True),
-            click.option("--schedule", type=_choice(SCHEDULES), default="cosine",
+            click.option("--schedule", type=choice(SCHEDULES), default="cosine",
                          show_default=True),
             click.option("--seed", type=SEED, default=0, show_default=True,
                          help="Seed of the split, the initialization and the shuffles."),
@@ -192,13 +161,13 @@ def _training_options(command: Any) -> Any:
     return command
 
 
-@click.command("train", cls=_Command)
+@click.command("train")
 @click.option("--data", "data_source", default="digits", show_default=True,
               help="'digits' (scikit-learn, no download), a .npz (x, y) or an image folder.")  # fmt: skip
-@click.option("--arch", type=_choice(ARCHITECTURES), default="cnn", show_default=True)
-@click.option("--activation", type=_choice(ACTIVATIONS), default="relu", show_default=True)
-@click.option("--norm", type=_choice(NORMS), default="batch", show_default=True)
-@click.option("--init", "init_scheme", type=_choice(INIT_SCHEMES), default="kaiming",
+@click.option("--arch", type=choice(ARCHITECTURES), default="cnn", show_default=True)
+@click.option("--activation", type=choice(ACTIVATIONS), default="relu", show_default=True)
+@click.option("--norm", type=choice(NORMS), default="batch", show_default=True)
+@click.option("--init", "init_scheme", type=choice(INIT_SCHEMES), default="kaiming",
               show_default=True)  # fmt: skip
 @_training_options
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
@@ -376,13 +345,13 @@ def _run_training(
     click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
 
 
-@click.command("finetune", cls=_Command)
+@click.command("finetune")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "data_source", default="digits", show_default=True)
 @click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
               "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
 @click.option("--per-class", type=COUNT, help="Use at most this many training examples per class.")
-@click.option("--strategy", type=_choice(STRATEGIES), default="auto", show_default=True)
+@click.option("--strategy", type=choice(STRATEGIES), default="auto", show_default=True)
 @click.option("--k", "k", type=COUNT, default=2, show_default=True,
               help="Layers to retrain with last-k.")  # fmt: skip
 @click.option("--similar/--different", default=True, show_default=True,
@@ -508,7 +477,7 @@ def _compare_with_scratch(
                f"{verdict}")  # fmt: skip
 
 
-@click.command("export", cls=_Command)
+@click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--data", "data_source",
@@ -595,9 +564,9 @@ def _export_labels(
     return asked
 
 
-@click.command("stats", cls=_Command)
-@click.option("--activation", type=_choice(ACTIVATIONS), default="tanh", show_default=True)
-@click.option("--init", "init_scheme", type=_choice(INIT_SCHEMES), default="xavier",
+@click.command("stats")
+@click.option("--activation", type=choice(ACTIVATIONS), default="tanh", show_default=True)
+@click.option("--init", "init_scheme", type=choice(INIT_SCHEMES), default="xavier",
               show_default=True)  # fmt: skip
 @click.option("--std", type=POSITIVE, default=0.01, show_default=True, help="For --init small.")
 @click.option("--layers", type=COUNT, default=7, show_default=True)
