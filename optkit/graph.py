@@ -179,20 +179,35 @@ def add_initializer(
 
 
 def sole_consumer(value: ir.Value) -> ir.Node | None:
-    """The only node reading `value`, when exactly one node reads it once and it is no graph output."""
+    """The only node reading `value`, when exactly one node reads it once, it is no graph output,
+    and that node is in the graph that defines `value` (not inside an If / Loop / Scan body reading
+    it from the outer scope: a fold never joins nodes of two graphs)."""
     if value.is_graph_output():
         return None
     uses = list(value.uses())
-    if len(uses) != 1:
+    if len(uses) != 1 or uses[0].node.graph is not defining_graph(value):
         return None
     return uses[0].node
 
 
+def defining_graph(value: ir.Value) -> ir.Graph | None:
+    """The graph whose node produces `value`, or that holds it as an input or initializer."""
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
+
+
 def consumers_reason(value: ir.Value, what: str) -> str:
-    """Why `value` cannot be absorbed: it has other readers or is a graph output."""
+    """Why `value` cannot be absorbed: it has other readers, is a graph output, or is read inside a
+    subgraph body."""
     if value.is_graph_output():
         return f"{what} '{value.name}' is a graph output"
-    return f"{what} '{value.name}' has {len(list(value.uses()))} consumers"
+    uses = list(value.uses())
+    if len(uses) == 1 and uses[0].node.graph is not defining_graph(value):
+        return (
+            f"{what} '{value.name}' is read inside a subgraph (If / Loop / Scan body) from the outer "
+            "scope; folds stay within one graph"
+        )
+    return f"{what} '{value.name}' has {len(uses)} consumers"
 
 
 def unused_outputs(node: ir.Node, start: int) -> bool:

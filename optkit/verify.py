@@ -29,6 +29,7 @@ from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.graph import ConstantPolicy, all_nodes, attr_int, node_label, opset_version
 from optkit.inputs import (
+    MAX_SYNTHETIC_ELEMENTS,
     UnsynthesizableInput,
     check_nonempty_shapes,
     empty_inputs,
@@ -115,7 +116,8 @@ class Verdict:
 
     `ok` is True only when something was compared and every output agreed; `bool(verdict)` is
     `verdict.ok`. `problem` says why a verdict that compared nothing is not ok; `notes` say how the
-    inputs were fed (e.g. raw inputs to a model with embedded preprocessing).
+    inputs were fed (e.g. raw inputs to a model with embedded preprocessing) and how outputs were
+    matched when their names differ.
     """
 
     ok: bool
@@ -200,9 +202,14 @@ def compare_arrays(
 ) -> OutputComparison:
     """Compare one output; NaN and inf must appear at the same places in both.
 
-    Float outputs pass when ``max|a - b| <= atol + rtol * max|a|`` with `tolerance` (default:
-    `tolerance_for(exactness, dtype)`); bitwise rewrites and integer, bool and string outputs must
-    match exactly.
+    Integer, bool and string outputs, and every output of a bitwise rewrite, must match exactly (in
+    their own dtype: int64 values are never rounded through float64). A float output passes when
+    every element satisfies ``|a - b| <= atol + rtol * scale``, `tolerance` defaulting to
+    `tolerance_for(exactness, dtype)`, where `scale` is the largest reference magnitude in the
+    element's channel (its index along axis 1) for outputs of rank 2 and more, and the element's own
+    reference magnitude for rank 0 and 1, never below 1% of the output's largest magnitude (see
+    `tolerance_scale`). So a wrong small channel next to large ones fails, while a channel whose
+    values cross zero is judged by its own size.
     """
     ref, got = np.asarray(reference), np.asarray(candidate)
     tolerance = tolerance or tolerance_for(exactness, ref.dtype.name)
@@ -214,35 +221,92 @@ def compare_arrays(
     if ref.dtype.kind not in "fiub":
         same = bool(np.array_equal(ref, got))
         return outcome(same, "" if same else "values differ")
+    if ref.dtype.kind in "iub":
+        return _compare_exactly(ref, got, outcome)
     a, b = ref.astype(np.float64), got.astype(np.float64)
     if not (
         np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[np.isinf(a)], b[np.isinf(a)])
     ):
         return outcome(False, "NaN/inf positions differ")
     finite = np.isfinite(a)
-    a, b = a[finite], b[finite]
-    if not np.all(np.isfinite(b)):
+    if not np.all(np.isfinite(b[finite])):
         return outcome(False, "non-finite values where the original is finite")
-    if a.size == 0:
+    if not finite.any():
         return outcome(True, max_abs_error=0.0)
+    a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
     diff = np.abs(a - b)
     ref_max, max_abs = float(np.max(np.abs(a))), float(diff.max())
-    exact = exactness is Exactness.BITWISE or ref.dtype.kind in "iub"
-    ok = max_abs == 0.0 if exact else tolerance.allows(max_abs, ref_max)
+    if exactness is Exactness.BITWISE:
+        ok, problem = max_abs == 0.0, "" if max_abs == 0.0 else "values differ (bitwise rewrite)"
+    else:
+        ok, problem = _within(diff, a, tolerance)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     with np.errstate(over="ignore", divide="ignore"):  # inf where the reference is 0: honest
         max_rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)))
     top1, top5 = _agreement(ref, got) if np.all(finite) else (None, None)
     return outcome(
         ok,
-        "" if ok else "beyond tolerance",
+        problem,
         max_abs_error=max_abs,
         max_rel_error=max_rel,
-        mean_abs_error=float(diff.mean()),
-        cosine=float(np.dot(a, b) / norm) if norm > 0 else float(max_abs == 0),
+        mean_abs_error=float(diff[finite].mean()),
+        cosine=float(np.dot(a.ravel(), b.ravel()) / norm) if norm > 0 else float(max_abs == 0),
         reference_max_abs=ref_max,
         top1_agreement=top1,
         top5_agreement=top5,
+    )
+
+
+SCALE_FLOOR = 1e-2
+"""The smallest scale an element is judged at, as a share of the output's largest magnitude.
+
+A reassociated sum errs by up to about eps * sum(|terms|), and where its terms cancel that is far
+above the value itself (a feature of a batch-1 Gemm at -0.06 from terms of size ~80); the floor
+stands in for the terms' size. A wrong channel 100 times smaller than the largest still fails."""
+
+
+def tolerance_scale(reference: np.ndarray) -> np.ndarray:
+    """The magnitude each element's error is measured against (broadcastable to `reference`, which
+    holds finite float64 values): the largest ``|reference|`` in the element's channel (index along
+    axis 1) for rank >= 2, the element's own ``|reference|`` for rank 0 and 1; never below
+    `SCALE_FLOOR` times the output's largest magnitude."""
+    magnitude = np.abs(reference)
+    floor = SCALE_FLOOR * float(magnitude.max(initial=0.0))
+    if reference.ndim < 2:
+        return np.maximum(magnitude, floor)
+    others = tuple(axis for axis in range(reference.ndim) if axis != 1)
+    return np.maximum(np.max(magnitude, axis=others, keepdims=True), floor)
+
+
+def _within(diff: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> tuple[bool, str]:
+    """Whether every error is within ``atol + rtol * scale``; if not, where the worst one is."""
+    allowed = tolerance.atol + tolerance.rtol * tolerance_scale(reference)
+    excess = diff - allowed
+    if not np.any(excess > 0):
+        return True, ""
+    worst = np.unravel_index(int(np.argmax(diff / np.maximum(allowed, 1e-300))), diff.shape)
+    where = f"at index {tuple(int(i) for i in worst)}" if diff.ndim else "at the scalar"
+    channel = f" (channel {int(worst[1])})" if diff.ndim >= 2 else ""
+    allowed_there = np.broadcast_to(allowed, diff.shape)[worst]
+    return False, (
+        f"beyond tolerance {where}{channel}: |a - b| = {float(diff[worst]):.3g} > "
+        f"{float(allowed_there):.3g} allowed, reference {float(reference[worst]):.6g}"
+    )
+
+
+def _compare_exactly(
+    ref: np.ndarray, got: np.ndarray, outcome: functools.partial[OutputComparison]
+) -> OutputComparison:
+    """Integers and bools: equal in their own dtype; the error statistics in exact integers."""
+    differs = ref != got
+    if not differs.any():
+        return outcome(True, max_abs_error=0.0, max_rel_error=0.0, mean_abs_error=0.0, cosine=1.0)
+    pairs = zip(ref[differs].tolist(), got[differs].tolist(), strict=True)
+    max_abs = max(abs(int(x) - int(y)) for x, y in pairs)
+    return outcome(
+        False,
+        f"values differ at {int(differs.sum())} of {ref.size} elements (integers compare exactly)",
+        max_abs_error=float(max_abs),
     )
 
 
@@ -276,12 +340,9 @@ def compare_outputs(
             f"tolerance given for unknown output(s) {', '.join(unknown)}; outputs are "
             f"{', '.join(reference)}"
         )
-    ref_names, cand_names = list(reference), list(candidate)
-    if len(ref_names) != len(cand_names):
-        raise InputError(f"models have {len(ref_names)} and {len(cand_names)} outputs")
+    pairs, notes = match_outputs(reference, candidate)
     comparisons: list[OutputComparison] = []
-    for i, name in enumerate(ref_names):
-        other = name if name in candidate else cand_names[i]
+    for name, other in pairs:
         comparisons.extend(
             _compare_nested(
                 name, reference[name], candidate[other], exactness, tolerances.get(name)
@@ -300,7 +361,53 @@ def compare_outputs(
             if comparisons
             else "nothing to compare: no output holds a tensor"
         )
-    return Verdict(ok and not problem, exactness, comparisons, problem=problem)
+    return Verdict(ok and not problem, exactness, comparisons, problem=problem, notes=notes)
+
+
+def match_outputs(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any]
+) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """Pairs (reference output, candidate output) and a note on how they were matched.
+
+    By name when both models have the same output names; otherwise by position, but only when the
+    counts agree, no name of one model sits at another position in the other, and the outputs at
+    each position are of the same kind and element type. Anything else is an InputError: a
+    comparison that guessed would compare one output twice and another never.
+    """
+    ref_names, cand_names = list(reference), list(candidate)
+    if len(ref_names) != len(cand_names):
+        raise InputError(
+            f"the models have {len(ref_names)} and {len(cand_names)} outputs "
+            f"({', '.join(ref_names)} vs {', '.join(cand_names)}); nothing to match them by"
+        )
+    if set(ref_names) == set(cand_names):
+        return [(name, name) for name in ref_names], ()
+    for position, (mine, theirs) in enumerate(zip(ref_names, cand_names, strict=True)):
+        if mine != theirs and (mine in candidate or theirs in reference):
+            raise InputError(
+                f"outputs match neither by name nor by position: output {position} is '{mine}' in "
+                f"the reference and '{theirs}' in the candidate, and "
+                f"'{mine if mine in candidate else theirs}' is another output of the other model"
+            )
+        kinds = (_kind(reference[mine]), _kind(candidate[theirs]))
+        if kinds[0] != kinds[1]:
+            raise InputError(
+                f"outputs differ in name and type at position {position}: '{mine}' {kinds[0]} in "
+                f"the reference, '{theirs}' {kinds[1]} in the candidate; nothing to match them by"
+            )
+    renamed = [f"'{a}' ~ '{b}'" for a, b in zip(ref_names, cand_names, strict=True) if a != b]
+    return list(zip(ref_names, cand_names, strict=True)), (
+        f"outputs matched by position (names differ: {', '.join(renamed)})",
+    )
+
+
+def _kind(value: Any) -> str:
+    """An output's kind for matching: the element type of a tensor, 'sequence' or 'optional'."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.name
+    if isinstance(value, PerSample):
+        return _kind(value[0]) if value else "tensor"
+    return "sequence" if isinstance(value, list) else "optional"
 
 
 def _compare_nested(
@@ -310,6 +417,14 @@ def _compare_nested(
     mismatch = functools.partial(
         OutputComparison, name, "none", tolerance_for(exactness, "none"), False
     )
+    if isinstance(ref, PerSample) or isinstance(got, PerSample):
+        if not (isinstance(ref, PerSample) and isinstance(got, PerSample)):
+            varies = "reference" if isinstance(ref, PerSample) else "candidate"
+            return [mismatch(f"the shape varies from sample to sample in the {varies} only")]
+        return [
+            compare_arrays(f"{name} (sample {i})", r, g, exactness, tolerance)
+            for i, (r, g) in enumerate(zip(ref, got, strict=True))
+        ]
     if isinstance(ref, list) or isinstance(got, list):
         if not (isinstance(ref, list) and isinstance(got, list)) or len(ref) != len(got):
             return [mismatch("sequence lengths or kinds differ")]
@@ -325,14 +440,23 @@ def _compare_nested(
     return [compare_arrays(name, ref, got, exactness, tolerance)]
 
 
+class PerSample(list):
+    """One output's arrays, a sample each: its shape changed from sample to sample (a data-dependent
+    shape, as NonZero's), so the samples are compared one by one rather than pooled."""
+
+
 def pool_samples(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Outputs of several runs as one: arrays concatenated along their first axis (scalars stacked);
+    """Outputs of several runs as one: arrays of the same shape in every run concatenated along
+    their first axis (scalars stacked); arrays whose shape varies kept per run (`PerSample`);
     sequence and optional outputs kept per run as a list."""
     pooled: dict[str, Any] = {}
     for name in runs[0]:
         values = [run[name] for run in runs]
         if all(isinstance(v, np.ndarray) for v in values):
-            pooled[name] = np.concatenate(values) if values[0].ndim else np.stack(values)
+            if len({v.shape for v in values}) > 1:
+                pooled[name] = PerSample(values)
+            else:
+                pooled[name] = np.concatenate(values) if values[0].ndim else np.stack(values)
         else:
             pooled[name] = values
     return pooled
@@ -587,7 +711,7 @@ def verify(
         )
         check_stable(again[0])
     score = accuracy(reference, candidate, labels) if labels is not None else None
-    notes = (adapter.note,) if adapter else ()
+    notes = ((adapter.note,) if adapter else ()) + verdict.notes
     return Verdict(verdict.ok, exactness, verdict.outputs, len(reference_feeds), score, notes=notes)
 
 
@@ -658,6 +782,13 @@ def _samples(
         made: list[Feeds] = []
         for i in range(max(1, count)):
             sample = synthetic_inputs(model, shapes, seed=seed + i, int_range=int_range)
+            per_sample = sum(int(np.size(a)) for a in sample.values())
+            if i == 0 and count * per_sample > MAX_SYNTHETIC_ELEMENTS:
+                raise InputError(
+                    f"--samples {count}: {count:,} samples of {per_sample:,} input elements each "
+                    f"are over the {MAX_SYNTHETIC_ELEMENTS:,} elements optkit synthesizes; give at "
+                    f"most {max(1, MAX_SYNTHETIC_ELEMENTS // max(per_sample, 1)):,} samples"
+                )
             if raw_uint8 is not None:  # raw pixels: the whole uint8 range, as deployed
                 rng = np.random.default_rng(seed + i)
                 shape = sample[raw_uint8].shape

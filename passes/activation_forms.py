@@ -16,7 +16,8 @@ that is not the function's), or None. Forms, with f(x) written as exporters writ
     Selu        gamma * Elu(x; alpha)
     Celu        Max(x, 0) + Min(0, alpha * (Exp(x / alpha) - 1))
     LeakyRelu   Max(x, alpha * x) (0 < alpha < 1); Where(x > 0, x, alpha * x); PRelu with one slope
-    Relu        Max(x, 0); Clip(x, 0) / Clip(x, 0, inf); Where(x > 0, x, 0)
+    Relu        Max(x, 0); Clip(x, 0, inf); Where(x < 0, 0, x) (Clip(x, 0) and Where(x > 0, x, 0)
+                differ from Relu at +inf and NaN: declined)
 
 `x > 0` may also be written x >= 0, or x < 0 / x <= 0 with the branches swapped.
 """
@@ -251,12 +252,17 @@ def _relu6_of_shift(clip: ir.Node, reader: Reader) -> tuple[ir.Value, list[ir.No
     return split[1], [add]
 
 
+_LARGEST = float(np.finfo(np.float64).max)  # an omitted Clip bound: the dtype's largest finite value
+
+
 def _clip_bounds(clip: ir.Node, reader: Reader) -> tuple[float, float] | None:
-    """(min, max) of a Clip whose bounds are constants (attributes before opset 11)."""
+    """(min, max) of a Clip whose bounds are constants (attributes before opset 11). An omitted
+    bound is the dtype's lowest / largest finite value (so Clip(x, 0) maps +inf to the largest
+    float), given here as +-`_LARGEST`: it never equals an explicit inf."""
     if "min" in clip.attributes or "max" in clip.attributes or len(clip.inputs) == 1:
-        return (attr_float(clip, "min", -np.inf), attr_float(clip, "max", np.inf))
+        return (attr_float(clip, "min", -_LARGEST), attr_float(clip, "max", _LARGEST))
     bounds = []
-    for index, default in ((1, -np.inf), (2, np.inf)):
+    for index, default in ((1, -_LARGEST), (2, _LARGEST)):
         value = clip.inputs[index] if len(clip.inputs) > index else None
         if value is None:
             bounds.append(default)
@@ -268,11 +274,16 @@ def _clip_bounds(clip: ir.Node, reader: Reader) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-def _clip(node: ir.Node, reader: Reader) -> Match | None:
-    """Clip(x, 0[, inf]) is Relu; Clip(alpha * x + beta, 0, 1) is HardSigmoid."""
+def _clip(node: ir.Node, reader: Reader) -> Match | str | None:
+    """Clip(x, 0, inf) is Relu; Clip(alpha * x + beta, 0, 1) is HardSigmoid."""
     bounds = _clip_bounds(node, reader)
     if bounds == (0.0, np.inf):
         return match("Relu", "Relu", {}, node.inputs[0], [node])
+    if bounds == (0.0, _LARGEST):
+        return (
+            "Clip(x, 0) without a max is not Relu: it maps +inf to the largest finite value, Relu "
+            "keeps inf (an explicit max of inf would be)"
+        )
     if bounds != (0.0, 1.0):
         return None
     add = producer(node.inputs[0], "Add")
@@ -306,7 +317,7 @@ def _max(node: ir.Node, reader: Reader) -> Match | None:
     return None
 
 
-def _where(node: ir.Node, reader: Reader) -> Match | None:
+def _where(node: ir.Node, reader: Reader) -> Match | str | None:
     """Where(x > 0, x, negative branch): Relu, LeakyRelu, Elu; and torch's Softplus threshold."""
     if len(node.inputs) != 3:
         return None
@@ -326,6 +337,11 @@ def _where(node: ir.Node, reader: Reader) -> Match | None:
         return None
     nodes = [node, test]
     if reader.scalar(negative) == 0.0:
+        if test.op_type.startswith("Greater"):  # NaN > 0 is false: the constant branch
+            return (
+                f"Where(x {'>' if test.op_type == 'Greater' else '>='} 0, x, 0) is not Relu: it "
+                "gives 0 for NaN, Relu gives NaN (Where(x < 0, 0, x) would be)"
+            )
         return match("Relu", "Relu", {}, x, nodes)
     expm1 = _expm1(negative, reader)  # Exp(x) - 1 with no factor: alpha = 1
     if expm1 is not None and expm1[0] is x:

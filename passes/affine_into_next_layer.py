@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -162,7 +163,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
             "Conv pads its input and the input's spatial shape is not static: the shift is not "
             "uniform at the borders, and a border correction needs a static size"
         )
-        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, dynamic)
+        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, dynamic, border=False)
         return dynamic if moved is None else moved
     mask, out_spatial = geometry.valid_mask(spatial)
     if min(out_spatial) < 1:
@@ -181,7 +182,7 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
             f"an Add over its {on_input} input values per sample costs less than the "
             f"border correction over the Conv's {on_output} outputs"
         )
-        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, cost)
+        moved = _shift_onto_input(affine, conv, weight, bias, dtype, ctx, cost, border=True)
         if moved is not None:
             return moved
     conv_node = _conv_node(conv, affine.input, new_w, None, dtype, ctx)
@@ -236,12 +237,16 @@ def _shift_onto_input(
     dtype: ir.DataType,
     ctx: FoldContext,
     cost: str,
+    *,
+    border: bool,
 ) -> Applied | str | None:
     """Zero padding commutes with a scale, not with a shift: Conv(pad0(s x + t)) equals
     Conv_(W s)(pad0(x + t / s)). The scale folds into the weights and the shift stays on the input
     as one Add, where that costs less than the border correction. A pure shift (s = 1) right after
     a per-channel scale a is taken together with it: a x + t = a (x + t / a). None where a scale
-    is zero (the border correction is the fold then)."""
+    is zero, or where t / s reaches 1/16 of the dtype's largest value (x + t / s could overflow
+    where s x + t does not: fp16 with s = 1e-3, t = 50 adds 50000 to x), when the border
+    correction (`border`) can fold it instead; otherwise those are declines with the reason."""
     nodes, x, scale = [affine.node], affine.input, affine.scale
     if np.all(scale == 1):
         before = _scale_before(affine, ctx)
@@ -254,11 +259,17 @@ def _shift_onto_input(
     shift = affine.shift.reshape(-1, *spatial_ones)
     if affine.shift_image is not None:
         shift = shift + affine.shift_image
-    shift_value = ctx.constant(
-        f"{affine.node.name or 'input'}_shift",
-        (shift / scale.reshape(-1, *spatial_ones))[None],
-        dtype,
-    )
+    moved = shift / scale.reshape(-1, *spatial_ones)
+    largest = float(ml_dtypes.finfo(dtype.numpy()).max)
+    if float(np.max(np.abs(moved))) > largest / 16:
+        if border:
+            return None
+        return (
+            f"{cost}; and moving the shift onto the input would add t / s up to "
+            f"{float(np.max(np.abs(moved))):.6g} to it, beyond 1/16 of {dtype.name}'s largest "
+            f"value {largest:.6g}: x + t / s could overflow where s x + t does not"
+        )
+    shift_value = ctx.constant(f"{affine.node.name or 'input'}_shift", moved[None], dtype)
     add = new_node("Add", [x, shift_value], [], ctx.namer.fresh(affine.node.name or "shift"))
     add.outputs[0].name = ctx.namer.fresh(f"{x.name}_shifted")
     node = _conv_node(conv, add.outputs[0], _scaled_slices(weight, scale, attr_int(conv, "group", 1)),

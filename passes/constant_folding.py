@@ -126,8 +126,8 @@ class FoldConstants(RewritePass):
             return None if array is None or array.dtype == object else [array]
         if node.op_type == "ConstantOfShape" and node.inputs and node.inputs[0] is not None:
             dims, _ = policy.array(node.inputs[0])
-            if dims is None:
-                return None
+            if dims is None or dims.ndim != 1 or dims.dtype.kind not in "iu" or np.any(dims < 0):
+                return None  # not a shape: left for the runtime to refuse
             attr = node.attributes.get("value")
             fill = attr.value.numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
             return [np.full(tuple(int(d) for d in dims), fill[0], dtype=fill.dtype)]
@@ -188,7 +188,7 @@ def _planned_size(node: ir.Node, policy: ConstantPolicy) -> int:
     if node.op_type != "ConstantOfShape" or not node.inputs or node.inputs[0] is None:
         return 0
     dims, _ = policy.array(node.inputs[0])
-    return int(np.prod(dims)) if dims is not None else 0
+    return int(np.prod(dims)) if dims is not None and np.all(dims >= 0) else 0
 
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)

@@ -114,6 +114,12 @@ def _layer_norm(
     normalized = _normalized_shape(x, count, gamma, beta)
     if normalized is None:
         return "LayerNorm pattern, but the normalized shape is unknown (no static dims, no scale)"
+    widest = max((c.ndim for c in (gamma, beta) if c is not None), default=0)
+    if widest > count and (rank is None or widest > rank):
+        return (
+            f"LayerNorm pattern, but its scale or bias has rank {widest}, more than the input's "
+            f"({'unknown' if rank is None else rank}): the product broadcasts to a higher rank"
+        )
     scale = _broadcast(gamma, normalized, 1.0)
     bias = _broadcast(beta, normalized, 0.0)
     if scale is None or bias is None:
@@ -176,9 +182,10 @@ def _normalized_shape(
 def _broadcast(array: np.ndarray | None, shape: tuple[int, ...], fill: float) -> np.ndarray | None:
     if array is None:
         return np.full(shape, fill)
-    squeezed = array.reshape(array.shape[max(0, array.ndim - len(shape)) :])
-    if array.size != squeezed.size:
+    leading = array.shape[: max(0, array.ndim - len(shape))]
+    if any(d != 1 for d in leading):
         return None  # it varies along an axis that is not normalized
+    squeezed = array.reshape(array.shape[len(leading) :])
     try:
         return np.broadcast_to(squeezed, shape).copy()
     except ValueError:

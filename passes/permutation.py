@@ -46,6 +46,9 @@ def read_permutation(node: ir.Node, policy: ConstantPolicy) -> np.ndarray | None
     if indices is None or indices.ndim != 1:
         return None
     order = indices.astype(np.int64)
+    # Negative indices count from the end: with as many indices as channels (which
+    # `fold_permutation` checks before folding), -1 is the last channel.
+    order = np.where(order < 0, order + len(order), order)
     return order if sorted(order.tolist()) == list(range(len(order))) else None
 
 
@@ -71,6 +74,12 @@ def fold_permutation(gather: ir.Node, order: np.ndarray, ctx: FoldContext) -> Ap
         return _before_arithmetic(gather, inverse, layer, ctx)
     if layer.op_type not in ("Conv", "Gemm", "MatMul"):
         return f"its output feeds {layer.op_type}, which cannot absorb it"
+    if layer.op_type in ("Gemm", "MatMul") and (shape is None or len(shape) != 2):
+        rank = "unknown" if shape is None else len(shape)
+        return (
+            f"{layer.op_type} contracts the last axis of its input, and axis 1 is the last only "
+            f"at rank 2 (the input's rank is {rank})"
+        )
     weight_in = layer.inputs[1] if len(layer.inputs) > 1 else None
     weight, dtype, why = ctx.weight(weight_in, f"{layer.op_type} weight")
     if weight is None:

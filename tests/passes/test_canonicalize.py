@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 import optkit
-from helpers import F32, assert_same_outputs, make_model
+from helpers import F32, assert_same_outputs, make_model, ort_outputs
 from optkit.contract import PassOptions
 from optkit.models import CANONICALIZE_ZOO
 from optkit.passes.canonicalize import RUNTIME_TYPES
@@ -150,7 +150,8 @@ FORMULAS = {
     "elu-where-alpha-1": (lambda x: torch.where(x <= 0, torch.exp(x) - 1, x), "Elu"),
     "leaky-max": (lambda x: torch.maximum(x, 0.2 * x), "LeakyRelu"),
     "leaky-where": (lambda x: torch.where(x < 0, x * 0.3, x), "LeakyRelu"),
-    "relu-clamp": (lambda x: torch.clamp(x, min=0), "Relu"),
+    "relu-clamp-inf": (lambda x: torch.clamp(x, min=0, max=float("inf")), "Relu"),
+    "relu-where-less": (lambda x: torch.where(x < 0, 0.0, x), "Relu"),
     "relu-max": (lambda x: torch.maximum(x, torch.tensor(0.0)), "Relu"),
     "hardswish": (lambda x: x * torch.clamp(x + 3, 0, 6) / 6, "HardSwish"),
     "hardsigmoid": (lambda x: torch.clamp(x / 6 + 0.5, 0, 1), "HardSigmoid"),
@@ -180,6 +181,59 @@ def test_hand_written_forms_fuse(name):
     sample = torch.randn(4, 8) * 3
     proto = export_onnx(Formula(formula), sample, opset=17)
     check(proto, sample, op, upgrade=24)
+
+
+SPECIAL = np.array(
+    [np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 100, -100, 88.8, -88.8, 1e-40, 20, 30, 1, -1],
+    np.float32,
+)
+
+
+class Direct(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
+@pytest.mark.parametrize("name", list(FORMULAS))
+def test_fused_forms_keep_nan_and_inf_where_the_original_has_them(name):
+    """NaN, +-inf and values near the float range straight into the form. The fused op must give
+    NaN exactly where the original does and never a non-finite value where the original is finite;
+    where an intermediate of the decomposed original overflows (Exp(100), x * 6 at 3e38) the fused
+    op may give the finite true value: equal in real arithmetic, which `reassociate` declares."""
+    formula, _ = FORMULAS[name]
+    proto = export_onnx(Direct(formula), torch.randn(4, 16), opset=17)
+    result = optkit.fuse(proto, upgrade_opset=24, options=PassOptions(all_canonical=True))
+    feeds = {proto.graph.input[0].name: np.tile(SPECIAL, (4, 1))}
+    (want,) = ort_outputs(proto, feeds)
+    (got,) = ort_outputs(result.to_proto(), feeds)
+    assert np.array_equal(np.isnan(want), np.isnan(got)), (SPECIAL, want[0], got[0])
+    finite = np.isfinite(want)
+    assert np.all(np.isfinite(got[finite])), (SPECIAL, want[0], got[0])
+    infinite = np.isinf(want) & np.isinf(got)
+    assert np.array_equal(want[infinite], got[infinite])
+    scale = np.maximum(np.abs(want[finite]), 1.0)
+    assert np.all(np.abs(want[finite] - got[finite]) <= 1e-5 * scale), (want[0], got[0])
+
+
+@pytest.mark.parametrize(
+    ("formula", "words"),
+    [
+        (lambda x: torch.clamp(x, min=0), "maps +inf to the largest finite value"),
+        (lambda x: torch.where(x > 0, x, 0.0), "gives 0 for NaN"),
+        (lambda x: torch.where(x >= 0, x, 0.0), "gives 0 for NaN"),
+    ],
+    ids=["clip-without-max", "where-greater", "where-greater-or-equal"],
+)
+def test_forms_that_differ_from_relu_at_inf_or_nan_are_declined_with_the_reason(formula, words):
+    proto = export_onnx(Direct(formula), torch.randn(4, 16), opset=17)
+    result = optkit.fuse(proto)
+    assert "Relu" not in fused_ops(result)
+    reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
+    assert any(words in r for r in reasons), reasons
 
 
 def test_constants_as_constant_nodes_and_commuted_operands_are_read():

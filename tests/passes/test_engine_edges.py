@@ -1,0 +1,207 @@
+"""Regression tests for issue 19's findings at the engine's edges: models built to sit just beside
+what the rules expect. Outputs are checked on ONNX Runtime directly (tests/helpers), never through
+optkit's own verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import optkit
+from helpers import F32, assert_same_outputs, bn_node, bn_params, make_model, run_main
+
+BOOL = onnx.TensorProto.BOOL
+
+
+def _outer_scope_model(case: str, rng: np.random.Generator) -> onnx.ModelProto:
+    """The layer sits in the main graph, its only reader inside the If's then-branch."""
+    channels_in, channels = 3, 4
+    inits: dict[str, np.ndarray] = {
+        "W": rng.standard_normal((channels, channels_in, 3, 3)).astype(np.float32),
+        "s4": rng.uniform(0.5, 2, (channels, 1, 1)).astype(np.float32),
+        "s3": rng.uniform(0.5, 2, (channels_in, 1, 1)).astype(np.float32),
+        "perm": np.array([2, 1, 0], np.int64),
+        "Wm": rng.standard_normal((5, channels)).astype(np.float32),
+        "bm": rng.standard_normal(channels).astype(np.float32),
+        **bn_params(rng, channels),
+        **bn_params(rng, channels_in, prefix="bn3"),
+    }
+    x_shape, out_shape = [1, channels_in, 8, 8], [1, channels, 6, 6]
+    outer: list[onnx.NodeProto]
+    inner: list[onnx.NodeProto]
+    if case == "conv->bn":
+        outer = [helper.make_node("Conv", ["x", "W"], ["h"])]
+        inner = [bn_node("h", "t")]
+    elif case == "conv->mul":
+        outer = [helper.make_node("Conv", ["x", "W"], ["h"])]
+        inner = [helper.make_node("Mul", ["h", "s4"], ["t"])]
+    elif case == "bn->mul":
+        outer = [bn_node("x", "h", prefix="bn3")]
+        inner = [helper.make_node("Mul", ["h", "s3"], ["t"])]
+        out_shape = x_shape
+    elif case == "bn->conv":
+        outer = [bn_node("x", "h", prefix="bn3")]
+        inner = [helper.make_node("Conv", ["h", "W"], ["t"])]
+    elif case == "gather->conv":
+        outer = [helper.make_node("Gather", ["x", "perm"], ["h"], axis=1)]
+        inner = [helper.make_node("Conv", ["h", "W"], ["t"])]
+    else:  # matmul+add->bn
+        x_shape, out_shape = [2, 5], [2, channels]
+        outer = [helper.make_node("MatMul", ["x", "Wm"], ["m"]),
+                 helper.make_node("Add", ["m", "bm"], ["h"])]  # fmt: skip
+        inner = [bn_node("h", "t")]
+    zeros = numpy_helper.from_array(np.zeros(out_shape, np.float32), "z")
+    branch_out = [helper.make_tensor_value_info("t", F32, out_shape)]
+    then = helper.make_graph(inner, "then", [], branch_out)
+    other = helper.make_graph(
+        [helper.make_node("Constant", [], ["t"], value=zeros)], "else", [], branch_out
+    )
+    nodes = [*outer, helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    return make_model(nodes, [("x", F32, x_shape), ("c", BOOL, [])], [("y", F32, out_shape)], inits)
+
+
+OUTER_SCOPE_CASES = [
+    "conv->bn",
+    "conv->mul",
+    "bn->mul",
+    "bn->conv",
+    "gather->conv",
+    "matmul+add->bn",
+]
+
+
+@pytest.mark.parametrize("case", OUTER_SCOPE_CASES)
+def test_a_layer_read_only_inside_an_if_branch_is_left_alone(tmp_path, monkeypatch, capsys, case):
+    """KeyError in batchnorm / affine / permute (exit 3, inspect too) before."""
+    rng = np.random.default_rng(0)
+    model = _outer_scope_model(case, rng)
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    for command in (["fuse", str(path), "-o", str(tmp_path / "out.onnx")], ["inspect", str(path)]):
+        code, _, err = run_main(monkeypatch, capsys, *command)
+        assert code == 0, err
+    fused = onnx.load(str(tmp_path / "out.onnx"))
+    x_shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    for flag in (True, False):
+        feeds = {"x": rng.standard_normal(x_shape).astype(np.float32), "c": np.array(flag)}
+        assert_same_outputs(model, fused, feeds, rtol=1e-5, atol=1e-5)
+
+
+def _layer_norm_times(gamma: np.ndarray, x_shape: list[int]) -> onnx.ModelProto:
+    """A decomposed LayerNorm over the last axis, then Mul by `gamma`."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["mu"], keepdims=1),
+        helper.make_node("Sub", ["x", "mu"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2", "axes"], ["var"], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["n"]),
+        helper.make_node("Mul", ["n", "g"], ["y"]),
+    ]
+    inits = {"axes": np.array([-1], np.int64), "eps": np.array(1e-5, np.float32), "g": gamma}
+    out_shape = list(np.broadcast_shapes(tuple(x_shape), gamma.shape))
+    return make_model(nodes, [("x", F32, x_shape)], [("y", F32, out_shape)], inits, opset=18)
+
+
+@pytest.mark.parametrize(
+    ("gamma_shape", "x_shape"),
+    [((5, 8), [2, 5, 8]), ((1, 1, 8), [4, 8])],
+    ids=["gamma varies along T (ValueError before)", "gamma of higher rank (rank dropped before)"],
+)
+@pytest.mark.parametrize("skip", [[], ["norms"]])
+def test_layer_norm_times_a_constant_it_cannot_absorb(gamma_shape, x_shape, skip):
+    rng = np.random.default_rng(0)
+    model = _layer_norm_times(rng.standard_normal(gamma_shape).astype(np.float32), x_shape)
+    result = optkit.fuse(model, skip=skip)
+    assert result.report.ok, result.report.format_text()
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    assert_same_outputs(model, result.to_proto(), feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_of_shape_with_a_negative_dim_is_left_to_the_runtime(
+    tmp_path, monkeypatch, capsys
+):
+    """ValueError in `constants` (exit 3) before; ORT refuses the model, so exit 2."""
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["z"]),
+             helper.make_node("Add", ["x", "z"], ["y"])]  # fmt: skip
+    model = make_model(nodes, [("x", F32, [2])], [("y", F32, None)],
+                       {"shape": np.array([-2], np.int64)})  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    code, _, err = run_main(monkeypatch, capsys, "fuse", str(path), "-o", str(tmp_path / "o.onnx"))
+    assert code == 2 and "non-negative" in err and not (tmp_path / "o.onnx").exists()
+    result = optkit.fuse(model, verify_result=False)
+    assert [n.op_type for n in result.model.graph] == ["ConstantOfShape", "Add"]
+
+
+def _fp16_bn_before_padded_conv(shape: list) -> onnx.ModelProto:
+    """fp16 BN with s = 1e-3, t = 50 before a padded Conv that has more outputs than inputs."""
+    rng = np.random.default_rng(0)
+    channels = 3
+    params = {
+        "bn.scale": np.full(channels, 1e-3, np.float16),
+        "bn.B": np.full(channels, 50, np.float16),
+        "bn.mean": np.zeros(channels, np.float16),
+        "bn.var": np.full(channels, 1 - 1e-5, np.float16),
+        "W": (rng.standard_normal((16, channels, 3, 3)) * 0.1).astype(np.float16),
+    }
+    nodes = [bn_node("x", "h"), helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1])]
+    f16 = onnx.TensorProto.FLOAT16
+    return make_model(nodes, [("x", f16, shape)], [("y", f16, None)], params)
+
+
+@pytest.mark.parametrize("shape", [[1, 3, 8, 8], ["N", 3, "H", "W"]], ids=["static", "dynamic"])
+def test_an_fp16_shift_too_large_for_the_input_is_not_moved_onto_it(shape):
+    """Add(x, t/s = 50000) fits fp16, x + 50000 does not: onnx's reference evaluator (true fp16
+    arithmetic) gave 896 of 1024 outputs non-finite."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = _fp16_bn_before_padded_conv(shape)
+    result = optkit.fuse(model, shapes={"x": (1, 3, 8, 8)})
+    assert result.report.ok, result.report.format_text()
+    adds = [n for n in result.model.graph if n.op_type == "Add" and n.inputs[0].name == "x"]
+    assert not adds, "the shift was moved onto the fp16 input"
+    if shape[0] == "N":  # no border correction without a static size: declined, with the reason
+        assert any(n.op_type == "BatchNormalization" for n in result.model.graph)
+        reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
+        assert any("x + t / s could overflow" in r for r in reasons), reasons
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float16) * 100
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    (got,) = ReferenceEvaluator(result.to_proto()).run(None, {"x": x})
+    assert np.all(np.isfinite(got)) and np.all(np.isfinite(want))
+    scale = float(np.max(np.abs(want.astype(np.float64))))
+    assert float(np.max(np.abs(want.astype(np.float64) - got))) <= 2e-2 * scale
+
+
+def test_a_gather_on_axis_1_of_a_3d_input_is_not_folded_into_a_matmul():
+    """(B, T, F) with T == F: axis 1 is T, MatMul contracts F; it was folded into W's rows."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["x", "idx"], ["h"], axis=1),
+             helper.make_node("MatMul", ["h", "W"], ["y"])]  # fmt: skip
+    inits = {"idx": np.array([2, 0, 3, 1], np.int64),
+             "W": rng.standard_normal((4, 5)).astype(np.float32)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [2, 4, 4])], [("y", F32, [2, 4, 5])], inits)
+    result = optkit.fuse(model)
+    assert result.report.ok and "Gather" in [n.op_type for n in result.model.graph]
+    reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
+    assert any("axis 1 is the last only at rank 2" in r for r in reasons), reasons
+    feeds = {"x": rng.standard_normal((2, 4, 4)).astype(np.float32)}
+    assert_same_outputs(model, result.to_proto(), feeds)
+
+
+def test_a_permutation_with_negative_indices_folds():
+    """Gather(x, [-1, -3, -2]) on axis 1 is a permutation; it got no report line before."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["x", "idx"], ["h"], axis=1),
+             helper.make_node("Conv", ["h", "W"], ["y"])]  # fmt: skip
+    inits = {"idx": np.array([-1, -3, -2], np.int64),
+             "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, None)], inits)
+    result = optkit.fuse(model)
+    assert [n.op_type for n in result.model.graph] == ["Conv"]
+    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    assert_same_outputs(model, result.to_proto(), feeds)

@@ -1,0 +1,148 @@
+"""Verdicts that cannot be fooled by their own comparison (issue 19's false verdicts): integers
+compared exactly, outputs matched by name or by a position that is safe, a tolerance that sees a
+wrong small channel, and samples of data-dependent shapes compared one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import optkit
+from helpers import F32, bn_node, bn_params, make_model, run_main
+from optkit.contract import Exactness
+from optkit.errors import InputError
+from optkit.verify import compare_arrays, compare_outputs
+
+I64 = onnx.TensorProto.INT64
+
+
+def _add_constant(value: int, path) -> str:
+    """y = x + value, int64."""
+    nodes = [helper.make_node("Add", ["x", "c"], ["y"])]
+    model = make_model(
+        nodes, [("x", I64, [4])], [("y", I64, [4])], {"c": np.array(value, np.int64)}
+    )
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("base", [2**60, 2**63 - 20])
+def test_int64_outputs_one_apart_near_their_range_differ(tmp_path, monkeypatch, capsys, base):
+    """Through float64, 2**60 and 2**60 + 1 are the same number: 'equivalent, max abs 0' before."""
+    a = _add_constant(base, tmp_path / "a.onnx")
+    b = _add_constant(base + 1, tmp_path / "b.onnx")
+    code, out, err = run_main(monkeypatch, capsys, "verify", a, b)
+    assert code == 1, out + err
+    assert "NOT equivalent" in out and "integers compare exactly" in out
+    verdict = compare_outputs(
+        {"y": np.array([base], np.int64)}, {"y": np.array([base + 1], np.int64)}, Exactness.BITWISE
+    )
+    assert not verdict.ok and verdict.outputs[0].max_abs_error == 1.0
+
+
+def _two_outputs(path, names: tuple[str, str], scale: float = 1.0) -> str:
+    """Outputs names[0] = x * 2, names[1] = x * 3 * scale."""
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], [names[0]]),
+        helper.make_node("Mul", ["x", "three"], [names[1]]),
+    ]
+    inits = {"two": np.array(2, np.float32), "three": np.array(3 * scale, np.float32)}
+    outputs = [(n, F32, [2, 3]) for n in names]
+    onnx.save(make_model(nodes, [("x", F32, [2, 3])], outputs, inits), str(path))
+    return str(path)
+
+
+def test_outputs_named_at_other_positions_are_one_line_not_a_guess(tmp_path, monkeypatch, capsys):
+    """A [p, q] vs B [q, r] compared q twice and r (100x off) never: exit 0 before."""
+    a = _two_outputs(tmp_path / "a.onnx", ("p", "q"))
+    b = _two_outputs(tmp_path / "b.onnx", ("q", "r"), scale=100.0)
+    code, out, err = run_main(monkeypatch, capsys, "verify", a, b)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "match neither by name nor by position" in err and "'q'" in err
+
+
+def test_outputs_with_other_names_match_by_position_and_say_so(tmp_path, monkeypatch, capsys):
+    a = _two_outputs(tmp_path / "a.onnx", ("p", "q"))
+    renamed = _two_outputs(tmp_path / "b.onnx", ("u", "v"))
+    wrong = _two_outputs(tmp_path / "c.onnx", ("u", "v"), scale=100.0)
+    code, out, err = run_main(monkeypatch, capsys, "verify", a, renamed)
+    assert code == 0 and "matched by position" in out and "'p' ~ 'u'" in out, out + err
+    code, out, _ = run_main(monkeypatch, capsys, "verify", a, wrong)
+    assert code == 1 and "NOT equivalent" in out
+
+
+def test_outputs_of_other_types_or_counts_are_not_matched_by_position():
+    x = np.ones((2, 2), np.float32)
+    with pytest.raises(InputError, match="differ in name and type at position 0"):
+        compare_outputs({"p": x}, {"u": x.astype(np.int64)}, Exactness.REASSOCIATE)
+    with pytest.raises(InputError, match="have 1 and 2 outputs"):
+        compare_outputs({"p": x}, {"p": x, "q": x}, Exactness.REASSOCIATE)
+
+
+def test_a_negated_small_channel_next_to_large_ones_fails():
+    """The tolerance was relative to the output's largest magnitude: 0.1 -> -0.1 beside ~100 passed."""
+    rng = np.random.default_rng(0)
+    y = rng.uniform(90, 110, (2, 3, 4, 4)).astype(np.float32)
+    y[:, 2] = rng.uniform(0.05, 0.1, (2, 4, 4))
+    wrong = y.copy()
+    wrong[:, 2] *= -1
+    result = compare_arrays("y", y, wrong, Exactness.REASSOCIATE)
+    assert not result.ok and "(channel 2)" in result.problem
+    assert compare_arrays("y", y, y * np.float32(1 + 1e-6), Exactness.REASSOCIATE).ok
+
+
+def test_a_small_element_of_a_vector_is_judged_by_its_own_size():
+    a = np.array([1000, 0.05], np.float32)
+    assert not compare_arrays("y", a, np.array([1000, 0.1], np.float32), Exactness.REASSOCIATE).ok
+    assert compare_arrays("y", a, a * np.float32(1 + 1e-6), Exactness.REASSOCIATE).ok
+
+
+def test_a_channel_crossing_zero_is_judged_by_its_largest_magnitude():
+    """Values near zero in a channel whose other values are ~1: rounding there is fine."""
+    a = np.array([[1.0, -1.0], [1e-7, 1e-7]], np.float32).T  # channel 1 of rank 2 is a column
+    b = a + np.float32(3e-7)
+    assert compare_arrays("y", a.reshape(2, 2), b.reshape(2, 2), Exactness.REASSOCIATE).ok
+
+
+def _fp16_conv_bn(path, rng) -> str:
+    """An fp16 Conv -> BN whose channels span three orders of magnitude."""
+    channels = 8
+    weight = (
+        rng.standard_normal((channels, 3, 3, 3)) * np.logspace(-2, 1, channels)[:, None, None, None]
+    )
+    inits = {"W": weight.astype(np.float16)}
+    inits.update(bn_params(rng, channels, dtype=np.float16))
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"], pads=[1, 1, 1, 1]),
+        bn_node("h", "y"),
+    ]
+    f16 = onnx.TensorProto.FLOAT16
+    model = make_model(nodes, [("x", f16, [2, 3, 8, 8])], [("y", f16, [2, channels, 8, 8])], inits)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_fp16_folds_still_verify_channel_by_channel(tmp_path, rng):
+    source = _fp16_conv_bn(tmp_path / "fp16.onnx", rng)
+    result = optkit.fuse(source)
+    assert result.report.ok and result.report.verdict is not None, result.report.format_text()
+    assert [n.op_type for n in result.model.graph] == ["Conv"]
+    assert optkit.verify(source, result.model, samples=4).ok
+
+
+def _nonzero(path) -> str:
+    nodes = [helper.make_node("NonZero", ["x"], ["y"])]
+    onnx.save(make_model(nodes, [("x", F32, [6])], [("y", I64, [1, "k"])], {}), str(path))
+    return str(path)
+
+
+def test_samples_of_data_dependent_shapes_are_compared_one_by_one(tmp_path, monkeypatch, capsys):
+    """NonZero's output has another length per sample; concatenating them was an exit 2."""
+    model = _nonzero(tmp_path / "nz.onnx")
+    feeds = [{"x": np.array(v, np.float32)} for v in ([0, 1, 0, 2, 0, 0], [1, 1, 1, 0, 0, 3])]
+    verdict = optkit.verify(model, model, feeds)
+    assert verdict.ok and [o.name for o in verdict.outputs] == ["y (sample 0)", "y (sample 1)"]
+    code, out, err = run_main(monkeypatch, capsys, "verify", model, model, "--samples", "3")
+    assert code == 0, out + err
