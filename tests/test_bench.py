@@ -189,6 +189,8 @@ def test_a_baseline_that_takes_other_inputs_is_one_line_before_any_run(
         (str(tmp_path / "renamed.onnx"), "takes inputs ['image'], the model takes ['x']"),
         (str(tmp_path / "double.onnx"), "input 'x' is DOUBLE, the model's is FLOAT"),
     ):
-        code, out, err = run_main(monkeypatch, capsys, "bench", static, "--baseline", baseline, *FAST)
+        code, out, err = run_main(
+            monkeypatch, capsys, "bench", static, "--baseline", baseline, *FAST
+        )
         assert code == 2 and f"--baseline {baseline}: " in err and words in err, err
         assert len(err.strip().splitlines()) == 1 and out == ""

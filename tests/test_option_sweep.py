@@ -19,7 +19,9 @@ def files(tmp_path: Path, rng: np.random.Generator) -> dict[str, str]:
     nodes = [onnx.helper.make_node("Conv", ["x", "W"], ["h"], name="conv"), bn_node("h", "b"),
              onnx.helper.make_node("Relu", ["b"], ["y"], name="relu")]  # fmt: skip
     model = tmp_path / "m.onnx"
-    onnx.save(make_model(nodes, [("x", F32, ["N", 3, 8, 8])], [("y", F32, None)], inits), str(model))
+    onnx.save(
+        make_model(nodes, [("x", F32, ["N", 3, 8, 8])], [("y", F32, None)], inits), str(model)
+    )
     np.save(tmp_path / "x.npy", rng.standard_normal((2, 1, 3, 8, 8)).astype(np.float32))
     np.save(tmp_path / "images.npy", rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8))
     (tmp_path / "bad.json").write_text("{not json")

@@ -81,8 +81,19 @@ WRITERS = {
         "optkit.embedding.embed",
     ),
     "swap": (
-        ["swap", "{model}", "--map", "Relu=LeakyRelu:0.1", "--allow-lossy", "--data", "{data}",
-         "--labels", "{labels}", "-o", "{out}"],
+        [
+            "swap",
+            "{model}",
+            "--map",
+            "Relu=LeakyRelu:0.1",
+            "--allow-lossy",
+            "--data",
+            "{data}",
+            "--labels",
+            "{labels}",
+            "-o",
+            "{out}",
+        ],
         "optkit.swap.swap",
     ),
 }
