@@ -21,6 +21,7 @@ from optkit.graph import count_ops, iter_graphs, node_count, node_label, opset_v
 from optkit.inputs import check_nonempty_shapes, check_shapes
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
+from optkit.shapes import reinfer_shapes, restore_declared_shapes
 from optkit.verify import Verdict, verify_rewrite
 
 
@@ -112,6 +113,7 @@ class FuseReport:
                 lines.append(f"    ... {len(declines) - len(shown)} more (use --verbose or --json)")
         if self.verdict is not None:
             lines.append(f"  verification: {self.verdict.summary()}")
+            lines += [f"    {note}" for note in self.verdict.notes]
         else:
             lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
         lines.append(
@@ -345,7 +347,9 @@ def fuse(
         max_iterations=max_iterations,
         verifier=verifier,
     )
+    declared = reinfer_shapes(working)  # folds read what the graph computes, not claims
     result, pipeline_report = pipeline.run(working)
+    restore_declared_shapes(result, declared)
     report = FuseReport(
         source,
         nodes_before,

@@ -76,6 +76,47 @@ def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, .
     return tuple(dims)
 
 
+SECOND_BATCH = 2
+SECOND_DIMS = (9, 7, 5, 11, 13)  # distinct, odd, not the default: H and W never alike
+
+
+def second_sizes(
+    model: ir.Model, shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]] | None:
+    """Shapes for a second verification run in which every dynamic dim that `shapes` leaves to a
+    default takes another value: the leading dim 2, the others 9, 7, 5, ... (one value per symbolic
+    name, so dims that share a name stay equal). None when no dim is left to a default: the first
+    run already used the only sizes that were asked for. A rewrite that read a size from a stale
+    declaration, or that confused two dims of the default 16 x 16, shows up here."""
+    result: dict[str, tuple[int, ...]] = {}
+    by_symbol: dict[str, int] = {}
+    others = iter(SECOND_DIMS * 4)
+    changed = False
+    for value in runtime_inputs(model):
+        name = value.name or ""
+        if name in shapes:
+            result[name] = tuple(shapes[name])
+            continue
+        if value.shape is None:
+            return None  # no shape to vary: synthetic inputs cannot be made anyway
+        dims = []
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            symbol = dim.value if isinstance(dim, ir.SymbolicDim) else None
+            if symbol and symbol in by_symbol:
+                dims.append(by_symbol[symbol])
+                continue
+            size = SECOND_BATCH if axis == 0 else next(others)
+            if symbol:
+                by_symbol[symbol] = size
+            dims.append(size)
+            changed = True
+        result[name] = tuple(dims)
+    return result if changed else None
+
+
 def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
     """`--shape` values must name runtime inputs, match their declared rank, and agree with every
     static dimension the model declares (a `--shape` can fill dynamic dims, never change fixed ones)."""

@@ -67,6 +67,43 @@ def _value_infos(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
                 yield from _value_infos(sub)
 
 
+def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
+    """Replace every declared shape that the graph's semantics do not vouch for by an inferred one.
+
+    A declaration (`value_info`, a graph output's shape, a Loop / Scan body input) may be stale: a
+    model whose batch was made dynamic after inference keeps `[1, 4, 16, 16]` on an intermediate that
+    ONNX Runtime ignores and runs at every batch. Rewrites that depend on a shape must read what the
+    graph computes: so the shapes of node outputs are dropped and inferred again from the graph
+    inputs and initializers alone (dynamic where an input is dynamic; None where inference cannot
+    say), and subgraph inputs keep their rank with every dim unknown. Element types are kept.
+    Returns the declared shapes of the main graph's outputs and of subgraph inputs, by name, for
+    `restore_declared_shapes` to put back once the rewrites are done (the signature is the user's,
+    and ONNX Runtime needs a Loop body's declared inputs). Best effort: where inference fails, the
+    dropped shapes stay unknown and folds that need them decline.
+    """
+    declared = {v.name or "": v.shape for v in model.graph.outputs}
+    for graph in iter_graphs(model.graph):
+        if graph is not model.graph:
+            for value in graph.inputs:
+                declared[value.name or ""] = value.shape
+                if value.shape is not None:
+                    value.shape = ir.Shape([None] * len(value.shape))
+        for node in graph:
+            for value in node.outputs:
+                value.shape = None
+    infer_shapes(model)
+    return declared
+
+
+def restore_declared_shapes(model: ir.Model, declared: dict[str, ir.Shape | None]) -> None:
+    """Put back the shapes `reinfer_shapes` set aside: the main graph's outputs, subgraph inputs."""
+    values = list(model.graph.outputs)
+    values += [v for g in iter_graphs(model.graph) if g is not model.graph for v in g.inputs]
+    for value in values:
+        if value.name in declared:
+            value.shape = declared[value.name]
+
+
 class ShapesOnDemand:
     """Runs `infer_shapes` on the model the first time it is called, and never again: rewrites
     that read shapes call it first, so models whose folds need no shapes never pay for inference."""

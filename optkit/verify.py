@@ -16,9 +16,10 @@ preprocessing embedded by `optkit preprocess` is fed raw inputs and the referenc
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,14 @@ import onnx_ir as ir
 from optkit import io, runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.graph import ConstantPolicy, all_nodes, attr_int, node_label, opset_version
+from optkit.graph import (
+    ConstantPolicy,
+    all_nodes,
+    attr_int,
+    iter_graphs,
+    node_label,
+    opset_version,
+)
 from optkit.inputs import (
     MAX_SYNTHETIC_ELEMENTS,
     UnsynthesizableInput,
@@ -36,6 +44,7 @@ from optkit.inputs import (
     format_dims,
     random_array,
     runtime_inputs,
+    second_sizes,
     synthetic_inputs,
 )
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
@@ -500,10 +509,16 @@ def nondeterministic_nodes(model: ir.Model) -> list[str]:
     policy = ConstantPolicy(model, freeze_initializer_inputs=True)  # defaults are what runs get
     opset = opset_version(model)
     found = []
-    for node in all_nodes(model):
+    in_functions = (
+        (node, f" in function {domain}::{name}")
+        for (domain, name, _), function in model.functions.items()
+        for graph in iter_graphs(function.graph)
+        for node in graph
+    )
+    for node, where in itertools.chain(((n, "") for n in all_nodes(model)), in_functions):
         if node.domain not in ("", "ai.onnx"):
             continue
-        label = f"node '{node_label(node)}' {node.op_type}"
+        label = f"node '{node_label(node)}' {node.op_type}{where}"
         if node.op_type in RANDOM_OPS:
             found.append(label)
         elif node.op_type == "Dropout":
@@ -693,9 +708,15 @@ def verify(
     del session  # one model's session in memory at a time
     reference = pool_samples(reference_runs)
     del reference_runs
-    _, candidate_runs = _run_all(
-        _runnable(after, after_model), candidate_name, candidate_feeds, provider, optimization
-    )
+    try:
+        _, candidate_runs = _run_all(
+            _runnable(after, after_model), candidate_name, candidate_feeds, provider, optimization
+        )
+    except CannotRun as exc:  # the candidate does not run where the reference does: it differs
+        failure = OutputComparison(
+            "<model>", "none", tolerance_for(exactness, "none"), False, str(exc)
+        )
+        return Verdict(False, exactness, [failure], len(reference_feeds))
     candidate = pool_samples(candidate_runs)
     del candidate_runs
     verdict = compare_outputs(reference, candidate, exactness, tolerances)
@@ -815,7 +836,12 @@ def _run_all(
         raise
     except Exception as exc:  # ORT rejects the model or an input
         shown = "the model" if name.startswith("<") else name
-        raise InputError(f"ONNX Runtime cannot run {shown}: {first_line(exc)}") from None
+        raise CannotRun(f"ONNX Runtime cannot run {shown}: {first_line(exc)}") from None
+
+
+class CannotRun(InputError):
+    """ONNX Runtime rejects a model or its inputs: bad input for the reference (nothing to compare
+    against), a failed verification for the candidate."""
 
 
 def verify_rewrite(
@@ -831,7 +857,44 @@ def verify_rewrite(
     original cannot run on ONNX Runtime, no inputs can be made for it, its inputs or outputs hold no
     elements, or it is not deterministic); a rewrite that fails to run is a failed verdict. The
     returned Verdict is never ok on nothing. A zero dimension in `shapes` raises InputError.
+
+    Dynamic dims that `shapes` leaves to a default are verified at two sizes (`second_sizes`: the
+    defaults, then batch 2 and 9, 7, ... for the others). Where the original itself does not run
+    at the second sizes (a model whose dims are dynamic in name only) the verdict stands on the
+    first and its notes say so.
     """
+    first = _verify_rewrite_at(before, after, exactness, shapes, seed, int_range)
+    second = second_sizes(before, shapes or {})
+    if not isinstance(first, Verdict) or not first.ok or second is None:
+        return first
+    sizes = ", ".join(f"{name}={format_dims(dims)}" for name, dims in second.items())
+    again = _verify_rewrite_at(before, after, exactness, second, seed + 1, int_range)
+    if isinstance(again, str):
+        note = f"dynamic dims checked at one size only: at {sizes} {again}"
+        return replace(first, notes=(*first.notes, note))
+    outputs = [replace(o, name=f"{o.name} at {sizes}") for o in again.outputs]
+    return replace(
+        first,
+        ok=again.ok,
+        outputs=[*first.outputs, *outputs],
+        samples=first.samples + again.samples,
+        notes=(
+            *first.notes,
+            *again.notes,
+            f"dynamic dims checked at two sizes: defaults and {sizes}",
+        ),
+    )
+
+
+def _verify_rewrite_at(
+    before: ir.Model,
+    after: ir.Model,
+    exactness: Exactness,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    int_range: tuple[int, int],
+) -> Verdict | str:
+    """One run of `verify_rewrite` at `shapes`."""
     check_nonempty_shapes(shapes or {})
     try:
         feeds = synthetic_inputs(before, shapes, seed=seed, int_range=int_range)

@@ -183,6 +183,16 @@ def _matmul(
     rank_reason = _rank_two(affine.input, "MatMul output")
     if rank_reason:
         return rank_reason
+    data = matmul.inputs[0]
+    if data is None or data.shape is None or len(data.shape) != 2:
+        rank = "unknown" if data is None or data.shape is None else len(data.shape)
+        return f"MatMul input has rank {rank}: a Gemm takes rank 2"
+    rows = data.shape[0]
+    if bias is not None and bias.ndim == 2 and bias.shape[0] != 1 and bias.shape[0] != rows:
+        return (
+            f"Add bias of shape {bias.shape} does not fit the MatMul's {rows} rows: a Gemm's bias "
+            "must broadcast to its output"
+        )
     if weight.shape[1] != affine.channels:
         return (
             f"MatMul has {weight.shape[1]} output features, the {affine.what} has {affine.channels}"

@@ -117,6 +117,8 @@ def read_arithmetic(node: ir.Node, policy: ConstantPolicy) -> tuple[Affine | Non
     assert c is not None
     if c.dtype.kind != "f" or not isinstance(x.type, ir.TensorType):
         return None, ""
+    if not np.all(np.isfinite(c)):
+        return None, "its constant holds inf or NaN (folded, 0 * inf would make NaN weights)"
     shape = x.shape if x.shape is not None else node.outputs[0].shape
     if shape is None:
         return None, ""

@@ -4,6 +4,9 @@ wrong small channel, and samples of data-dependent shapes compared one by one.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -146,3 +149,96 @@ def test_samples_of_data_dependent_shapes_are_compared_one_by_one(tmp_path, monk
     assert verdict.ok and [o.name for o in verdict.outputs] == ["y (sample 0)", "y (sample 1)"]
     code, out, err = run_main(monkeypatch, capsys, "verify", model, model, "--samples", "3")
     assert code == 0, out + err
+
+
+def _relu_model(extra: list, inits: dict, output: str = "y") -> onnx.ModelProto:
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), *extra]
+    return make_model(nodes, [("x", F32, ["N", 3, "H", "W"])], [(output, F32, None)], inits)
+
+
+def test_dynamic_dims_are_verified_at_a_second_size():
+    """A rewrite right only at the default 16 x 16 (as one computed from a stale declaration)."""
+    from optkit.verify import verify_rewrite
+
+    before = optkit.load(_relu_model([helper.make_node("Identity", ["r"], ["y"])], {}))
+    only_at_16 = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0),
+        helper.make_node("Equal", ["h", "sixteen"], ["eq"]),
+        helper.make_node("Cast", ["eq"], ["f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["r", "f"], ["y"]),
+    ]
+    inits = {"two": np.array(2, np.int64), "sixteen": np.array(16, np.int64)}
+    after = optkit.load(_relu_model(only_at_16, inits))
+    verdict = verify_rewrite(before, after, Exactness.REASSOCIATE)
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+    assert [o.name for o in verdict.outputs] == ["y", "y at x=2x3x9x7"]
+    assert [o.ok for o in verdict.outputs] == [True, False]
+    same = verify_rewrite(before, before, Exactness.REASSOCIATE)
+    assert isinstance(same, optkit.Verdict) and same.ok and "two sizes" in same.notes[-1]
+    fixed = verify_rewrite(before, after, Exactness.REASSOCIATE, shapes={"x": (1, 3, 16, 16)})
+    assert isinstance(fixed, optkit.Verdict) and fixed.ok and len(fixed.outputs) == 1
+
+
+def test_a_model_dynamic_in_name_only_is_verified_at_its_one_size_and_says_so():
+    reshape = [helper.make_node("Reshape", ["r", "target"], ["y"])]
+    model = optkit.load(_relu_model(reshape, {"target": np.array([1, 768], np.int64)}))
+    from optkit.verify import verify_rewrite
+
+    verdict = verify_rewrite(model, model, Exactness.BITWISE)
+    assert isinstance(verdict, optkit.Verdict) and verdict.ok
+    assert "checked at one size only" in verdict.notes[-1]
+
+
+def test_a_random_op_inside_a_model_local_function_is_named(tmp_path, monkeypatch, capsys):
+    """The scan skipped functions, and a fresh session repeats an unseeded op's draws: 'equivalent'."""
+    noisy = helper.make_function(
+        "local", "Noisy", ["a"], ["b"],
+        [helper.make_node("RandomNormalLike", ["a"], ["r"]), helper.make_node("Add", ["a", "r"], ["b"])],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Noisy", ["x"], ["y"], domain="local")], "g",
+        [helper.make_tensor_value_info("x", F32, [4, 8])],
+        [helper.make_tensor_value_info("y", F32, [4, 8])],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[noisy], ir_version=8)
+    path = tmp_path / "random_in_function.onnx"
+    onnx.save(model, str(path))
+    for args in (
+        ["verify", str(path), str(path)],
+        ["fuse", str(path), "-o", str(tmp_path / "o.onnx")],
+    ):
+        code, _, err = run_main(monkeypatch, capsys, *args)
+        assert code == 2 and "not deterministic" in err and "in function local::Noisy" in err, err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_candidate_that_fails_to_run_is_a_difference_not_bad_input(tmp_path, monkeypatch, capsys):
+    identity = make_model([helper.make_node("Identity", ["x"], ["y"])], [("x", F32, [4, 8])],
+                          [("y", F32, [4, 8])], {})  # fmt: skip
+    broken = make_model([helper.make_node("Reshape", ["x", "t"], ["y"])], [("x", F32, [4, 8])],
+                        [("y", F32, [4, 8])], {"t": np.array([5, 7], np.int64)})  # fmt: skip
+    onnx.save(identity, str(tmp_path / "a.onnx"))
+    onnx.save(broken, str(tmp_path / "b.onnx"))
+    code, out, err = run_main(monkeypatch, capsys, "verify", str(tmp_path / "a.onnx"),
+                              str(tmp_path / "b.onnx"))  # fmt: skip
+    assert code == 1 and "NOT equivalent" in out and "cannot run" in out, out + err
+    # ORT logs to the process's stderr, below Python: only a real process shows it
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optkit",
+            "verify",
+            str(tmp_path / "a.onnx"),
+            str(tmp_path / "b.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 1 and process.stderr == "", process.stderr
+    verdict = optkit.verify(identity, broken)
+    assert not verdict and "cannot run" in verdict.outputs[0].problem

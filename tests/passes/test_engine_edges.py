@@ -205,3 +205,94 @@ def test_a_permutation_with_negative_indices_folds():
     assert [n.op_type for n in result.model.graph] == ["Conv"]
     feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
     assert_same_outputs(model, result.to_proto(), feeds)
+
+
+def _made_dynamic(model: onnx.ModelProto, inputs: dict, outputs: dict) -> onnx.ModelProto:
+    """Shape inference first, then the dims made dynamic: intermediates keep stale static shapes."""
+    from onnx.tools import update_model_dims
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return update_model_dims.update_inputs_outputs_dims(inferred, inputs, outputs)
+
+
+def test_shape_and_size_of_a_stale_declaration_are_not_folded():
+    """At batch 2 the Size-based mean was off by 2x and the flatten gave (1, 64), not (2, 32)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Size", ["h"], ["n"]),
+        helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0),
+        helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Div", ["s", "nf"], ["mean"]),
+        helper.make_node("Shape", ["h"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["flat"]),
+    ]
+    inits = {
+        "W": rng.standard_normal((2, 4, 3, 3)).astype(np.float32),
+        "zero": np.array(0, np.int64),
+        "axis0": np.array([0], np.int64),
+        "minus1": np.array([-1], np.int64),
+    }
+    outputs = [("mean", F32, []), ("flat", F32, [1, 32])]
+    model = make_model(nodes, [("x", F32, [1, 4, 4, 4])], outputs, inits)
+    model = _made_dynamic(model, {"x": ["N", 4, 4, 4]}, {"mean": [], "flat": ["N", -1]})
+    assert any(v.name == "h" and v.type.tensor_type.shape.dim[0].dim_value == 1
+               for v in model.graph.value_info)  # fmt: skip
+    result = optkit.fuse(model)
+    assert result.report.ok
+    assert [v.type.tensor_type.shape for v in result.to_proto().graph.output] == [
+        v.type.tensor_type.shape for v in model.graph.output
+    ]  # the declared signature is kept
+    for batch in (1, 2, 3):
+        feeds = {"x": rng.standard_normal((batch, 4, 4, 4)).astype(np.float32)}
+        assert_same_outputs(model, result.to_proto(), feeds)
+
+
+def test_a_border_correction_is_not_computed_from_a_stale_declaration():
+    """BN before a padded Conv read a declared [1, 4, 16, 16]: fused, verified at 16x16, and it
+    failed at 9x7 (ORT could not even broadcast the correction)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "h"),
+        helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    inits = {"W": rng.standard_normal((2, 4, 3, 3)).astype(np.float32), **bn_params(rng, 4)}
+    model = make_model(nodes, [("x", F32, [1, 4, 16, 16])], [("y", F32, [1, 2, 16, 16])], inits)
+    model = _made_dynamic(model, {"x": ["N", 4, "H", "W"]}, {"y": ["N", 2, "H", "W"]})
+    result = optkit.fuse(model)
+    assert result.report.ok
+    for shape in ((1, 4, 16, 16), (2, 4, 9, 7)):
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        assert_same_outputs(model, result.to_proto(), feeds)
+
+
+def test_matmul_of_a_vector_plus_a_matrix_bias_then_bn_is_not_made_a_gemm():
+    """A 1-D MatMul input + a (2, 4) bias + BN became a Gemm with a rank-1 A (ORT refused it)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["h"]), bn_node("h", "y")]  # fmt: skip
+    inits = {"W": rng.standard_normal((3, 4)).astype(np.float32),
+             "b": rng.standard_normal((2, 4)).astype(np.float32), **bn_params(rng, 4)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [3])], [("y", F32, [2, 4])], inits)
+    result = optkit.fuse(model)
+    assert result.report.ok and "Gemm" not in [n.op_type for n in result.model.graph]
+    feeds = {"x": rng.standard_normal(3).astype(np.float32)}
+    assert_same_outputs(model, result.to_proto(), feeds)
+
+
+@pytest.mark.parametrize("special", [np.inf, -np.inf, np.nan])
+def test_a_layer_times_a_constant_holding_inf_or_nan_is_not_folded(special):
+    """Conv * [1, inf, 2] was folded into NaN weights (0 * inf) instead of declining."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), helper.make_node("Mul", ["h", "s"], ["y"])]
+    inits = {"W": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+             "s": np.array([1, special, 2], np.float32).reshape(3, 1, 1)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, [1, 2, 5, 5])], [("y", F32, None)], inits)
+    result = optkit.fuse(model)
+    assert result.report.ok and [n.op_type for n in result.model.graph] == ["Conv", "Mul"]
+    reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
+    assert any("holds inf or NaN" in r for r in reasons), reasons
