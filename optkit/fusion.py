@@ -132,14 +132,28 @@ class FuseResult:
         return io.to_proto(self.model)
 
     def save(
-        self, path: str | os.PathLike, *, shard_size: int | None = None, overwrite: bool = False
+        self,
+        path: str | os.PathLike,
+        *,
+        shard_size: int | None = None,
+        overwrite: bool = False,
+        force: bool = False,
     ) -> None:
         """Write atomically; weights go to `<name>.data` when the input had external data or the
         model is too large for one protobuf, to shards of at most `shard_size` bytes if given.
 
         Refused (InputError, nothing written) over the file the model was fused from unless
         `overwrite=True`, and always over a file the result still reads (the input's external data).
+        Like the command line, it writes no model whose verification found a difference or was asked
+        for and could not run (`report.state` "differs" or "unverified") unless `force=True`.
         """
+        if not force and self.report.state in ("differs", "unverified"):
+            why = (
+                f"verification could not run ({self.report.unverified_reason})"
+                if self.report.state == "unverified"
+                else "verification found a difference"
+            )
+            raise InputError(f"{path}: not written: {why}; save(..., force=True) writes it anyway")
         name = os.path.basename(os.fspath(path))
         external = f"{name}.data" if self.external_data or shard_size else None
         source = self.report.source if os.path.isfile(self.report.source) else None

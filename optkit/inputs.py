@@ -63,7 +63,12 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if not v.is_initializer()]
 
 
-def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, ...]:
+def input_shape(
+    value: ir.Value, override: Sequence[int] | None, sizes: Mapping[str, int] | None = None
+) -> tuple[int, ...]:
+    """The shape to synthesize `value` at: `override` (a `--shape`), else its declared dims, a
+    dynamic one taking the size `sizes` gives its name (see `named_sizes`), else the default (1 for
+    the leading dim, 16 for the others)."""
     if override is not None:
         return tuple(override)
     if value.shape is None:
@@ -72,8 +77,37 @@ def input_shape(value: ir.Value, override: Sequence[int] | None) -> tuple[int, .
         )
     dims = []
     for i, dim in enumerate(value.shape):
-        dims.append(dim if isinstance(dim, int) else (DEFAULT_BATCH if i == 0 else DEFAULT_DIM))
+        if isinstance(dim, int):
+            dims.append(dim)
+            continue
+        name = dim.value if isinstance(dim, ir.SymbolicDim) else None
+        default = DEFAULT_BATCH if i == 0 else DEFAULT_DIM
+        dims.append((sizes or {}).get(name or "", default) if name else default)
     return tuple(dims)
+
+
+def named_sizes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The sizes `shapes` (``--shape``) give to named dynamic dims, so that an input sharing a name
+    (`seq` of `ids` and of `mask`) gets the same size. InputError when two `--shape`s give one name
+    two sizes."""
+    sizes: dict[str, int] = {}
+    given: dict[str, str] = {}
+    for value in runtime_inputs(model):
+        name = value.name or ""
+        if name not in shapes or value.shape is None:
+            continue
+        for dim, size in zip(value.shape, shapes[name], strict=False):
+            symbol = dim.value if isinstance(dim, ir.SymbolicDim) else None
+            if not symbol:
+                continue
+            if symbol in sizes and sizes[symbol] != size:
+                raise InputError(
+                    f"--shape {given[symbol]} and --shape {name}={format_dims(shapes[name])} give "
+                    f"the dim '{symbol}' two sizes ({sizes[symbol]} and {size})"
+                )
+            sizes[symbol] = size
+            given.setdefault(symbol, f"{name}={format_dims(shapes[name])}")
+    return sizes
 
 
 SECOND_BATCH = 2
@@ -89,7 +123,7 @@ def second_sizes(
     run already used the only sizes that were asked for. A rewrite that read a size from a stale
     declaration, or that confused two dims of the default 16 x 16, shows up here."""
     result: dict[str, tuple[int, ...]] = {}
-    by_symbol: dict[str, int] = {}
+    by_symbol: dict[str, int] = named_sizes(model, shapes)  # sizes a --shape gave stay
     others = iter(SECOND_DIMS * 4)
     changed = False
     for value in runtime_inputs(model):
@@ -190,6 +224,7 @@ def synthetic_inputs(
     """
     shapes = dict(shapes or {})
     check_shapes(model, shapes)
+    sizes = named_sizes(model, shapes)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for value in runtime_inputs(model):
@@ -199,7 +234,7 @@ def synthetic_inputs(
                 f"input '{value.name}' is not a tensor ({value.type}); cannot synthesize it"
             )
         dtype = value.type.dtype
-        shape = input_shape(value, shapes.get(value.name))
+        shape = input_shape(value, shapes.get(value.name), sizes)
         if any(d < 0 for d in shape):
             raise UnsynthesizableInput(f"input '{value.name}' has a negative dimension {shape}")
         if math.prod(shape) > MAX_SYNTHETIC_ELEMENTS:

@@ -40,8 +40,11 @@ from optkit.inputs import (
     MAX_SYNTHETIC_ELEMENTS,
     UnsynthesizableInput,
     check_nonempty_shapes,
+    check_shapes,
     empty_inputs,
     format_dims,
+    input_shape,
+    named_sizes,
     random_array,
     runtime_inputs,
     second_sizes,
@@ -732,7 +735,9 @@ def verify(
         )
         check_stable(again[0])
     score = accuracy(reference, candidate, labels) if labels is not None else None
-    notes = ((adapter.note,) if adapter else ()) + verdict.notes
+    notes = ((adapter.note,) if adapter else ()) + verdict.notes + _provider_notes(
+        provider, reference_provider
+    )
     return Verdict(verdict.ok, exactness, verdict.outputs, len(reference_feeds), score, notes=notes)
 
 
@@ -755,11 +760,46 @@ def prepare_feeds(
     adapter = preprocessing_adapter(reference, candidate)
     raw_model = candidate if adapter and adapter.raw_side == "candidate" else reference
     raw_uint8 = adapter.input_name if adapter and adapter.spec.dtype == "uint8" else None
+    if adapter is None and inputs is None:
+        shapes = shapes_for_both(reference, candidate, shapes or {})
     feeds = _samples(raw_model, inputs, shapes, seed, samples, int_range, raw_uint8)
     _refuse_empty(feeds, shapes or {}, given=inputs is not None)
     if adapter is None:
         return feeds, feeds, None
     return (*adapter.feeds(feeds), adapter)
+
+
+def shapes_for_both(
+    reference: ir.Model, candidate: ir.Model, shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    """`shapes` checked against the candidate too (a contradiction is an InputError naming it), and
+    completed where the reference leaves a dim dynamic that the candidate fixes (a dynamic-batch
+    original against its static-batch export): the synthetic inputs must fit both models."""
+    try:
+        check_shapes(candidate, {k: v for k, v in shapes.items() if k in _input_names(candidate)})
+    except InputError as exc:
+        raise InputError(f"the candidate: {exc}") from None
+    result = {name: tuple(dims) for name, dims in shapes.items()}
+    sizes = named_sizes(reference, shapes)
+    theirs = {v.name: v for v in runtime_inputs(candidate)}
+    for value in runtime_inputs(reference):
+        other = theirs.get(value.name)
+        if value.name in result or other is None or value.shape is None or other.shape is None:
+            continue
+        if len(value.shape) != len(other.shape):
+            continue
+        dims = list(input_shape(value, None, sizes))
+        fixed = [(axis, d) for axis, d in enumerate(other.shape) if isinstance(d, int)]
+        if any(not isinstance(value.shape[axis], int) for axis, _ in fixed):
+            for axis, size in fixed:
+                dims[axis] = size
+            assert value.name is not None
+            result[value.name] = tuple(dims)
+    return result
+
+
+def _input_names(model: ir.Model) -> set[str]:
+    return {v.name or "" for v in runtime_inputs(model)}
 
 
 def _runnable(source: io.ModelSource, model: ir.Model) -> ir.Model | str | os.PathLike:
@@ -837,6 +877,17 @@ def _run_all(
     except Exception as exc:  # ORT rejects the model or an input
         shown = "the model" if name.startswith("<") else name
         raise CannotRun(f"ONNX Runtime cannot run {shown}: {first_line(exc)}") from None
+
+
+def _provider_notes(provider: str, reference_provider: str) -> tuple[str, ...]:
+    """What `auto` chose, when it is asked for: the run says where it ran."""
+    notes = []
+    for role, asked in (("candidate", provider), ("reference", reference_provider)):
+        if asked == "auto":
+            chosen = runtime.resolve_provider("auto")[0]
+            fallback = " (no CUDA execution provider here)" if "CUDA" not in chosen else ""
+            notes.append(f"--provider auto ran the {role} on {chosen}{fallback}")
+    return tuple(notes)
 
 
 class CannotRun(InputError):

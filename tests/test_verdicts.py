@@ -242,3 +242,59 @@ def test_a_candidate_that_fails_to_run_is_a_difference_not_bad_input(tmp_path, m
     assert process.returncode == 1 and process.stderr == "", process.stderr
     verdict = optkit.verify(identity, broken)
     assert not verdict and "cannot run" in verdict.outputs[0].problem
+
+
+def _save(path, nodes, inputs, outputs, inits=None) -> str:
+    onnx.save(make_model(nodes, inputs, outputs, inits or {}), str(path))
+    return str(path)
+
+
+def test_inputs_sharing_a_dim_name_get_one_size(tmp_path, monkeypatch, capsys):
+    """--shape ids=3x5 gave `mask` (batch, seq) the defaults 1x16: ORT could not broadcast."""
+    nodes = [helper.make_node("Cast", ["ids"], ["f"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Add", ["f", "mask"], ["y"])]  # fmt: skip
+    two = _save(tmp_path / "two.onnx", nodes, [("ids", I64, ["batch", "seq"]),
+                ("mask", F32, ["batch", "seq"])], [("y", F32, ["batch", "seq"])])  # fmt: skip
+    for command in (["verify", two, two], ["fuse", two, "-o", str(tmp_path / "o.onnx")]):
+        code, out, err = run_main(monkeypatch, capsys, *command, "--shape", "ids=3x5")
+        assert code == 0, out + err
+    code, _, err = run_main(monkeypatch, capsys, "verify", two, two, "--shape", "ids=3x5",
+                            "--shape", "mask=3x6")  # fmt: skip
+    assert code == 2 and "give the dim 'seq' two sizes (5 and 6)" in err
+    code, _, err = run_main(monkeypatch, capsys, "verify", two, two, "--shape", "ids=3x5",
+                            "--shape", "ids=3x6")  # fmt: skip
+    assert code == 2 and "given a shape twice" in err
+
+
+def test_verify_fits_its_inputs_to_both_models(tmp_path, monkeypatch, capsys):
+    """A dynamic-batch original against its static-batch export: the default batch of 1 did not
+    fit the candidate, and a --shape was checked against the reference only (ORT's cut message)."""
+    relu = [helper.make_node("Relu", ["x"], ["y"])]
+    dynamic = _save(tmp_path / "d.onnx", relu, [("x", F32, ["N", 3, 8, 8])], [("y", F32, None)])
+    static = _save(tmp_path / "s.onnx", relu, [("x", F32, [2, 3, 8, 8])], [("y", F32, None)])
+    code, out, err = run_main(monkeypatch, capsys, "verify", dynamic, static)
+    assert code == 0, out + err
+    code, _, err = run_main(monkeypatch, capsys, "verify", dynamic, static, "--shape", "x=3x3x8x8")
+    assert code == 2 and "the candidate: --shape x=3x3x8x8 contradicts the model" in err
+
+
+def test_the_api_saves_no_model_whose_verification_failed_or_did_not_run(tmp_path):
+    """The CLI refused these; `result.save` wrote them without a word."""
+    custom = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Foo", ["x"], ["y"], domain="com.acme")],
+            "g",
+            [helper.make_tensor_value_info("x", F32, [2])],
+            [helper.make_tensor_value_info("y", F32, [2])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)],
+    )
+    result = optkit.fuse(custom)
+    assert result.report.state == "unverified" and not result.report.ok
+    with pytest.raises(InputError, match="not written: verification could not run"):
+        result.save(tmp_path / "unverified.onnx")
+    assert not (tmp_path / "unverified.onnx").exists()
+    result.save(tmp_path / "unverified.onnx", force=True)
+    unchecked = optkit.fuse(custom, verify_result=False)
+    assert unchecked.report.state == "disabled"
+    unchecked.save(tmp_path / "disabled.onnx")  # asked for no verification: written

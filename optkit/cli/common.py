@@ -95,7 +95,14 @@ def guard_output(
 
 
 def shape_map(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    return dict(parse_shape(s) for s in values)
+    """``--shape NAME=DxD...`` options by input name; one input given twice is an InputError."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in values:
+        name, dims = parse_shape(text)
+        if name in shapes:
+            raise InputError(f"--shape {text}: input '{name}' is given a shape twice")
+        shapes[name] = tuple(dims)
+    return shapes
 
 
 def tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, Tolerance]]:

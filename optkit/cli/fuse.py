@@ -162,7 +162,7 @@ def fuse_command(
         )
     failed = not report.ok
     if not failed or force:
-        result.save(str(out), shard_size=shard_bytes)
+        result.save(str(out), shard_size=shard_bytes, force=force)
     print_report(result, as_json, verbose_report)
     if failed:
         click.echo(

@@ -350,7 +350,8 @@ def _run_training(
 @click.option("--data", "data_source", default="digits", show_default=True)
 @click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
               "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
-@click.option("--per-class", type=COUNT, help="Use at most this many training examples per class.")
+@click.option("--per-class", type=COUNT,
+              help="Training examples per class (every class must have that many).")
 @click.option("--strategy", type=choice(STRATEGIES), default="auto", show_default=True)
 @click.option("--k", "k", type=COUNT, default=2, show_default=True,
               help="Layers to retrain with last-k.")  # fmt: skip
@@ -516,6 +517,15 @@ def export_command(
     option = "--data" if data_source else f"the recorded data of {checkpoint} (give --data)"
     check_output(output, reads=[checkpoint, *_data_reads(source, option)], what="output",
                  model=True)  # fmt: skip
+    if recorded is not None and source == recorded.source:
+        for flag, given, kept in (("--test-fraction", test_fraction, recorded.test_fraction),
+                                  ("--seed", seed, recorded.seed)):  # fmt: skip
+            if given is not None and given != kept:
+                raise InputError(
+                    f"{flag} {given}: {checkpoint} was trained on {source} split with {flag} "
+                    f"{kept}; another split would measure on examples it trained on (leave "
+                    f"{flag} out)"
+                )
     if test_fraction is None:
         test_fraction = recorded.test_fraction if recorded else 0.25
     if seed is None:

@@ -96,6 +96,15 @@ class Schedule:
     epochs: int = 10
     extended_to: list[int] = field(default_factory=list)
 
+    def check(self) -> None:
+        """InputError unless this is a schedule `train` can follow (a known kind, at least one
+        epoch, each extension longer than what it extends)."""
+        if self.kind not in SCHEDULES:
+            raise InputError(f"schedule {self.kind!r}: choose {', '.join(SCHEDULES)}")
+        bounds = [self.epochs, *self.extended_to]
+        if self.epochs < 1 or any(b <= a for a, b in itertools.pairwise(bounds)):
+            raise InputError(f"schedule over {bounds} epochs: each must be more than the last")
+
     @property
     def total(self) -> int:
         """The epochs it covers."""
@@ -401,7 +410,11 @@ def train(
                     history,
                     preprocessing,
                     config,
-                    {"optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "rng": torch.get_rng_state(),  # Dropout's draws continue on resume
+                    },
                     classes=labels,
                     schedule=schedule,
                     data=data,
@@ -455,6 +468,8 @@ def _resume(
     try:
         model.load_state_dict(saved.state)
         optimizer.load_state_dict(saved.extra["optimizer"])
+        if "rng" in saved.extra:  # written since the format recorded it
+            torch.set_rng_state(saved.extra["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f"{path}: its weights or optimizer state do not fit this model ({first_line(exc)})"
@@ -546,6 +561,19 @@ def _from_payload(payload: dict[str, Any]) -> Checkpoint:
         origin=str(payload.get("origin") or "train"),
         format=payload["format"],
     )
+    if checkpoint.config is not None:
+        checkpoint.config.check()
+    schedule_record = checkpoint.planned_schedule()
+    schedule_record.check()
+    if checkpoint.epochs_done > schedule_record.total or checkpoint.epochs_done < 0:
+        raise InputError(
+            f"{checkpoint.epochs_done} epochs done, but its schedule covers {schedule_record.total}"
+        )
+    for name, tensor in checkpoint.state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(f"weight {name!r} is not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"weight {name!r} holds NaN or inf (a diverged run?)")
     classes = payload.get("classes")
     if classes is not None:
         classes = [int(c) for c in classes]
