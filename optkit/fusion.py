@@ -49,6 +49,13 @@ class FuseReport:
     output: str = ""
     opset_upgrade: tuple[int, int] | None = None  # (from, to) when --upgrade-opset converted it
     verification_requested: bool = True
+    # The final check's failure that a pass-by-pass rerun recovered from (see `fuse`), or "".
+    recovered_from: str = ""
+
+    @property
+    def faulty_passes(self) -> list[str]:
+        """Passes rolled back because their result did not verify: each one an optkit bug."""
+        return [p.name for p in self.pipeline.passes if p.rolled_back]
 
     @property
     def verified(self) -> bool:
@@ -81,6 +88,8 @@ class FuseReport:
             "batchnorm_before": self.batchnorm_before,
             "batchnorm_after": self.batchnorm_after,
             "opset_upgrade": list(self.opset_upgrade) if self.opset_upgrade else None,
+            "recovered_from": self.recovered_from or None,
+            "faulty_passes": self.faulty_passes,
             "seconds": round(self.seconds, 6),
             "pipeline": self.pipeline.to_dict(),
             "verification": self.verdict.to_dict() if self.verdict is not None else None,
@@ -111,6 +120,12 @@ class FuseReport:
             lines += [f"    {s.node}: {s.reason}" for s in shown]
             if len(shown) < len(declines):
                 lines.append(f"    ... {len(declines) - len(shown)} more (use --verbose or --json)")
+        if self.recovered_from:
+            lines.append(
+                f"  the final check failed ({self.recovered_from}); re-verified pass by pass and "
+                f"rolled back {', '.join(self.faulty_passes)}: an optkit bug, please report it "
+                "with the model"
+            )
         if self.verdict is not None:
             lines.append(f"  verification: {self.verdict.summary()}")
             lines += [f"    {note}" for note in self.verdict.notes]
@@ -394,4 +409,23 @@ def fuse(
     else:
         report.unverified_reason = "verification disabled"
     report.seconds = time.perf_counter() - began
+    if report.verdict is not None and not report.verdict.ok and not verify_each:
+        # A pass made a wrong rewrite: find it by verifying pass by pass, and keep the rest.
+        retry = fuse(
+            model,
+            passes=passes,
+            skip=skip,
+            options=options,
+            verify_result=True,
+            verify_each=True,
+            shapes=shapes,
+            seed=seed,
+            int_range=int_range,
+            max_iterations=max_iterations,
+            upgrade_opset=upgrade_opset,
+        )
+        if retry.report.ok and retry.report.faulty_passes:
+            retry.report.recovered_from = report.verdict.summary()
+            retry.report.seconds = time.perf_counter() - began
+            return retry
     return FuseResult(result, report, external_data=external_data)

@@ -123,3 +123,47 @@ def test_input_optkit_cannot_make_leaves_the_result_unverified_not_an_error(rng)
     assert result.report.verdict is None
     assert "'seq' is not a tensor" in result.report.unverified_reason
     assert result.report.batchnorm_after == 0
+
+
+def test_fuse_finds_the_pass_whose_rewrite_fails_the_final_check_and_keeps_the_rest(
+    rng, monkeypatch, capsys, tmp_path
+):
+    """The final check failing used to refuse the whole run; now the wrong pass is found by
+    verifying pass by pass, rolled back, named as an optkit bug, and the rest is written."""
+    import optkit.fusion
+
+    class NegateOnce(RewritePass):
+        """Negates the Conv's weight, once: a wrong 'fold'."""
+
+        spec = PassSpec("negate", Exactness.REASSOCIATE, "broken on purpose")
+
+        def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+            conv = next(n for n in model.graph if n.op_type == "Conv")
+            weight = conv.inputs[1]
+            if conv.name == "negated" or weight is None or weight.const_value is None:
+                return []
+            weight.const_value = ir.Tensor(-weight.const_value.numpy(), name=weight.name)
+            conv.name = "negated"
+            return [Site("negate", "negated", True)]
+
+    monkeypatch.setattr(
+        optkit.fusion,
+        "select_passes",
+        lambda passes=None, skip=(): [NegateOnce(), *DEFAULT_PASSES],
+    )
+    original = small_model(rng)
+    result = optkit.fuse(original)
+    report = result.report
+    assert report.ok and report.faulty_passes == ["negate"]
+    assert "NOT equivalent" in report.recovered_from
+    assert [n.op_type for n in result.model.graph] == ["Conv"]
+    assert "rolled back negate: an optkit bug" in report.format_text()
+    assert optkit.verify(original, result.model).ok
+    path = tmp_path / "m.onnx"
+    onnx.save(original, str(path))
+    from helpers import run_main
+
+    code, out, err = run_main(
+        monkeypatch, capsys, "fuse", str(path), "-o", str(tmp_path / "o.onnx")
+    )
+    assert code == 0 and "an optkit bug" in out and (tmp_path / "o.onnx").exists(), out + err
