@@ -75,7 +75,8 @@ def load(source: ModelSource, *, copy: bool = True) -> ir.Model:
     if isinstance(source, ir.Model):
         return source.clone() if copy else source
     if isinstance(source, onnx.ModelProto):
-        return ir.from_proto(source)
+        _check_header(source, "<model>")
+        return _deserialize(source, "<model>")
     if isinstance(source, bytes | bytearray | memoryview):
         return _load_bytes(bytes(source))
     inner = _program_model(source)
