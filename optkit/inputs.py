@@ -151,6 +151,23 @@ def second_sizes(
     return result if changed else None
 
 
+def with_special_values(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray] | None:
+    """`feeds` with NaN, +inf, -inf, -0.0 and the dtype's largest value at seeded places of every
+    float input (None when no input is float): what a bitwise rewrite must also keep."""
+    rng = np.random.default_rng(seed)
+    result, changed = dict(feeds), False
+    for name, array in feeds.items():
+        if array.dtype.kind != "f" or array.size == 0:
+            continue
+        special = array.copy()
+        flat = special.reshape(-1)
+        largest = ml_dtypes.finfo(array.dtype).max
+        for value in (np.nan, np.inf, -np.inf, -0.0, largest, -largest):
+            flat[rng.integers(flat.size)] = value
+        result[name], changed = special, True
+    return result if changed else None
+
+
 def check_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
     """`--shape` values must name runtime inputs, match their declared rank, and agree with every
     static dimension the model declares (a `--shape` can fill dynamic dims, never change fixed ones)."""

@@ -298,3 +298,43 @@ def test_the_api_saves_no_model_whose_verification_failed_or_did_not_run(tmp_pat
     unchecked = optkit.fuse(custom, verify_result=False)
     assert unchecked.report.state == "disabled"
     unchecked.save(tmp_path / "disabled.onnx")  # asked for no verification: written
+
+
+def test_a_fold_more_accurate_than_its_original_passes_on_the_float64_reference():
+    """Conv bias 1e5 -> BN mean 1e5: float32 cancellation leaves the original ~4e-3 off the exact
+    result, the fold (computed in float64) ~2e-6; it was refused as 'not equivalent'."""
+    rng = np.random.default_rng(0)
+    channels = 4
+    inits = {
+        "W": rng.standard_normal((channels, 3, 3, 3)).astype(np.float32),
+        "b": np.full(channels, 1e5, np.float32),
+        "bn.scale": np.ones(channels, np.float32),
+        "bn.B": np.zeros(channels, np.float32),
+        "bn.mean": np.full(channels, 1e5, np.float32),
+        "bn.var": np.ones(channels, np.float32),
+    }
+    nodes = [helper.make_node("Conv", ["x", "W", "b"], ["h"]), bn_node("h", "y")]
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, None)], inits)
+    result = optkit.fuse(model)
+    assert result.report.ok and result.report.verdict is not None
+    assert any("the rewrite is the more accurate" in n for n in result.report.verdict.notes)
+
+
+def test_a_bitwise_claim_is_checked_on_nan_and_inf_inputs():
+    """Where(x > 0, x, 0) and Relu agree on every finite input and differ on NaN."""
+    from optkit.verify import verify_rewrite
+
+    where = [helper.make_node("Greater", ["x", "zero"], ["positive"]),
+             helper.make_node("Where", ["positive", "x", "zero"], ["y"])]  # fmt: skip
+    before = optkit.load(make_model(where, [("x", F32, [2, 8])], [("y", F32, [2, 8])],
+                                    {"zero": np.array(0, np.float32)}))  # fmt: skip
+    relu = [helper.make_node("Relu", ["x"], ["y"])]
+    after = optkit.load(make_model(relu, [("x", F32, [2, 8])], [("y", F32, [2, 8])], {}))
+    verdict = verify_rewrite(before, after, Exactness.BITWISE)
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+    assert [(o.name, o.ok) for o in verdict.outputs] == [
+        ("y", True),
+        ("y (NaN / inf inputs)", False),
+    ]
+    same = verify_rewrite(before, before, Exactness.BITWISE)
+    assert isinstance(same, optkit.Verdict) and same.ok and len(same.outputs) == 2
