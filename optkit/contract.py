@@ -21,8 +21,10 @@ class Exactness(str, enum.Enum):
 
     BITWISE = "bitwise"  # pure rewiring: outputs are bit-for-bit equal, NaN and inf included
     # Equal in real arithmetic; float rounding differs, and so may an overflow: where an intermediate
-    # of the original overflows to inf (Exp(100) in Log(Exp(x) + 1)) the rewrite may give the finite
-    # true value. NaN stays where the original has it, and a finite output never becomes inf or NaN.
+    # of the original overflows (to inf as Exp(100) in Log(Exp(x) + 1), or to NaN by inf - inf) the
+    # rewrite may give the finite true value. A NaN input's NaN stays, and a finite output of the
+    # original never becomes inf or NaN, except at the edge of the dtype's range (beyond 1/8 of its
+    # largest value), where rounding in another order decides between the largest value and inf.
     REASSOCIATE = "reassociate"
     APPROXIMATE = "approximate"  # a bounded approximation, bound stated by the pass
     LOSSY = "lossy"  # deliberately changes the function; never applied silently

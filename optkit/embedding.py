@@ -9,6 +9,7 @@ into the first layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,10 +121,12 @@ def verify_preprocessing(
     *,
     seed: int = 0,
     exactness: Exactness = Exactness.REASSOCIATE,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Verdict:
-    """The adapter the preprocessing rewrite declares: seeded raw inputs (integers over 0..255) to
-    `rewritten`, the same after `apply(spec, raw)` to `original`, outputs compared at `exactness`."""
-    raw = synthetic_inputs(io.load(rewritten, copy=False), seed=seed, int_range=(0, 256))
+    """The adapter the preprocessing rewrite declares: seeded raw inputs (integers over 0..255, at
+    `shapes` for dynamic dims) to `rewritten`, the same after `apply(spec, raw)` to `original`,
+    outputs compared at `exactness`."""
+    raw = synthetic_inputs(io.load(rewritten, copy=False), shapes, seed=seed, int_range=(0, 256))
     preprocessed = {**raw, input_name: apply(spec, raw[input_name])}
     want = runtime.run(runtime.make_session(original), preprocessed)
     got = runtime.run(runtime.make_session(rewritten), raw)

@@ -254,9 +254,10 @@ def build_case(number: int) -> tuple[onnx.ModelProto, list[int], list[int]]:
             _bn(b)
     dtype = F16 if rnd.random() < 0.15 else F32
     if dtype == F16:
-        b.inits = {
-            k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in b.inits.items()
-        }
+        with np.errstate(over="ignore"):  # 1e30 constants become inf in fp16, on purpose
+            b.inits = {
+                k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in b.inits.items()
+            }
     nodes = b.nodes
     if (
         rnd.random() < 0.15 and nodes and nodes[-1].input[0] in b.ranks
@@ -403,8 +404,11 @@ def check_case(number: int, stats: dict[str, int] | None = None) -> None:
             problem = _same(w, g, exactness)
             if problem and special == "inf" and exactness is not Exactness.BITWISE:
                 # inf and huge inputs through a reassociated chain: where the original overflows
-                # (to inf, or NaN by inf - inf) the rewrite may be finite; never the other way
-                problem = problem if "non-finite" in problem else ""
+                # (to inf, or NaN by inf - inf) the rewrite may be finite; the other way round only
+                # at the edge of the dtype's range, where rounding decides between max and inf
+                edge = np.isfinite(w) & ~np.isfinite(g)
+                at_edge = np.abs(w[edge].astype(np.float64)) > np.finfo(w.dtype).max / 8
+                problem = "" if "non-finite" not in problem or np.all(at_edge) else problem
             assert not problem, (
                 f"case {number}: fused output differs at input {shape}"
                 f"{f' with {special} values' if special else ''}: {problem} "

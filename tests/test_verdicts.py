@@ -338,3 +338,39 @@ def test_a_bitwise_claim_is_checked_on_nan_and_inf_inputs():
     ]
     same = verify_rewrite(before, before, Exactness.BITWISE)
     assert isinstance(same, optkit.Verdict) and same.ok and len(same.outputs) == 2
+
+
+def test_swap_and_preprocess_take_a_shape_for_dynamic_dims(tmp_path, monkeypatch, capsys):
+    """A model whose channel dim is dynamic: the default 16 channels cannot run it, and these two
+    commands had no --shape (only fuse, verify and bench did)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    model = make_model(nodes, [("x", F32, ["N", "C", "H", "W"])], [("y", F32, None)],
+                       {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)})  # fmt: skip
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    swap = [
+        "swap",
+        path,
+        "--map",
+        "Relu=LeakyRelu:0.01",
+        "--allow-lossy",
+        "-o",
+        str(tmp_path / "s.onnx"),
+    ]
+    assert run_main(monkeypatch, capsys, *swap)[0] == 2
+    code, out, err = run_main(monkeypatch, capsys, *swap, "--shape", "x=1x3x8x8")
+    assert code == 0, out + err
+    embed = [
+        "preprocess",
+        "embed",
+        path,
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+        "-o",
+        str(tmp_path / "r.onnx"),
+    ]
+    code, out, err = run_main(monkeypatch, capsys, *embed, "--shape", "x=1x3x8x8")
+    assert code == 0, out + err

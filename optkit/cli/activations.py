@@ -17,6 +17,7 @@ from optkit.cli.common import (
     guard_output,
     load_labels,
     load_model,
+    shape_map,
 )
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
@@ -82,6 +83,13 @@ def _catalogue_lines() -> list[str]:
     "--samples", type=COUNT, default=8, show_default=True, help="Synthetic samples without --data."
 )
 @click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD...",
+    help="Shape of a dynamic input for the synthetic samples, e.g. image=1x3x224x224.",
+)
+@click.option(
     "--max-error", type=NON_NEGATIVE_NUMBER, help="Fail (exit 1, nothing written) above this error."
 )
 @click.option(
@@ -100,6 +108,7 @@ def swap_command(
     data: Path | None,
     labels: Path | None,
     samples: int,
+    shapes: tuple[str, ...],
     max_error: float | None,
     max_accuracy_drop: float | None,
     force: bool,
@@ -140,6 +149,7 @@ def swap_command(
         *(path for path in (data, labels) if path is not None),
     )
     rules = [parse_rule(text) for text in maps]
+    shape_values = shape_map(shapes)
     original = load_model(model)
     working = io.load(original)
     done = swap(working, rules, allow_lossy=allow_lossy)
@@ -151,6 +161,7 @@ def swap_command(
             working,
             feeds,
             samples=samples,
+            shapes=shape_values,
             labels=label_array,
             int_range=parse_int_range("0:10"),
         )

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import COUNT, NON_NEGATIVE, choice, guard_output
+from optkit.cli.common import COUNT, NON_NEGATIVE, choice, guard_output, shape_map
 from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.inputs import runtime_inputs
@@ -162,6 +162,14 @@ def fit_command(
 )
 @click.option("--no-fold", is_flag=True, help="Keep the preprocessing as nodes (no folding).")
 @click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD...",
+    help="Shape of a dynamic input of the new (raw-input) model for verification, e.g. "
+    "image=1x224x224x3.",
+)
+@click.option(
     "--seed",
     type=NON_NEGATIVE,
     default=0,
@@ -181,6 +189,7 @@ def embed_command(
     input_name: str | None,
     output: Path | None,
     no_fold: bool,
+    shapes: tuple[str, ...],
     seed: int,
     as_json: bool,
 ) -> None:
@@ -218,6 +227,7 @@ def embed_command(
         spec,
         target or "",
         seed=seed,
+        shapes=shape_map(shapes),
         exactness=Exactness.BITWISE if no_fold else Exactness.REASSOCIATE,
     )
     if verdict.ok:
