@@ -18,6 +18,7 @@ from optkit.cli.common import (
     load_labels,
     load_model,
     shape_map,
+    shape_option,
 )
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.inputs import load_samples, parse_int_range
@@ -82,13 +83,7 @@ def _catalogue_lines() -> list[str]:
 @click.option(
     "--samples", type=COUNT, default=8, show_default=True, help="Synthetic samples without --data."
 )
-@click.option(
-    "--shape",
-    "shapes",
-    multiple=True,
-    metavar="NAME=DxD...",
-    help="Shape of a dynamic input for the synthetic samples, e.g. image=1x3x224x224.",
-)
+@shape_option("synthetic samples")
 @click.option(
     "--max-error", type=NON_NEGATIVE_NUMBER, help="Fail (exit 1, nothing written) above this error."
 )

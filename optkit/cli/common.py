@@ -23,16 +23,21 @@ def split_names(values: tuple[str, ...]) -> list[str]:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+def shape_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--shape NAME=DxD... (repeatable), passed as `shapes`: the dynamic dims of `purpose`."""
+    return click.option(
+        "--shape",
+        "shapes",
+        multiple=True,
+        metavar="NAME=DxD...",
+        help=f"Shape for a dynamic input of the {purpose}, e.g. image=1x3x224x224.",
+    )
+
+
 def input_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--shape, --seed and --int-range: how the synthetic inputs for `purpose` are made."""
     options = [
-        click.option(
-            "--shape",
-            "shapes",
-            multiple=True,
-            metavar="NAME=DxD...",
-            help=f"Shape for a dynamic input of the {purpose}, e.g. image=1x3x224x224.",
-        ),
+        shape_option(purpose),
         click.option(
             "--seed",
             type=NON_NEGATIVE,

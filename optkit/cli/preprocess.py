@@ -11,7 +11,14 @@ from typing import Any
 import click
 
 from optkit import io
-from optkit.cli.common import COUNT, NON_NEGATIVE, choice, guard_output, shape_map
+from optkit.cli.common import (
+    COUNT,
+    NON_NEGATIVE,
+    choice,
+    guard_output,
+    shape_map,
+    shape_option,
+)
 from optkit.contract import Exactness
 from optkit.errors import InputError
 from optkit.inputs import runtime_inputs
@@ -161,14 +168,7 @@ def fit_command(
     help="Where to write [default: MODEL with .raw.onnx]. Never the input.",
 )
 @click.option("--no-fold", is_flag=True, help="Keep the preprocessing as nodes (no folding).")
-@click.option(
-    "--shape",
-    "shapes",
-    multiple=True,
-    metavar="NAME=DxD...",
-    help="Shape of a dynamic input of the new (raw-input) model for verification, e.g. "
-    "image=1x224x224x3.",
-)
+@shape_option("new (raw-input) model's verification samples")
 @click.option(
     "--seed",
     type=NON_NEGATIVE,

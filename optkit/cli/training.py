@@ -350,8 +350,9 @@ def _run_training(
 @click.option("--data", "data_source", default="digits", show_default=True)
 @click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
               "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
-@click.option("--per-class", type=COUNT,
-              help="Training examples per class (every class must have that many).")
+@click.option(
+    "--per-class", type=COUNT, help="Training examples per class (every class must have that many)."
+)
 @click.option("--strategy", type=choice(STRATEGIES), default="auto", show_default=True)
 @click.option("--k", "k", type=COUNT, default=2, show_default=True,
               help="Layers to retrain with last-k.")  # fmt: skip
