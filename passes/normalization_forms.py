@@ -207,9 +207,13 @@ def _group_norm(
     if norm is None or front is None or len(norm.inputs) != 3:
         return None
     x = front.inputs[0]
-    shape_of = producer(back.inputs[1], "Shape")
-    if x is None or shape_of is None or shape_of.inputs[0] is not x or len(shape_of.attributes):
+    if x is None or back.inputs[1] is None:
         return None
+    shape_of = producer(back.inputs[1], "Shape")
+    if shape_of is not None and (shape_of.inputs[0] is not x or len(shape_of.attributes)):
+        return None
+    if shape_of is None and not _is_static_shape_of(back.inputs[1], x, reader):
+        return None  # the Reshape back to Shape(x), or that shape folded to a constant
     scale, _ = reader.policy.array(norm.inputs[1])
     shift, _ = reader.policy.array(norm.inputs[2])
     target, _ = reader.policy.array(front.inputs[1])
@@ -218,7 +222,7 @@ def _group_norm(
     groups = int(scale.size)
     if [int(t) for t in np.asarray(target).reshape(-1)] != [0, groups, -1]:
         return None
-    nodes = [*peeled, back, shape_of, norm, front]
+    nodes = [*peeled, back, *([shape_of] if shape_of is not None else []), norm, front]
     if not (np.all(scale == 1) and np.all(shift == 0)):
         return "GroupNorm pattern, but its InstanceNormalization has a scale or bias of its own"
     if x.shape is None or len(x.shape) < 3 or not isinstance(x.shape[1], int):
@@ -229,6 +233,14 @@ def _group_norm(
         return "GroupNorm pattern, but its scale or bias is not one value per channel"
     attributes = {"epsilon": attr_float(norm, "epsilon", 1e-5), "num_groups": groups}
     return match("GroupNormalization", "GroupNormalization", attributes, x, nodes, per_channel)
+
+
+def _is_static_shape_of(target: ir.Value, x: ir.Value, reader: Reader) -> bool:
+    """`target` is a constant equal to x's shape, all of whose dims are static (inferred)."""
+    array, _ = reader.policy.array(target)
+    if array is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
+        return False
+    return [int(t) for t in np.asarray(array).reshape(-1)] == [int(d) for d in x.shape]  # type: ignore[arg-type]
 
 
 def _per_channel(

@@ -443,3 +443,17 @@ def test_a_chain_left_decomposed_stays_whole_for_runtimes_that_fuse_it():
     ]
     assert any("part of a decomposed Gelu" in r for r in reasons), reasons
     assert any("part of a decomposed LayerNormalization" in r for r in reasons), reasons
+
+
+def test_group_norm_of_a_fully_static_export_fuses():
+    """With every dim static, `constants` folds the Shape the back Reshape reads before `norms`
+    runs: the form was missed, with no decline (issue 19)."""
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8)).eval()
+    sample = torch.randn(2, 3, 8, 8)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, sample, buffer, opset_version=18, dynamo=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert all(d.HasField("dim_value") for d in proto.graph.input[0].type.tensor_type.shape.dim)
+    check(proto, sample, "GroupNormalization", upgrade=21)
