@@ -252,9 +252,8 @@ def _relu6_of_shift(clip: ir.Node, reader: Reader) -> tuple[ir.Value, list[ir.No
     return split[1], [add]
 
 
-_LARGEST = float(
-    np.finfo(np.float64).max
-)  # an omitted Clip bound: the dtype's largest finite value
+# An omitted Clip bound: the dtype's largest finite value (never equal to an explicit inf).
+_LARGEST = float(np.finfo(np.float64).max)
 
 
 def _clip_bounds(clip: ir.Node, reader: Reader) -> tuple[float, float] | None:
