@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -19,6 +20,7 @@ from optkit.contract import Exactness, PassOptions
 from optkit.errors import InputError, InternalError, first_line
 from optkit.graph import count_ops, iter_graphs, node_count, node_label, opset_version
 from optkit.inputs import check_nonempty_shapes, check_shapes
+from optkit.outputs import model_reads
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.shapes import reinfer_shapes, restore_declared_shapes
@@ -142,6 +144,7 @@ class FuseResult:
     model: ir.Model
     report: FuseReport
     external_data: bool = False  # the input kept its weights in external data; so does `save`
+    source_path: Path | None = None  # the file the input was read from, resolved at fuse time
 
     def to_proto(self) -> onnx.ModelProto:
         return io.to_proto(self.model)
@@ -171,7 +174,7 @@ class FuseResult:
             raise InputError(f"{path}: not written: {why}; save(..., force=True) writes it anyway")
         name = os.path.basename(os.fspath(path))
         external = f"{name}.data" if self.external_data or shard_size else None
-        source = self.report.source if os.path.isfile(self.report.source) else None
+        source = self.source_path
         io.save(
             self.model,
             path,
@@ -179,8 +182,21 @@ class FuseResult:
             shard_size=shard_size,
             source=source,
             overwrite=overwrite,
+            inputs_read=model_reads(source)[1:] if source is not None else (),
         )
         self.report.output = str(path)
+
+
+def _source_path(model: object) -> Path | None:
+    """The file `model` was read from, resolved now (a later chdir does not move it): a path given
+    to `fuse`, or the path `optkit.load` recorded in an IR model's meta."""
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+    elif isinstance(model, ir.Model) and model.meta.get(io.SOURCE_KEY):
+        path = Path(model.meta[io.SOURCE_KEY])
+    else:
+        return None
+    return path.resolve() if path.is_file() else None
 
 
 def select_passes(passes: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list:
@@ -346,6 +362,7 @@ def fuse(
     """
     began = time.perf_counter()
     source = io.describe(model)
+    source_path = _source_path(model)
     original = io.load(model)
     check_input(model, original, source)
     check_shapes(original, shapes or {})
@@ -428,4 +445,4 @@ def fuse(
             retry.report.recovered_from = report.verdict.summary()
             retry.report.seconds = time.perf_counter() - began
             return retry
-    return FuseResult(result, report, external_data=external_data)
+    return FuseResult(result, report, external_data=external_data, source_path=source_path)

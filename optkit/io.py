@@ -13,7 +13,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -261,13 +261,15 @@ def save(
     shard_size: int | None = None,
     source: str | os.PathLike | None = None,
     overwrite: bool = False,
+    inputs_read: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Write `model` to `path` atomically, never over a file it still reads.
 
     Refused before anything is written (`optkit.outputs.check_output`): a directory, a missing or
-    unwritable folder, a path (or a data file beside it) that is one of the external data files the
-    model reads, and the file the model was loaded from (`source`, by default the path `load` read
-    it from) unless `overwrite=True`.
+    unwritable folder, a path (or a data file beside it, `external_data` included) that is one of
+    the external data files the model reads or one of `inputs_read` (what the model it was made from
+    reads), and the file the model was loaded from (`source`, by default the path `load` read it
+    from) unless `overwrite=True`.
 
     `external_data` names a data file (relative to `path`'s folder) for large tensors; it is chosen
     automatically (``<file>.data``) when the model read external data, would exceed protobuf's 2 GB,
@@ -280,15 +282,15 @@ def save(
         raise InputError(f"shard size must be positive, not {shard_size}")
     target = Path(path)
     source = source if source is not None else model.meta.get(SOURCE_KEY)
-    check_output(
-        target,
-        source=source,
-        reads=lambda: external_data_paths(model),
-        what="",
-        model=True,
-        overwrite=overwrite,
-    )
+
+    def reads() -> list[Path]:
+        return [*external_data_paths(model), *(Path(p) for p in inputs_read)]
+
+    check_output(target, source=source, reads=reads, what="", model=True, overwrite=overwrite)
     folder = target.parent if str(target.parent) else Path(".")
+    if external_data is not None:
+        check_output(folder / external_data, source=source, reads=reads,
+                     what=f"{target}: external data", overwrite=overwrite)  # fmt: skip
     if external_data is None and (
         shard_size is not None
         or external_data_paths(model)
@@ -317,13 +319,41 @@ def save(
                     f"{target}: external data file {external_data} is still read by the model; "
                     "choose another output name"
                 )
-            ir.save(model, tmp_name, external_data=external_data, max_shard_size_bytes=shard_size)
+            os.unlink(tmp_name)
+            _save_with_data(model, target, external_data, shard_size)
+            return target
         os.replace(tmp_name, target)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
     return target
+
+
+def _save_with_data(
+    model: ir.Model, target: Path, external_data: str, shard_size: int | None
+) -> None:
+    """Write the model and its data files into a hidden folder beside `target`, then move the data
+    files into place and the model file last (the commit point); data files of an earlier output of
+    the same name that the new model does not name (shards of a run with more of them) are removed
+    after the commit (for the default data name, which the output contract checks)."""
+    folder = target.parent if str(target.parent) else Path(".")
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".tmp", dir=folder) as tmp:
+        staged = Path(tmp) / target.name
+        ir.save(model, staged, external_data=external_data, max_shard_size_bytes=shard_size)
+        written = sorted(p for p in Path(tmp).iterdir() if p != staged)
+        for data_file in written:
+            os.chmod(data_file, 0o666 & ~_umask())
+            os.replace(data_file, folder / data_file.name)
+        os.chmod(staged, 0o666 & ~_umask())
+        os.replace(staged, target)
+    if external_data != target.name + ".data":
+        return  # only the default data name is checked against the inputs (`written_files`)
+    names = {p.name for p in written}
+    stale = shard_pattern(external_data)
+    for old in folder.iterdir():
+        if old.name not in names and stale.fullmatch(old.name) and old.is_file():
+            old.unlink()
 
 
 def shard_pattern(name: str) -> re.Pattern[str]:

@@ -14,6 +14,7 @@ reading a byte of the data (`model_reads`).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -90,21 +91,48 @@ def check_output(
     existing = [p for p in written_files(target, model=model) if p.exists()]
     if not existing:
         return target.resolve()
-    listed = reads() if callable(reads) else reads
-    protected = [(Path(p), f"{p}, which the input reads") for p in listed]
-    if source is not None and not overwrite:
-        protected.insert(0, (Path(source), "the input"))
     for written in existing:
-        for path, kind in protected:
-            if not _same(written, path):
-                continue
-            if written == target:
-                raise InputError(f"{label}: refusing to overwrite {kind}; choose another output")
-            raise InputError(
-                f"{label}: its data file {written.name} would overwrite {kind}; "
-                "choose another output"
-            )
+        if not written.is_file():
+            kind = "a directory" if written.is_dir() else "not a regular file (a device or a pipe)"
+            where = "" if written == target else f"its data file {written.name} "
+            raise InputError(f"{label}: {where}is {kind}; refusing to replace it")
+        _check_replaceable(written, label)
+
+    def refuse(written: Path, kind: str) -> None:
+        if written == target:
+            raise InputError(f"{label}: refusing to overwrite {kind}; choose another output")
+        raise InputError(
+            f"{label}: its data file {written.name} would overwrite {kind}; choose another output"
+        )
+
+    if source is not None and not overwrite:  # the cheap check first: no model is parsed for it
+        for written in existing:
+            if _same(written, Path(source)):
+                refuse(written, "the input")
+    listed = reads() if callable(reads) else reads
+    for path in listed:
+        for written in existing:
+            if _same(written, Path(path)):
+                refuse(written, f"{path}, which the input reads")
     return target.resolve()
+
+
+def _check_replaceable(path: Path, label: str) -> None:
+    """In a sticky folder (/tmp), a file of another user cannot be replaced by a rename: refuse it
+    now rather than fail after the work (root may, and is let through)."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else 0
+    if euid == 0:
+        return
+    folder = path.parent
+    try:
+        folder_stat, file_stat = folder.stat(), path.stat()
+    except OSError:
+        return
+    if folder_stat.st_mode & stat.S_ISVTX and euid not in (folder_stat.st_uid, file_stat.st_uid):
+        raise InputError(
+            f"{label}: {path.name} belongs to another user in a sticky folder ({folder}); it "
+            "cannot be replaced: choose another output"
+        )
 
 
 def check_distinct(outputs: Iterable[tuple[str, PathLike]]) -> None:

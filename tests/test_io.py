@@ -76,5 +76,5 @@ def test_external_data_round_trip_and_no_overwrite_of_referenced_data(tmp_path, 
     assert (tmp_path / "fused.onnx.data").exists()  # input used external data: so does the output
     reloaded = onnx.load(str(out))
     assert reloaded.graph.node[0].op_type == "Conv"
-    with pytest.raises(InputError, match="still read by the model"):
+    with pytest.raises(InputError, match="which the input reads"):
         optkit.save(model, tmp_path / "other.onnx", external_data="model.onnx.data")

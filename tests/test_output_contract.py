@@ -11,6 +11,7 @@ that raises.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
 from optkit.errors import InputError
+from optkit.io import external_locations
 
 
 def _proto(rng: np.random.Generator) -> onnx.ModelProto:
@@ -186,3 +188,54 @@ def test_overwrite_replaces_a_source_that_keeps_its_weights_inline(tmp_path, rng
         result.save(source)
     result.save(source, overwrite=True)
     assert [n.op_type for n in onnx.load(str(source)).graph.node] == ["Conv", "Conv", "Relu"]
+
+
+def test_the_api_protects_the_source_and_its_data_however_it_was_given(workspace, monkeypatch):
+    """Found by an adversarial pass: an IR model loaded from the path, a save after chdir, the
+    input's external data or shards as the output, and an explicit external_data name all wrote
+    over what the input reads."""
+    single, sharded = workspace["single"], workspace["sharded"]
+    before = _snapshot(single.parent)
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        optkit.fuse(optkit.load(single)).save(single)
+    result = optkit.fuse(str(single))
+    monkeypatch.chdir(workspace["folder"])
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        result.save(Path("..") / single.name)
+    with pytest.raises(InputError, match="which the input reads"):
+        result.save(workspace["single_data"])
+    with pytest.raises(InputError, match="which the input reads"):
+        optkit.fuse(str(sharded)).save(workspace["shard"])
+    with pytest.raises(InputError, match="which the input reads"):
+        optkit.fuse(str(workspace["other"])).save(workspace["taken"])
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        optkit.save(optkit.load(single), single.parent / "x.onnx", external_data=single.name)
+    assert _snapshot(single.parent) == before
+
+
+def test_writing_shards_again_replaces_the_earlier_ones(workspace, monkeypatch, capsys):
+    """A second `fuse --shard-size` to the same output was exit 3 (FileExistsError)."""
+    out = workspace["single"].parent / "out" / "p.onnx"
+    out.parent.mkdir()
+    for size in ("2KB", "2KB", "64KB"):
+        args = ["fuse", str(workspace["single"]), "-o", str(out), "--shard-size", size]
+        code, _, err = run_main(monkeypatch, capsys, *args)
+        assert code == 0, err
+        named = set(external_locations(onnx.load(str(out), load_external_data=False)))
+        on_disk = {p.name for p in out.parent.iterdir()} - {out.name}
+        assert named == on_disk, (named, on_disk)  # no stale shard of the earlier run is left
+    assert optkit.verify(workspace["single"], out, shapes={"x": (1, 3, 8, 8)}).ok
+
+
+@pytest.mark.parametrize("kind", ["data-directory", "fifo"])
+def test_outputs_that_are_not_regular_files_are_refused_first(workspace, monkeypatch, capsys, kind):
+    """A directory where the output's data file goes was exit 3 after the work; a FIFO or device
+    under the output's name was replaced."""
+    out = workspace["single"].parent / "o.onnx"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        (workspace["single"].parent / "o.onnx.data").mkdir()
+    err = _refused(monkeypatch, capsys, workspace, ["fuse", str(workspace["single"]), "-o", str(out)],
+                   "optkit.cli.fuse.fuse")  # fmt: skip
+    assert "refusing to replace it" in err
