@@ -34,7 +34,7 @@ class Exactness(str, enum.Enum):
 class Tolerance:
     """Output agreement allowed after a pass: ``|a - b| <= atol + rtol * scale`` for every element,
     where `scale` is the largest reference magnitude in the element's channel (axis 1) for outputs of
-    rank 2 and more, and the element's own magnitude for rank 0 and 1, never below 1% of the
+    rank 2 and more, and the element's own magnitude for rank 0 and 1, never below 10% of the
     output's largest magnitude (`optkit.verify.tolerance_scale`).
 
     Scaling by the channel rather than element-wise keeps a channel whose values cross zero from

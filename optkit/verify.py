@@ -220,7 +220,7 @@ def compare_arrays(
     every element satisfies ``|a - b| <= atol + rtol * scale``, `tolerance` defaulting to
     `tolerance_for(exactness, dtype)`, where `scale` is the largest reference magnitude in the
     element's channel (its index along axis 1) for outputs of rank 2 and more, and the element's own
-    reference magnitude for rank 0 and 1, never below 1% of the output's largest magnitude (see
+    reference magnitude for rank 0 and 1, never below 10% of the output's largest magnitude (see
     `tolerance_scale`). So a wrong small channel next to large ones fails, while a channel whose
     values cross zero is judged by its own size.
     """
@@ -270,12 +270,12 @@ def compare_arrays(
     )
 
 
-SCALE_FLOOR = 1e-2
+SCALE_FLOOR = 0.1
 """The smallest scale an element is judged at, as a share of the output's largest magnitude.
 
 A reassociated sum errs by up to about eps * sum(|terms|), and where its terms cancel that is far
 above the value itself (a feature of a batch-1 Gemm at -0.06 from terms of size ~80); the floor
-stands in for the terms' size. A wrong channel 100 times smaller than the largest still fails."""
+stands in for the terms' size. A wrong channel 10 times smaller than the largest still fails."""
 
 
 def tolerance_scale(reference: np.ndarray) -> np.ndarray:

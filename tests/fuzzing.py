@@ -247,7 +247,7 @@ def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:
             scale = np.abs(a)
             if a.ndim >= 2:
                 scale = np.max(scale, axis=tuple(i for i in range(a.ndim) if i != 1), keepdims=True)
-            scale = np.maximum(scale, 1e-2 * float(np.abs(a).max()))  # optkit.verify.SCALE_FLOOR
+            scale = np.maximum(scale, 0.1 * float(np.abs(a).max()))  # optkit.verify.SCALE_FLOOR
             error = np.abs(a - b)
             assert np.all(error <= tolerance.atol + tolerance.rtol * scale), (
                 f"{path}: max abs error {float(error.max()):.3g}"

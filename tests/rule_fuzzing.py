@@ -347,7 +347,7 @@ def _same(want: np.ndarray, got: np.ndarray, exactness: Exactness) -> str:
     scale = np.abs(a)
     if a.ndim >= 2:
         scale = np.max(scale, axis=tuple(i for i in range(a.ndim) if i != 1), keepdims=True)
-    scale = np.maximum(scale, 1e-2 * float(np.abs(a).max(initial=0)))
+    scale = np.maximum(scale, 0.1 * float(np.abs(a).max(initial=0)))
     error = np.abs(a - c)
     if np.any(error > tolerance.atol + tolerance.rtol * scale):
         return f"max abs error {float(error.max()):.3g} beyond {exactness.value} tolerance"
