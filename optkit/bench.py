@@ -24,6 +24,7 @@ from optkit.errors import InputError
 from optkit.inputs import (
     DEFAULT_BATCH,
     DEFAULT_DIM,
+    check_nonempty_shapes,
     check_shapes,
     format_dims,
     runtime_inputs,
@@ -262,6 +263,7 @@ def bench(
     candidates = [model] if baseline is None else [model, baseline]
     loaded = [io.load(m, copy=False) for m in candidates]
     planned, defaults = plan_shapes(loaded[0], batch, shapes or {})
+    check_nonempty_shapes(planned)  # a batch of nothing times nothing
     feeds = synthetic_inputs(loaded[0], planned, seed=seed)
     if baseline is not None:
         check_same_inputs(loaded[1], feeds, _name(baseline))

@@ -93,8 +93,11 @@ def load(source: ModelSource, *, copy: bool = True) -> ir.Model:
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
-    except (google.protobuf.message.DecodeError, ValueError, RuntimeError, OSError) as exc:
+        # read as binary protobuf whatever the suffix (onnx picks a text parser for .json / .txt)
+        proto = onnx.load_model_from_string(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # protobuf raises DecodeError, ParseError, ValueError, ...
         raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     _check_header(proto, str(path))
     check_external_data(proto, path)

@@ -68,6 +68,7 @@ def check_output(
     what: str = "output",
     model: bool = False,
     overwrite: bool = False,
+    read_folders: Iterable[PathLike] = (),
 ) -> Path:
     """`output` resolved, or InputError when writing it could destroy an input or cannot work.
 
@@ -75,11 +76,12 @@ def check_output(
     `overwrite`, and only when nothing still reads it); `reads` are the other files the inputs read
     (external data, shards, data files, specs), never replaced (or a function listing them, called
     only when some file the writer would create already exists). `model` says the output is an ONNX
-    model, which may bring a ``.data`` file or shards beside it.
+    model, which may bring a ``.data`` file or shards beside it. `read_folders` are folders an input
+    reads as a whole (an image-folder data set): nothing is written anywhere inside them.
     """
     target = Path(output)
     label = f"{what} {target}" if what else str(target)
-    if str(output) == "" or target.name in ("", ".", ".."):
+    if str(output) == "" or target.name in ("", ".", "..") or str(output).endswith(("/", os.sep)):
         raise InputError(f"{label}: not a file name")
     if target.is_dir():
         raise InputError(f"{label}: is a directory; give a file name")
@@ -88,6 +90,11 @@ def check_output(
         raise InputError(f"{label}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{label}: folder {folder} is not writable")
+    for data_folder in read_folders:
+        if target.resolve().is_relative_to(Path(data_folder).resolve()):
+            raise InputError(
+                f"{label}: is inside {data_folder}, a folder the input reads; choose another output"
+            )
     existing = [p for p in written_files(target, model=model) if p.exists()]
     if not existing:
         return target.resolve()

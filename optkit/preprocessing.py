@@ -60,10 +60,27 @@ class PreprocessSpec:
             )
         if self.std is not None:
             std = np.asarray(self.std, np.float64)
-            if std.ndim > 1 or np.any(std == 0) or not np.all(np.isfinite(std)):
+            if std.ndim > 1 or not np.all(np.isfinite(std)) or np.any(std <= 0):
                 raise InputError(
-                    "preprocessing spec: std must be non-zero finite, scalar or per channel"
+                    f"preprocessing spec: std must be positive and finite, scalar or per channel, "
+                    f"not {self.std}"
                 )
+            if not np.all(np.isfinite(np.float32(1) / std.astype(np.float32))):
+                raise InputError(
+                    f"preprocessing spec: std {self.std} is too small: 1 / std is not a finite "
+                    "float32"
+                )
+        for name in ("mean", "projection"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    array = np.asarray(value, np.float64)
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"preprocessing spec: {name} is not an array of numbers"
+                    ) from None
+                if not np.all(np.isfinite(array)):
+                    raise InputError(f"preprocessing spec: {name} holds NaN or inf")
         if self.channel_order is not None:
             order = list(self.channel_order)
             if sorted(order) != list(range(len(order))):
@@ -162,7 +179,36 @@ class PreprocessSpec:
         file = Path(path)
         if not file.is_file():
             raise InputError(f"{file}: no such file")
-        return cls.from_json(file.read_text(), str(file))
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{file}: not a preprocessing spec (not UTF-8 JSON text)") from None
+        return cls.from_json(text, str(file))
+
+
+def _checked_chunks(
+    chunks: Iterable[np.ndarray], base: PreprocessSpec, mode: str, components: int | None
+) -> Iterator[np.ndarray]:
+    """The chunks, after checking the first against what `base` and `components` ask: a channel
+    order of the data's channel count, and no more PCA components than the data has features."""
+    for index, chunk in enumerate(chunks):
+        if index == 0:
+            channels = _channel_count(chunk, base.layout)
+            order = base.channel_order
+            if order is not None and channels is not None and len(order) != channels:
+                raise InputError(
+                    f"--channel-order {','.join(map(str, order))}: the data has {channels} channels"
+                )
+            features = int(np.prod(chunk.shape[1:])) if chunk.ndim > 1 else 1
+            if mode in ("pca", "whiten") and components is not None and components > features:
+                raise InputError(f"--components {components}: the data has {features} features")
+        yield chunk
+
+
+def _channel_count(chunk: np.ndarray, layout: str) -> int | None:
+    if chunk.ndim < 2 or layout == "flat":
+        return None
+    return int(chunk.shape[-1] if layout == "NHWC" else chunk.shape[1])
 
 
 def apply(spec: PreprocessSpec, raw: np.ndarray) -> np.ndarray:
@@ -238,6 +284,7 @@ def fit(
     if mode not in MODES:
         raise InputError(f"unknown --mode '{mode}' (choose {', '.join(MODES)})")
     base = base or PreprocessSpec()
+    chunks = _checked_chunks(chunks, base, mode, components)
     plumbing = PreprocessSpec(base.dtype, base.layout, base.channel_order, base.scale)
     count, total, squares, outer = 0, None, None, None
     for chunk in chunks:

@@ -137,14 +137,20 @@ def parse_rule(text: str) -> SwapRule:
     source, sep, target_text = text.partition("=")
     if not sep or not source or not target_text:
         raise InputError(f"--map {text!r}: expected SOURCE=TARGET, e.g. Gelu=Gelu:tanh")
-    target, _, params_text = target_text.partition(":")
-    if target == "Gelu" and params_text == "tanh":
+    target, colon, params_text = target_text.partition(":")
+    if colon and not params_text.strip():
+        raise InputError(f"--map {text!r}: ':' with no parameter after it")
+    spelled = {name.lower(): name for pair in CATALOGUE for name in pair}  # any case
+    source, target = spelled.get(source.lower(), source), spelled.get(target.lower(), target)
+    if target == "Gelu" and params_text.lower() == "tanh":
         target, params_text = "Gelu:tanh", ""
     if (source, target) not in CATALOGUE:
         offered = ", ".join(f"{s}={t}" for s, t in CATALOGUE)
         raise InputError(f"--map {text!r}: not in the catalogue; offered: {offered}")
     names = PARAMETERS.get(target, ())
-    values = [v for v in params_text.split(",") if v] if params_text else []
+    values = [v.strip() for v in params_text.split(",")] if params_text else []
+    if any(not v for v in values):
+        raise InputError(f"--map {text!r}: an empty parameter")
     if len(values) > len(names):
         raise InputError(f"--map {text!r}: {target} takes {len(names)} parameter(s)")
     attributes = {}
@@ -153,6 +159,10 @@ def parse_rule(text: str) -> SwapRule:
             attributes[name] = float(given) if given is not None else default
         except ValueError:
             raise InputError(f"--map {text!r}: {name} {given!r} is not a number") from None
+        if not math.isfinite(attributes[name]):
+            raise InputError(f"--map {text!r}: {name} {given!r} is not a finite number")
+        if target == "LeakyRelu" and not 0 <= attributes[name] < 1:
+            raise InputError(f"--map {text!r}: LeakyRelu's alpha must be in [0, 1), not {given}")
     if source == "Gelu" and target == "Swish" and not values:
         attributes["alpha"] = 1.702
     return SwapRule(source, target, attributes)

@@ -25,9 +25,13 @@ def files(tmp_path: Path, rng: np.random.Generator) -> dict[str, str]:
     np.save(tmp_path / "x.npy", rng.standard_normal((2, 1, 3, 8, 8)).astype(np.float32))
     np.save(tmp_path / "images.npy", rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8))
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "spec.json").write_text('{"dtype": "float32", "mean": [0.5, 0.5, 0.5]}')
+    (tmp_path / "nan_spec.json").write_text('{"mean": [NaN, 0, 0]}')
+    np.save(tmp_path / "flat.npy", rng.standard_normal((20, 6)).astype(np.float32))
     return {"model": str(model), "dir": str(tmp_path), "npy": str(tmp_path / "x.npy"),
             "images": str(tmp_path / "images.npy"), "bad_json": str(tmp_path / "bad.json"),
-            "missing": str(tmp_path / "missing.onnx")}  # fmt: skip
+            "missing": str(tmp_path / "missing.onnx"), "spec": str(tmp_path / "spec.json"),
+            "nan_spec": str(tmp_path / "nan_spec.json"), "flat": str(tmp_path / "flat.npy")}  # fmt: skip
 
 
 FUSE = ["fuse", "{model}", "-o", "{dir}/out.onnx"]
@@ -99,6 +103,29 @@ CASES = {
     "demo: --out a file": (["demo", "--out", "{npy}"], "x.npy"),
     "unknown command": (["fusee", "{model}"], "fusee"),
     "unknown option": ([*FUSE, "--fast"], "--fast"),
+    # found by an adversarial pass (exit 3, or accepted)
+    "fuse: a JSON file as the model": (["fuse", "{bad_json}", "-o", "{dir}/o.onnx"], "bad.json"),
+    "fuse: a spec as the model": (["fuse", "{spec}", "-o", "{dir}/o.onnx"], "spec.json"),
+    "fuse: --shard-size nan": ([*FUSE, "--shard-size", "nan"], "nan"),
+    "fuse: --shard-size inf": ([*FUSE, "--shard-size", "inf"], "inf"),
+    "fuse: --shard-size 1e400GB": ([*FUSE, "--shard-size", "1e400GB"], "1e400"),
+    "fuse: --shard-size ''": ([*FUSE, "--shard-size", ""], "size"),
+    "fuse: --passes ''": ([*FUSE, "--passes", ""], "--passes"),
+    "fuse: --skip ,,": ([*FUSE, "--skip", ",,"], "--skip"),
+    "fuse: -o ending in /": (["fuse", "{model}", "-o", "{dir}/out.onnx/"], "ends with '/'"),
+    "swap: --map Relu=LeakyRelu:nan": ([*SWAP[:2], "--map", "Relu=LeakyRelu:nan", "--allow-lossy"], "nan"),
+    "swap: --map Relu=LeakyRelu:-1": ([*SWAP[:2], "--map", "Relu=LeakyRelu:-1", "--allow-lossy"], "alpha"),
+    "swap: --map Relu=LeakyRelu:": ([*SWAP[:2], "--map", "Relu=LeakyRelu:", "--allow-lossy"], "':'"),
+    "swap: --map Sigmoid=HardSigmoid:0.2,inf": ([*SWAP[:2], "--map", "Sigmoid=HardSigmoid:0.2,inf"], "inf"),
+    "preprocess: --spec a model file": ([*EMBED, "--spec", "{model}"], "not a preprocessing spec"),
+    "preprocess: --spec with a NaN mean": ([*EMBED, "--spec", "{nan_spec}"], "NaN"),
+    "preprocess: --std -1": ([*EMBED, "--std", "-1"], "std"),
+    "preprocess: --std 1e-45": ([*EMBED, "--std", "1e-45"], "too small"),
+    "fit: --channel-order 0,1 of 3 channels": ([*FIT, "--channel-order", "0,1"], "3 channels"),
+    "fit: --components 1000 of 6 features": (["preprocess", "fit", "--data", "{flat}", "--layout",
+        "flat", "--mode", "pca", "--components", "1000", "-o", "{dir}/p.json"], "6 features"),
+    "bench: --shape x=0x3x8x8": (["bench", "{model}", "--shape", "x=0x3x8x8"], "empty"),
+    "demo: --out ''": (["demo", "--out", ""], "empty path"),
 }  # fmt: skip
 
 

@@ -35,6 +35,13 @@ def inputs(tmp_path_factory):
     (folder / "notes.txt").write_text("not a checkpoint\n")
     (folder / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
     np.savez(folder / "data.npz", x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 2)
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (folder / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.full((8, 8, 3), 40 * i + (100 if label == "b" else 0), np.uint8)
+            Image.fromarray(pixels).save(folder / "images" / label / f"{i}.png")
     return folder
 
 
@@ -104,6 +111,11 @@ MISTAKES = [
     ("stats", "--seed", "-1"),
     ("stats", "--width", "10000000"),  # petabytes of weights
     ("stats", "--png", "out.txt"),
+    # found by an adversarial pass
+    ("train", "--arch", "mlp", "--epochs", "1", "--lr", "1e30"),  # diverges: nothing written
+    ("export", "{d}/ck.pt", "--data", ""),
+    ("finetune", "{d}/ck.pt", "--data", "{d}/images", "-o", "{d}/images/a/0.png"),
+    ("stats", "--png", "out.png/"),
 ]
 
 OUTPUT = {"train": ["--checkpoint", "out.pt"], "finetune": ["-o", "out.pt"],
@@ -215,3 +227,36 @@ def test_optkit_models_without_torch_says_which_extra_to_install():
     code = shim + "from optkit.cli import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "stats"], capture_output=True, text=True)
     assert done.returncode == 2 and "optkit[torch]" in done.stderr
+
+
+def test_the_library_writers_check_their_outputs_too(inputs, tmp_path):
+    """save_checkpoint and stats.plot raised FileNotFoundError / IsADirectoryError, or wrote
+    `<name>.png` beside a directory, or replaced the data file the checkpoint records."""
+    import torch
+
+    from optkit.errors import InputError
+    from optkit.torch.stats import activation_stats, plot
+    from optkit.torch.train import DataRecord, load_checkpoint, save_checkpoint
+
+    saved = load_checkpoint(inputs / "ck.pt")
+    for bad in (tmp_path / "no" / "x.pt", tmp_path):
+        with pytest.raises(InputError):
+            save_checkpoint(bad, saved)
+    saved.data = DataRecord(str(inputs / "data.npz"))
+    before = (inputs / "data.npz").read_bytes()
+    with pytest.raises(InputError, match="which the input reads"):
+        save_checkpoint(inputs / "data.npz", saved)
+    assert (inputs / "data.npz").read_bytes() == before
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh())
+    stats = activation_stats(model, torch.randn(8, 4))
+    with pytest.raises(InputError):
+        plot(stats, tmp_path)
+    assert plot(stats, tmp_path / "histograms") == tmp_path / "histograms"  # no suffix: that name
+    assert (tmp_path / "histograms").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_exploding_network_reports_nan_instead_of_crashing(monkeypatch, capsys):
+    """--std 1e300 made the histogram's range non-finite: exit 3."""
+    code, out, err = run_main(monkeypatch, capsys, "stats", "--layers", "2", "--width", "16",
+                              "--init", "small", "--std", "1e300")  # fmt: skip
+    assert code == 0 and "nan" in out, err

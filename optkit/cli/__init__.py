@@ -97,6 +97,12 @@ def main() -> None:
     except OptkitError as exc:
         click.echo(f"optkit: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system refused (permissions, a full disk): not an optkit bug
+        if os.environ.get("OPTKIT_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"optkit: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)
     except Exception as exc:
         if os.environ.get("OPTKIT_DEBUG"):
             raise

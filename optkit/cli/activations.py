@@ -14,6 +14,7 @@ from optkit import io
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE_NUMBER,
+    NonEmptyPath,
     guard_output,
     load_labels,
     load_model,
@@ -26,7 +27,7 @@ from optkit.verify import Verdict
 
 
 @click.command("activations")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the list as one JSON array.")
 def activations_command(model: Path, as_json: bool) -> None:
     """List the activations MODEL uses: kind, count, where, and which are decomposed chains
@@ -55,7 +56,7 @@ def _catalogue_lines() -> list[str]:
 
 
 @click.command("swap")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path), required=False)
 @click.option(
     "--map",
     "maps",
@@ -66,18 +67,18 @@ def _catalogue_lines() -> list[str]:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Where to write the result [default: MODEL with .swapped.onnx].",
 )
 @click.option("--allow-lossy", is_flag=True, help="Apply swaps whose error has no bound.")
 @click.option(
     "--data",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, exists=True, path_type=Path),
     help=".npz/.npy samples to measure the change on [default: seeded synthetic inputs].",
 )
 @click.option(
     "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, exists=True, path_type=Path),
     help=".npy class labels for --data: prints the accuracy before and after.",
 )
 @click.option(

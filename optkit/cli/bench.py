@@ -10,6 +10,7 @@ import click
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE,
+    NonEmptyPath,
     load_model,
     optimization_choice,
     provider_choice,
@@ -19,10 +20,10 @@ from optkit.errors import InputError, OptkitError, first_line
 
 
 @click.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option(
     "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Another model, run alternately with MODEL on the same inputs; prints the ratio.",
 )
 @click.option(

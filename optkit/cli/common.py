@@ -4,6 +4,7 @@ loading a user's file with a one-line error."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,16 @@ from optkit.outputs import check_output, model_reads
 from optkit.runtime import OPTIMIZATION_LEVELS
 
 
-def split_names(values: tuple[str, ...]) -> list[str]:
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+def split_names(values: tuple[str, ...], option: str = "--passes") -> list[str]:
+    """'a,b' options as names, lower-cased (pass names take any case); an option given with no
+    name in it is an InputError."""
+    names = []
+    for value in values:
+        found = [name.strip().lower() for name in value.split(",") if name.strip()]
+        if not found:
+            raise InputError(f"{option} {value!r}: names no pass (see optkit passes)")
+        names += found
+    return names
 
 
 def shape_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -74,6 +83,8 @@ def parse_size(text: str) -> int:
         value = float(number) * _UNITS[unit]
     except (KeyError, ValueError):
         raise InputError(f"bad size '{text}': expected e.g. 1GB, 500MB, 64MiB or bytes") from None
+    if not math.isfinite(value) or value > 2**62:
+        raise InputError(f"bad size '{text}': not a finite number of bytes")
     if value < 1:
         raise InputError(f"bad size '{text}': must be at least one byte")
     return int(value)
@@ -155,6 +166,20 @@ class FiniteRange(click.FloatRange):
 NON_NEGATIVE_NUMBER = FiniteRange(min=0)  # error bounds, accuracy drops
 POSITIVE = FiniteRange(min=0, min_open=True)  # learning rates, stds
 FRACTION = FiniteRange(min=0, max=1, min_open=True, max_open=True)  # shares of a data set
+
+
+class NonEmptyPath(click.Path):
+    """A click.Path that refuses '' (click would take it as '.', the current folder) and, for a
+    file, a name ending in '/' (click would drop the slash and write a file under that name)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; give a name", param, ctx)
+        if isinstance(value, str) and not self.dir_okay and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} ends with '/': a folder, not a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 COUNT = click.IntRange(min=1)  # runs, samples, batches: at least one
 NON_NEGATIVE = click.IntRange(min=0)  # seeds, limits, warm-up runs
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take

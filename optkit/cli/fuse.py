@@ -12,6 +12,7 @@ import click
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE,
+    NonEmptyPath,
     default_output,
     guard_output,
     input_options,
@@ -29,11 +30,11 @@ from optkit.passes import DEFAULT_PASSES
 
 
 @click.command("fuse")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Where to write the result [default: MODEL with .optkit.onnx]. Never the input.",
 )
 @click.option(
@@ -131,7 +132,7 @@ def fuse_command(
       optkit fuse bert.onnx --upgrade-opset 20      # Gelu needs opset 20
     """
     out = guard_output(output or default_output(model), model)
-    shard_bytes = parse_size(shard_size) if shard_size else None
+    shard_bytes = parse_size(shard_size) if shard_size is not None else None
     options = PassOptions(
         freeze_initializer_inputs=freeze_initializer_inputs,
         bn_to_affine=bn_to_affine,
@@ -142,7 +143,7 @@ def fuse_command(
     result = fuse(
         model,
         passes=split_names(passes) or None,
-        skip=split_names(skip),
+        skip=split_names(skip, "--skip"),
         options=options,
         verify_result=not no_verify,
         verify_each=verify_each,
@@ -174,7 +175,7 @@ def fuse_command(
 
 
 @click.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option("--no-dry-run", is_flag=True, help="Do not show what `fuse` would do.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def inspect_command(model: Path, no_dry_run: bool, as_json: bool) -> None:
@@ -191,7 +192,7 @@ def inspect_command(model: Path, no_dry_run: bool, as_json: bool) -> None:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     help="Folder for demo.onnx and demo.optkit.onnx [default: a temporary folder].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")

@@ -14,6 +14,7 @@ from optkit import io
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE,
+    NonEmptyPath,
     choice,
     guard_output,
     shape_map,
@@ -111,7 +112,7 @@ def preprocess_group() -> None:
 @preprocess_group.command("fit")
 @click.option(
     "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     required=True,
     help="Training data: .npy (memory-mapped, streamed) or .npz, samples on axis 0.",
 )
@@ -126,7 +127,7 @@ def preprocess_group() -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Write the spec here (JSON); it is printed either way.",
 )
 def fit_command(
@@ -150,11 +151,11 @@ def fit_command(
 
 
 @preprocess_group.command("embed")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option(
     "--spec",
     "spec_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="A spec from `optkit preprocess fit` (or written by hand).",
 )
 @_plumbing_options
@@ -164,7 +165,7 @@ def fit_command(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Where to write [default: MODEL with .raw.onnx]. Never the input.",
 )
 @click.option("--no-fold", is_flag=True, help="Keep the preprocessing as nodes (no folding).")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
-from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, choice
+from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, NonEmptyPath, choice
 from optkit.errors import InputError
 from optkit.outputs import check_output
 
@@ -54,14 +54,17 @@ def _given(name: str) -> bool:
     return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
-def _data_reads(source: str, option: str = "--data") -> list[Path]:
-    """The file `--data` reads (none for digits or a folder); InputError when it does not exist."""
+def _data_guard(source: str, option: str = "--data", also: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """`check_output`'s reads for a command reading `--data` (and `also`): a .npz / .npy file, or
+    an image folder nothing may be written into; InputError when the data does not exist."""
     if source == "digits":
-        return []
+        return {"reads": list(also), "read_folders": []}
     path = Path(source)
     if not path.exists():
         raise InputError(f"{option} {source}: no such file or folder (or use 'digits')")
-    return [path] if path.is_file() else []
+    if path.is_dir():
+        return {"reads": list(also), "read_folders": [path]}
+    return {"reads": [*also, path], "read_folders": []}
 
 
 def _split(data_source: str, test_fraction: float, seed: int) -> tuple[Dataset, Dataset, Dataset]:
@@ -170,7 +173,7 @@ def _training_options(command: Any) -> Any:
 @click.option("--init", "init_scheme", type=choice(INIT_SCHEMES), default="kaiming",
               show_default=True)  # fmt: skip
 @_training_options
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path),
               default=Path("optkit-model.pt"), show_default=True)  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue --checkpoint if it exists (see above).")
 def train_command(
@@ -214,12 +217,12 @@ def train_command(
         "optimizer": optimizer, "schedule": schedule, "seed": seed,
         "test_fraction": test_fraction,
     }  # fmt: skip
-    check_output(checkpoint, reads=_data_reads(data_source), what="--checkpoint")
+    check_output(checkpoint, **_data_guard(data_source), what="--checkpoint")
     saved = None
     if checkpoint.exists() and resume:
         saved = load_checkpoint(checkpoint)
         options = _resumed_options(saved, checkpoint, options)
-        check_output(checkpoint, reads=_data_reads(options["data_source"]), what="--checkpoint")
+        check_output(checkpoint, **_data_guard(options["data_source"]), what="--checkpoint")
     elif checkpoint.exists():
         if not is_checkpoint(checkpoint):
             raise InputError(
@@ -346,7 +349,7 @@ def _run_training(
 
 
 @click.command("finetune")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option("--data", "data_source", default="digits", show_default=True)
 @click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
               "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
@@ -362,7 +365,7 @@ def _run_training(
 @click.option("--compare-scratch", is_flag=True,
               help="Also train the same network from scratch on the same examples and say "
                    "whether transfer helped.")  # fmt: skip
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("-o", "--output", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True)
 def finetune_command(
     checkpoint: Path, data_source: str, classes: str | None, per_class: int | None,
     strategy: str, k: int, similar: bool, epochs: int, batch_size: int, lr: float,
@@ -402,7 +405,7 @@ def finetune_command(
     )  # fmt: skip
 
     asked = _parse_classes(classes) if classes is not None else None
-    check_output(output, reads=[checkpoint, *_data_reads(data_source)], what="output")
+    check_output(output, **_data_guard(data_source, also=(checkpoint,)), what="output")
     config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
     saved = load_checkpoint(checkpoint)
     if saved.architecture.stage is not None:
@@ -480,8 +483,8 @@ def _compare_with_scratch(
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.argument("checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True)
 @click.option("--data", "data_source",
               help="Real samples to check the export on (the test split) and report accuracy. "
                    "[default: the data the checkpoint records, else digits]")  # fmt: skip
@@ -511,12 +514,14 @@ def export_command(
     from optkit.torch.train import evaluate, load_checkpoint, restore
 
     asked = _parse_classes(classes, minimum=1) if classes is not None else None
+    if data_source is not None and not data_source.strip():
+        raise InputError("--data '': give a .npz, an image folder or 'digits'")
     check_output(output, reads=[checkpoint], what="output", model=True)
     saved = load_checkpoint(checkpoint)
     recorded = saved.data
     source = data_source or (recorded.source if recorded else "digits")
     option = "--data" if data_source else f"the recorded data of {checkpoint} (give --data)"
-    check_output(output, reads=[checkpoint, *_data_reads(source, option)], what="output",
+    check_output(output, **_data_guard(source, option, also=(checkpoint,)), what="output",
                  model=True)  # fmt: skip
     if recorded is not None and source == recorded.source:
         for flag, given, kept in (("--test-fraction", test_fraction, recorded.test_fraction),
@@ -585,7 +590,7 @@ def _export_labels(
 @click.option("--batch", type=COUNT, default=16, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--gradients", is_flag=True, help="Also one backward pass: gradient stds per layer.")
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Draw histograms.")
+@click.option("--png", type=NonEmptyPath(dir_okay=False, path_type=Path), help="Draw histograms.")
 @click.option("--json", "as_json", is_flag=True)
 def stats_command(
     activation: str, init_scheme: str, std: float, layers: int, width: int, batch: int, seed: int,

@@ -10,6 +10,7 @@ import click
 
 from optkit.cli.common import (
     COUNT,
+    NonEmptyPath,
     choice,
     input_options,
     load_labels,
@@ -26,17 +27,17 @@ from optkit.inputs import parse_int_range
 
 
 @click.command("verify")
-@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("reference", type=NonEmptyPath(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option(
     "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Real inputs: .npz (one array per input) or .npy (one-input models); an extra "
     "leading axis stacks samples.",
 )
 @click.option(
     "--labels",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help=".npy of class ids, one per row of the classifier output: report accuracy.",
 )
 @click.option(

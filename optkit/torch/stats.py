@@ -11,6 +11,8 @@ the std of each layer's weight gradient and of the gradient reaching each activa
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from optkit.models.layers import Maxout
+from optkit.outputs import check_output
 
 ACTIVATION_TYPES = (
     nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, Maxout,
@@ -82,11 +85,12 @@ def activation_stats(
     stats = []
     for name, module, out in records:
         values = out.float().flatten()
-        low, high = float(values.min()), float(values.max())
+        finite = values[torch.isfinite(values)]  # an exploding run overflows: mean / std say so
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (-1.0, 1.0)
         if high - low < 1e-6 * max(1.0, abs(low)):  # (nearly) one value: a range around it
             pad = 1e-3 * max(1.0, abs(low))
             low, high = low - pad, high + pad
-        counts, edges = np.histogram(values.double().numpy(), bins=bins, range=(low, high))
+        counts, edges = np.histogram(finite.double().numpy(), bins=bins, range=(low, high))
         kind = type(module).__name__
         stats.append(
             LayerStats(
@@ -181,9 +185,20 @@ def plot(stats: Sequence[LayerStats], path: str | Path, title: str = "") -> Path
     summary.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=80)
-    plt.close(figure)
+    target = check_output(path, what="plot")  # a directory or a missing folder: InputError
+    kind = target.suffix.lower().lstrip(".") or "png"  # no suffix: a PNG under exactly that name
+    folder = target.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=80, format="jpeg" if kind == "jpg" else kind)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
     return target
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from optkit.errors import InputError, first_line
+from optkit.outputs import check_output
 from optkit.preprocessing import PreprocessSpec
 from optkit.torch.data import Dataset
 
@@ -396,6 +397,13 @@ def train(
             lr,
             time.perf_counter() - began,
         )
+        if not math.isfinite(entry.loss):
+            raise InputError(
+                f"training diverged in epoch {epoch + 1} (loss {entry.loss}) at learning rate "
+                f"{lr:.3g}: give a smaller --lr; "
+                + (f"{checkpoint} keeps the last finite epoch" if checkpoint and epoch > start
+                   else "nothing was written")
+            )  # fmt: skip
         history.append(entry)
         if log is not None:
             if sys.stderr.isatty():
@@ -488,7 +496,12 @@ def _freeze_frozen_batchnorms(model: nn.Module) -> None:
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Atomically: a temporary file in the same folder, then a rename. Always the current format."""
+    """Atomically: a temporary file in the same folder, then a rename. Always the current format.
+    InputError, before writing, when `path` is a directory, in a folder that does not exist, or the
+    data file the checkpoint records it was trained on (`optkit.outputs.check_output`)."""
+    data_file = checkpoint.data.source if checkpoint.data is not None else ""
+    reads = [data_file] if data_file not in ("", "digits") and Path(data_file).is_file() else []
+    check_output(path, reads=reads, what="checkpoint")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "origin": checkpoint.origin,
