@@ -82,6 +82,7 @@ MISTAKES = [
     ("finetune", "{d}/ck.pt", "--per-class", "0"),
     ("finetune", "{d}/ck.pt", "--classes", "5,6", "--per-class", "5000"),
     ("finetune", "{d}/ck.pt", "--k", "0"),
+    ("finetune", "{d}/ck.pt", "--strategy", "last-k", "--k", "999"),
     ("finetune", "{d}/ck.pt", "--strategy", "magic"),
     ("finetune", "{d}/ck.pt", "--lr", "nan"),
     ("finetune", "{d}/ck.pt", "--epochs", "0"),

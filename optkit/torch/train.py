@@ -658,6 +658,13 @@ def prepare_transfer(
     if strategy not in ("linear", "last-k", "all"):
         raise InputError(f"strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
     old, name = head(model)
+    if strategy == "last-k":
+        available = len([b for b in blocks(model) if b is not old])
+        if k > available:
+            raise InputError(
+                f"--k {k}: the network has {available} layers before its head (--strategy all "
+                "fine-tunes every layer)"
+            )
     torch.manual_seed(seed)
     new = nn.Linear(old.in_features, classes)
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model

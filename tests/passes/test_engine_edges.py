@@ -296,3 +296,18 @@ def test_a_layer_times_a_constant_holding_inf_or_nan_is_not_folded(special):
     assert result.report.ok and [n.op_type for n in result.model.graph] == ["Conv", "Mul"]
     reasons = [s.reason for p in result.report.pipeline.passes for s in p.declined]
     assert any("holds inf or NaN" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("op", ["Mul", "Div"])
+def test_a_pure_scale_before_a_padded_conv_at_a_dynamic_size_folds_without_an_add(op):
+    """It left Add(x, [0, 0, 0]) in front of the Conv (issue 19, missed or wasted)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node(op, ["x", "s"], ["h"]),
+             helper.make_node("Conv", ["h", "W"], ["y"], pads=[1, 1, 1, 1])]  # fmt: skip
+    inits = {"s": np.array([1, 2, 3], np.float32).reshape(3, 1, 1),
+             "W": rng.standard_normal((8, 3, 3, 3)).astype(np.float32)}  # fmt: skip
+    model = make_model(nodes, [("x", F32, ["N", 3, "H", "W"])], [("y", F32, None)], inits)
+    result = optkit.fuse(model)
+    assert [n.op_type for n in result.model.graph] == ["Conv"]
+    feeds = {"x": rng.standard_normal((2, 3, 9, 7)).astype(np.float32)}
+    assert_same_outputs(model, result.to_proto(), feeds)
