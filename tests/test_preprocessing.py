@@ -117,7 +117,7 @@ def test_pca_embeds_into_a_flat_model(rng):
     [
         ({"dtype": "int8"}, "dtype 'int8'"),
         ({"layout": "HWC"}, "layout 'HWC'"),
-        ({"std": [1.0, 0.0, 1.0]}, "std must be non-zero"),
+        ({"std": [1.0, 0.0, 1.0]}, "std must be positive"),
         ({"scale": 0.0}, "scale must be finite and non-zero"),
         ({"channel_order": [0, 0, 1]}, "not a permutation"),
         ({"projection": [[1.0]]}, "needs layout 'flat'"),
