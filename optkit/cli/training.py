@@ -230,6 +230,8 @@ def train_command(
                 "overwrite it (choose another name)"
             )
         click.echo(f"{checkpoint}: an optkit checkpoint; it is replaced (--resume continues it)")
+    elif resume:
+        click.echo(f"--resume: no checkpoint at {checkpoint} yet; training from the start")
     _run_training(saved, checkpoint, resume, **options)
 
 
