@@ -20,7 +20,7 @@ from onnx import helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model
-from optkit.contract import tolerance_for
+from optkit.contract import Exactness, tolerance_for
 from optkit.demo import demo_model
 from optkit.errors import InternalError, OptkitError
 from optkit.inputs import synthetic_inputs
@@ -239,8 +239,17 @@ def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:
             continue
         tolerance = tolerance_for(exactness, want.dtype.name)
         finite = np.isfinite(want)
-        assert np.array_equal(np.isnan(want), np.isnan(have)), f"{path}: NaNs moved"
-        assert np.array_equal(want[~finite & ~np.isnan(want)], have[~finite & ~np.isnan(want)])
+        if exactness is Exactness.BITWISE:
+            assert np.array_equal(np.isnan(want), np.isnan(have)), f"{path}: NaNs moved"
+            assert np.array_equal(want[~finite & ~np.isnan(want)], have[~finite & ~np.isnan(want)])
+        # reassociate (optkit.contract.Exactness): the inputs are finite, so a non-finite original
+        # output overflowed on the way (inf, or NaN by inf - inf), and the rewrite may give the
+        # finite value there; never a non-finite one where the original is finite, except at the
+        # edge of the dtype's range
+        lost = finite & ~np.isfinite(have)
+        edge = np.abs(want[lost].astype(np.float64)) > np.finfo(want.dtype).max / 8
+        assert np.all(edge), f"{path}: non-finite where the original is finite"
+        finite &= np.isfinite(have)
         if finite.any():  # per element, against its channel's largest magnitude (axis 1)
             a = np.where(finite, want, 0).astype(np.float64)
             b = np.where(finite, have, 0).astype(np.float64)
