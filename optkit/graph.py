@@ -24,14 +24,14 @@ FLOAT_TYPES: dict[ir.DataType, np.dtype] = {
 
 
 # Default-domain ops with graph attributes; nodes of other domains are searched for them too.
-_CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 def iter_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
     """`graph` and every subgraph below it (If / Loop / Scan bodies), outermost first."""
     yield graph
     for node in list(graph):
-        if node.domain in ("", "ai.onnx") and node.op_type not in _CONTROL_FLOW:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW:
             continue
         for attr in node.attributes.values():
             if attr.type == ir.AttributeType.GRAPH:

@@ -7,6 +7,7 @@ Floats are standard normal, integers uniform in ``int_range``, bools fair coin f
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -124,7 +125,7 @@ def second_sizes(
     declaration, or that confused two dims of the default 16 x 16, shows up here."""
     result: dict[str, tuple[int, ...]] = {}
     by_symbol: dict[str, int] = named_sizes(model, shapes)  # sizes a --shape gave stay
-    others = iter(SECOND_DIMS * 4)
+    others = itertools.cycle(SECOND_DIMS)  # more dynamic dims than sizes: the sizes repeat
     changed = False
     for value in runtime_inputs(model):
         name = value.name or ""
@@ -162,8 +163,10 @@ def with_special_values(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str,
         special = array.copy()
         flat = special.reshape(-1)
         largest = ml_dtypes.finfo(array.dtype).max
-        for value in (np.nan, np.inf, -np.inf, -0.0, largest, -largest):
-            flat[rng.integers(flat.size)] = value
+        values = (np.nan, np.inf, -np.inf, -0.0, largest, -largest)
+        places = rng.permutation(flat.size)[: len(values)]  # distinct: none overwrites another
+        for place, value in zip(places, values, strict=False):
+            flat[place] = value
         result[name], changed = special, True
     return result if changed else None
 

@@ -11,7 +11,7 @@ for small models (`MAX_BYTES` of weights): the evaluator is slow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,16 @@ from onnx import numpy_helper
 logger = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 2**20  # weights beyond this: no float64 reference (the evaluator is too slow)
+# Ops whose result depends on where float rounding puts their input (a Cast to float16 that
+# overflows or quantizes, a Floor, a comparison): widened to float64 they compute something else
+# than the model means, so a model holding one gets no float64 reference.
+ROUNDING_OPS = frozenset({
+    "Cast", "CastLike", "Round", "Floor", "Ceil", "Sign", "Mod", "QuantizeLinear",
+    "DequantizeLinear", "DynamicQuantizeLinear", "Greater", "GreaterOrEqual", "Less",
+    "LessOrEqual", "Equal", "ArgMax", "ArgMin", "TopK", "NonZero", "IsInf", "IsNaN", "Unique",
+    "Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+    "Multinomial",
+})  # fmt: skip
 _WIDENED = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _DOUBLE = onnx.TensorProto.DOUBLE
 
@@ -35,6 +45,8 @@ def outputs64(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
 
     if initializer_bytes(model) > MAX_BYTES:
         return None
+    if any(node.op_type in ROUNDING_OPS for node in _every_node(model)):
+        return None
     try:
         proto = ir.serde.serialize_model(model)
         widened = _widen_model(proto)
@@ -46,6 +58,16 @@ def outputs64(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
         logger.info("no float64 reference: %s", exc)
         return None
     return [np.asarray(r) for r in results]
+
+
+def _every_node(model: ir.Model) -> Iterator[ir.Node]:
+    """The nodes of the model's graphs and subgraphs and of its local functions."""
+    from optkit.graph import all_nodes, iter_graphs
+
+    yield from all_nodes(model)
+    for function in model.functions.values():
+        for graph in iter_graphs(function.graph):
+            yield from graph
 
 
 def _widen_model(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -78,8 +100,8 @@ def _widen_node(node: onnx.NodeProto) -> None:
         elif attr.type == onnx.AttributeProto.GRAPHS:
             for sub in attr.graphs:
                 _widen_graph(sub)
-        elif attr.name in ("to", "dtype") and attr.i in _WIDENED:
-            attr.i = _DOUBLE  # Cast(to=FLOAT), RandomNormal(dtype=FLOAT), ...
+        elif attr.name == "dtype" and attr.i in _WIDENED:
+            attr.i = _DOUBLE  # EyeLike(dtype=FLOAT), ...
 
 
 def _widen_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:

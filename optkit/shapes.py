@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
-from optkit.graph import iter_graphs
+from optkit.graph import CONTROL_FLOW, iter_graphs
 from optkit.io import skeleton_proto
 
 logger = logging.getLogger(__name__)
@@ -39,8 +39,20 @@ def infer_shapes(model: ir.Model) -> None:
     ) as exc:  # inference fails on some valid models: folds then decline for lack of shapes
         logger.info("shape inference failed: %s", exc)
         return
-    values = {v.name: v for g in iter_graphs(model.graph) for n in g for v in n.outputs if v.name}
-    for info in _value_infos(inferred.graph):
+    graphs = list(iter_graphs(model.graph))
+    protos = list(_proto_graphs(inferred.graph))
+    if len(graphs) != len(protos):  # not the same structure: better no shapes than wrong ones
+        logger.info("shape inference: %d graphs, %d inferred; not merged", len(graphs), len(protos))
+        return
+    for graph, proto in zip(graphs, protos, strict=True):
+        _merge(graph, proto)
+
+
+def _merge(graph: ir.Graph, proto: onnx.GraphProto) -> None:
+    """Merge one graph's inferred tensor types into its node outputs (names are unique within a
+    graph, not across sibling subgraphs, which may reuse them)."""
+    values = {v.name: v for n in graph for v in n.outputs if v.name}
+    for info in [*proto.value_info, *proto.output]:
         value = values.get(info.name)
         if value is None or not info.type.HasField("tensor_type"):
             continue
@@ -56,36 +68,43 @@ def infer_shapes(model: ir.Model) -> None:
             )
 
 
-def _value_infos(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
-    yield from graph.value_info
-    yield from graph.output
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and its subgraphs in the order `optkit.graph.iter_graphs` walks the IR model."""
+    yield graph
     for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW:
+            continue
         for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _value_infos(attr.g)
-            for sub in attr.graphs:
-                yield from _value_infos(sub)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _proto_graphs(sub)
+
+
+_DECLARED = "optkit.declared_shape"  # in a subgraph input's meta: the shape it was declared with
 
 
 def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
     """Replace every declared shape that the graph's semantics do not vouch for by an inferred one.
 
     A declaration (`value_info`, a graph output's shape, a Loop / Scan body input) may be stale: a
-    model whose batch was made dynamic after inference keeps `[1, 4, 16, 16]` on an intermediate that
-    ONNX Runtime ignores and runs at every batch. Rewrites that depend on a shape must read what the
-    graph computes: so the shapes of node outputs are dropped and inferred again from the graph
-    inputs and initializers alone (dynamic where an input is dynamic; None where inference cannot
-    say), and subgraph inputs keep their rank with every dim unknown. Element types are kept.
-    Returns the declared shapes of the main graph's outputs and of subgraph inputs, by name, for
+    model whose batch was made dynamic after shape inference keeps `[1, 4, 16, 16]` on an
+    intermediate that ONNX Runtime ignores and runs at every batch. Rewrites that depend on a shape
+    must read what the graph computes: so the shapes of node outputs are dropped and inferred again
+    from the graph inputs and initializers alone (dynamic where an input is dynamic; None where
+    inference cannot say), and subgraph inputs keep their rank with every dim unknown. Element
+    types are kept. The declared shapes of subgraph inputs are kept in each value's meta (sibling
+    bodies may reuse a name) and those of the main graph's outputs returned by name, for
     `restore_declared_shapes` to put back once the rewrites are done (the signature is the user's,
-    and ONNX Runtime needs a Loop body's declared inputs). Best effort: where inference fails, the
-    dropped shapes stay unknown and folds that need them decline.
+    and ONNX Runtime relies on a body's declared inputs when it optimizes). Best effort: where
+    inference fails, the dropped shapes stay unknown and folds that need them decline.
     """
     declared = {v.name or "": v.shape for v in model.graph.outputs}
     for graph in iter_graphs(model.graph):
         if graph is not model.graph:
             for value in graph.inputs:
-                declared[value.name or ""] = value.shape
+                value.meta[_DECLARED] = value.shape
                 if value.shape is not None:
                     value.shape = ir.Shape([None] * len(value.shape))
         for node in graph:
@@ -97,11 +116,15 @@ def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
 
 def restore_declared_shapes(model: ir.Model, declared: dict[str, ir.Shape | None]) -> None:
     """Put back the shapes `reinfer_shapes` set aside: the main graph's outputs, subgraph inputs."""
-    values = list(model.graph.outputs)
-    values += [v for g in iter_graphs(model.graph) if g is not model.graph for v in g.inputs]
-    for value in values:
+    for value in model.graph.outputs:
         if value.name in declared:
             value.shape = declared[value.name]
+    for graph in iter_graphs(model.graph):
+        if graph is model.graph:
+            continue
+        for value in graph.inputs:
+            if _DECLARED in value.meta:
+                value.shape = value.meta.pop(_DECLARED)
 
 
 class ShapesOnDemand:

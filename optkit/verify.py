@@ -250,7 +250,11 @@ def compare_arrays(
     diff = np.abs(a - b)
     ref_max, max_abs = float(np.max(np.abs(a))), float(diff.max())
     if exactness is Exactness.BITWISE:
-        ok, problem = max_abs == 0.0, "" if max_abs == 0.0 else "values differ (bitwise rewrite)"
+        same_bits = _same_bits(ref, got)
+        ok = max_abs == 0.0 and same_bits
+        problem = "" if ok else "values differ (bitwise rewrite)"
+        if max_abs == 0.0 and not same_bits:
+            problem = "values differ in their bits (the sign of a zero; bitwise rewrite)"
     else:
         ok, problem = _within(diff, a, tolerance)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
@@ -276,6 +280,14 @@ SCALE_FLOOR = 0.1
 A reassociated sum errs by up to about eps * sum(|terms|), and where its terms cancel that is far
 above the value itself (a feature of a batch-1 Gemm at -0.06 from terms of size ~80); the floor
 stands in for the terms' size. A wrong channel 10 times smaller than the largest still fails."""
+
+
+def _same_bits(ref: np.ndarray, got: np.ndarray) -> bool:
+    """The same bit patterns wherever the reference is not NaN (NaN payloads may differ):
+    -0.0 and +0.0 are different outputs (1 / y tells them apart)."""
+    keep = ~np.isnan(ref)
+    unsigned = np.dtype(f"u{ref.dtype.itemsize}")
+    return bool(np.array_equal(ref[keep].view(unsigned), got[keep].view(unsigned)))
 
 
 def tolerance_scale(reference: np.ndarray) -> np.ndarray:

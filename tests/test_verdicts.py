@@ -374,3 +374,90 @@ def test_swap_and_preprocess_take_a_shape_for_dynamic_dims(tmp_path, monkeypatch
     ]
     code, out, err = run_main(monkeypatch, capsys, *embed, "--shape", "x=1x3x8x8")
     assert code == 0, out + err
+
+
+def test_more_dynamic_dims_than_second_sizes_still_verify(tmp_path, monkeypatch, capsys):
+    """21 dynamic dims ran out of second sizes: StopIteration, exit 3."""
+    count = 21
+    nodes = [helper.make_node("Relu", [f"x{i}"], [f"r{i}"]) for i in range(count)]
+    nodes.append(helper.make_node("Concat", [f"r{i}" for i in range(count)], ["y"], axis=1))
+    inputs = [(f"x{i}", F32, [1, f"d{i}"]) for i in range(count)]
+    path = _save(tmp_path / "wide.onnx", nodes, inputs, [("y", F32, [1, None])])
+    code, out, err = run_main(monkeypatch, capsys, "fuse", path, "-o", str(tmp_path / "o.onnx"))
+    assert code == 0, out + err
+
+
+def test_sibling_bodies_keep_their_own_declared_input_shapes(tmp_path):
+    """Two Loops whose bodies both name an input v_in: one got the other's declared shape back,
+    and ORT (optimizations on) folded Shape(v_in) from it: 15 instead of 18."""
+    import onnxruntime as ort
+
+    i64, boolean = onnx.TensorProto.INT64, onnx.TensorProto.BOOL
+
+    def body(shape, tag):
+        return helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Shape", ["v_in"], ["s"]),
+             helper.make_node("ReduceProd", ["s"], ["p"], keepdims=0),
+             helper.make_node("Cast", ["p"], ["pf"], to=F32),
+             helper.make_node("Add", ["v_in", "pf"], ["v_out"])],
+            f"body{tag}",
+            [helper.make_tensor_value_info("iter", i64, []),
+             helper.make_tensor_value_info("cond_in", boolean, []),
+             helper.make_tensor_value_info("v_in", F32, shape)],
+            [helper.make_tensor_value_info("cond_out", boolean, []),
+             helper.make_tensor_value_info("v_out", F32, shape)],
+        )  # fmt: skip
+
+    loops = [helper.make_node("Loop", ["M", "", x], [y], body=body(shape, tag))
+             for x, y, shape, tag in (("a", "ya", [2, 3], "1"), ("b", "yb", [5], "2"))]  # fmt: skip
+    model = make_model(loops, [("a", F32, [2, 3]), ("b", F32, [5])],
+                       [("ya", F32, [2, 3]), ("yb", F32, [5])], {"M": np.array(3, np.int64)})  # fmt: skip
+    result = optkit.fuse(model)
+    assert result.report.ok
+    fused = result.to_proto()
+    onnx.checker.check_model(fused, full_check=True)
+    declared = [[d.dim_value for d in n.attribute[0].g.input[2].type.tensor_type.shape.dim]
+                for n in fused.graph.node if n.op_type == "Loop"]  # fmt: skip
+    assert declared == [[2, 3], [5]]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    feeds = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(5, np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), options).run(None, feeds)
+    got = ort.InferenceSession(fused.SerializeToString(), options).run(None, feeds)
+    assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True))
+
+
+def test_the_float64_judge_stays_out_of_models_that_round_on_purpose():
+    """A Cast to float16 and back overflows at 1e5 * x: the widened 'truth' skipped it and passed a
+    candidate that dropped the round trip."""
+    from optkit.verify import verify_rewrite
+
+    def model(round_trip: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Mul", ["x", "k"], ["s"])]
+        if round_trip:
+            nodes += [helper.make_node("Cast", ["s"], ["h"], to=onnx.TensorProto.FLOAT16),
+                      helper.make_node("Cast", ["h"], ["y"], to=F32)]  # fmt: skip
+        else:
+            nodes.append(helper.make_node("Identity", ["s"], ["y"]))
+        return make_model(nodes, [("x", F32, [4, 8])], [("y", F32, [4, 8])],
+                          {"k": np.array(1e5, np.float32)})  # fmt: skip
+
+    verdict = verify_rewrite(
+        optkit.load(model(True)), optkit.load(model(False)), Exactness.REASSOCIATE
+    )
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+
+
+def test_a_bitwise_claim_sees_the_sign_of_zero():
+    """x + 0 turns -0.0 into +0.0; Identity keeps -0.0: 1 / y is +inf against -inf."""
+    from optkit.verify import verify_rewrite
+
+    add = [helper.make_node("Add", ["x", "zeros"], ["y"])]
+    before = optkit.load(make_model(add, [("x", F32, [2, 4])], [("y", F32, [2, 4])],
+                                    {"zeros": np.zeros((2, 4), np.float32)}))  # fmt: skip
+    identity = [helper.make_node("Identity", ["x"], ["y"])]
+    after = optkit.load(make_model(identity, [("x", F32, [2, 4])], [("y", F32, [2, 4])], {}))
+    verdict = verify_rewrite(before, after, Exactness.BITWISE)
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+    assert "sign of a zero" in verdict.outputs[-1].problem
