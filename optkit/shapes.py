@@ -85,7 +85,7 @@ def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 _DECLARED = "optkit.declared_shape"  # in a subgraph input's meta: the shape it was declared with
 
 
-def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
+def reinfer_shapes(model: ir.Model) -> list[ir.Shape | None]:
     """Replace every declared shape that the graph's semantics do not vouch for by an inferred one.
 
     A declaration (`value_info`, a graph output's shape, a Loop / Scan body input) may be stale: a
@@ -95,12 +95,12 @@ def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
     from the graph inputs and initializers alone (dynamic where an input is dynamic; None where
     inference cannot say), and subgraph inputs keep their rank with every dim unknown. Element
     types are kept. The declared shapes of subgraph inputs are kept in each value's meta (sibling
-    bodies may reuse a name) and those of the main graph's outputs returned by name, for
+    bodies may reuse a name) and those of the main graph's outputs returned by position, for
     `restore_declared_shapes` to put back once the rewrites are done (the signature is the user's,
     and ONNX Runtime relies on a body's declared inputs when it optimizes). Best effort: where
     inference fails, the dropped shapes stay unknown and folds that need them decline.
     """
-    declared = {v.name or "": v.shape for v in model.graph.outputs}
+    declared = [v.shape for v in model.graph.outputs]
     for graph in iter_graphs(model.graph):
         if graph is not model.graph:
             for value in graph.inputs:
@@ -114,11 +114,13 @@ def reinfer_shapes(model: ir.Model) -> dict[str, ir.Shape | None]:
     return declared
 
 
-def restore_declared_shapes(model: ir.Model, declared: dict[str, ir.Shape | None]) -> None:
-    """Put back the shapes `reinfer_shapes` set aside: the main graph's outputs, subgraph inputs."""
-    for value in model.graph.outputs:
-        if value.name in declared:
-            value.shape = declared[value.name]
+def restore_declared_shapes(model: ir.Model, declared: list[ir.Shape | None]) -> None:
+    """Put back the shapes `reinfer_shapes` set aside: the main graph's outputs (by position: the
+    rewrites keep the signature), subgraph inputs."""
+    if len(declared) == len(model.graph.outputs):
+        for value, shape in zip(model.graph.outputs, declared, strict=True):
+            if shape is not None:  # none declared: the inferred one is the better description
+                value.shape = shape
     for graph in iter_graphs(model.graph):
         if graph is model.graph:
             continue

@@ -29,7 +29,8 @@ def _bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
     """
     graph = node.graph
     assert graph is not None
-    if output.is_graph_output():
+    takes_name = output.is_graph_output()
+    if takes_name:
         if source.is_graph_input() or source.is_initializer():
             return "connects a graph input or initializer straight to a graph output"
         if source.is_graph_output():
@@ -42,8 +43,8 @@ def _bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
         source.shape = output.shape
     ir.convenience.replace_all_uses_with(output, source, replace_graph_outputs=True)
     graph.remove(node, safe=True)
-    if source in graph.outputs:
-        source.name = output.name
+    if takes_name:  # only the output's name is the signature (a source that is a graph output
+        source.name = output.name  # read by a dead Identity keeps its own)
     return ""
 
 

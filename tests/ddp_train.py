@@ -33,6 +33,7 @@ def main(out: str) -> None:
     if not distributed or torch.distributed.get_rank() == 0:
         torch.save({"state": model.state_dict(), "accuracy": evaluate(model, test_set)}, out)
     if distributed:
+        torch.distributed.barrier()  # both ranks done before the group goes (rank 0 was saving)
         torch.distributed.destroy_process_group()
 
 

@@ -311,3 +311,16 @@ def test_a_pure_scale_before_a_padded_conv_at_a_dynamic_size_folds_without_an_ad
     assert [n.op_type for n in result.model.graph] == ["Conv"]
     feeds = {"x": rng.standard_normal((2, 3, 9, 7)).astype(np.float32)}
     assert_same_outputs(model, result.to_proto(), feeds)
+
+
+def test_a_dead_identity_reading_a_graph_output_does_not_rename_it():
+    """tools/fuzz.py: the output 'drop', also read by a dead Identity -> 'logits', came out named
+    'logits' (the signature changed) and lost its declared shape (the checker refused it: exit 3)."""
+    nodes = [helper.make_node("Relu", ["x"], ["drop"]),
+             helper.make_node("Identity", ["drop"], ["logits"])]  # fmt: skip
+    model = make_model(nodes, [("x", F32, ["N", 4])], [("drop", F32, ["N", 4])], {})
+    result = optkit.fuse(model)
+    proto = result.to_proto()
+    assert [o.name for o in proto.graph.output] == ["drop"]
+    assert proto.graph.output[0].type == model.graph.output[0].type
+    assert [n.op_type for n in proto.graph.node] == ["Relu"]
