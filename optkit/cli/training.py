@@ -40,12 +40,12 @@ PLOT_SUFFIXES = ("", ".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _need_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "this command needs the torch extra: pip install 'optkit[torch]'"
-        ) from None
+    """InputError unless torch is installed; found without importing it (seconds), so that the
+    output and option checks that follow answer at once."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise InputError("this command needs the torch extra: pip install 'optkit[torch]'")
 
 
 def _given(name: str) -> bool:
@@ -209,8 +209,6 @@ def train_command(
       optkit train --checkpoint run.pt --resume --epochs 20
     """
     _need_torch()
-    from optkit.torch.train import is_checkpoint, load_checkpoint
-
     options: dict[str, Any] = {
         "data_source": data_source, "arch": arch, "activation": activation, "norm": norm,
         "init_scheme": init_scheme, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -218,6 +216,8 @@ def train_command(
         "test_fraction": test_fraction,
     }  # fmt: skip
     check_output(checkpoint, **_data_guard(data_source), what="--checkpoint")
+    from optkit.torch.train import is_checkpoint, load_checkpoint
+
     saved = None
     if checkpoint.exists() and resume:
         saved = load_checkpoint(checkpoint)
@@ -393,6 +393,8 @@ def finetune_command(
     the same training options, and both test accuracies are printed.
     """
     _need_torch()
+    asked = _parse_classes(classes) if classes is not None else None
+    check_output(output, **_data_guard(data_source, also=(checkpoint,)), what="output")
     from optkit.torch.data import label_ids, preprocess, subset
     from optkit.torch.train import (
         Architecture,
@@ -406,8 +408,6 @@ def finetune_command(
         transfer_report,
     )  # fmt: skip
 
-    asked = _parse_classes(classes) if classes is not None else None
-    check_output(output, **_data_guard(data_source, also=(checkpoint,)), what="output")
     config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
     saved = load_checkpoint(checkpoint)
     if saved.architecture.stage is not None:
@@ -507,6 +507,10 @@ def export_command(
     Prints the test accuracy of the torch model and of the ONNX model, on the test examples of the
     classes the checkpoint records (labels mapped to its head's outputs, as finetune did)."""
     _need_torch()
+    asked = _parse_classes(classes, minimum=1) if classes is not None else None
+    if data_source is not None and not data_source.strip():
+        raise InputError("--data '': give a .npz, an image folder or 'digits'")
+    check_output(output, reads=[checkpoint], what="output", model=True)
     import numpy as np
 
     from optkit import io
@@ -515,10 +519,6 @@ def export_command(
     from optkit.torch.export import export_checked
     from optkit.torch.train import evaluate, load_checkpoint, restore
 
-    asked = _parse_classes(classes, minimum=1) if classes is not None else None
-    if data_source is not None and not data_source.strip():
-        raise InputError("--data '': give a .npz, an image folder or 'digits'")
-    check_output(output, reads=[checkpoint], what="output", model=True)
     saved = load_checkpoint(checkpoint)
     recorded = saved.data
     source = data_source or (recorded.source if recorded else "digits")
