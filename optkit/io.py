@@ -118,7 +118,7 @@ def _load_bytes(data: bytes) -> ir.Model:
         proto.ParseFromString(data)
     except (google.protobuf.message.DecodeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{what}: not a readable ONNX model ({first_line(exc)})") from None
-    if not proto.HasField("graph") or proto.ir_version == 0:
+    if not proto.HasField("graph") or proto.ir_version == 0:  # any bytes parse as some proto
         raise InputError(f"{what}: not a readable ONNX model (no graph or no IR version)")
     _check_header(proto, what)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
@@ -285,46 +285,38 @@ def save(
         raise InputError(f"shard size must be positive, not {shard_size}")
     target = Path(path)
     source = source if source is not None else model.meta.get(SOURCE_KEY)
+    read = external_data_paths(model)
 
     def reads() -> list[Path]:
-        return [*external_data_paths(model), *(Path(p) for p in inputs_read)]
+        return [*read, *(Path(p) for p in inputs_read)]
 
     check_output(target, source=source, reads=reads, what="", model=True, overwrite=overwrite)
     folder = target.parent if str(target.parent) else Path(".")
     if external_data is not None:
         check_output(folder / external_data, source=source, reads=reads,
                      what=f"{target}: external data", overwrite=overwrite)  # fmt: skip
-    if external_data is None and (
-        shard_size is not None
-        or external_data_paths(model)
-        or initializer_bytes(model) > _PROTOBUF_LIMIT // 2
-    ):
+    elif shard_size is not None or read or initializer_bytes(model) > _PROTOBUF_LIMIT // 2:
         external_data = target.name + ".data"
+    if external_data is not None:
+        shards = shard_pattern(external_data)
+        if shard_size is not None and any(
+            p.parent == folder.resolve() and shards.fullmatch(p.name) for p in read
+        ):  # shards of a data name other than the default, which `check_output` lists
+            raise InputError(
+                f"{target}: external data file {external_data} is still read by the model; "
+                "choose another output name"
+            )
+        _save_with_data(model, target, external_data, shard_size)
+        return target
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
     try:
-        if external_data is None:
-            data = ir.to_proto(model).SerializeToString()
-            with open(tmp_name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        else:
-            data_path = (folder / external_data).resolve()
-            read = external_data_paths(model)
-            shards = shard_pattern(data_path.name)
-            if data_path in read or (
-                shard_size is not None
-                and any(p.parent == data_path.parent and shards.fullmatch(p.name) for p in read)
-            ):
-                raise InputError(
-                    f"{target}: external data file {external_data} is still read by the model; "
-                    "choose another output name"
-                )
-            os.unlink(tmp_name)
-            _save_with_data(model, target, external_data, shard_size)
-            return target
+        data = ir.to_proto(model).SerializeToString()
+        with open(tmp_name, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         if os.path.exists(tmp_name):
