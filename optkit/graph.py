@@ -46,6 +46,24 @@ def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
         yield from graph
 
 
+def nodes_with_functions(model: ir.Model) -> Iterator[tuple[ir.Node, ir.Function | None]]:
+    """Every node the model may run: those of its graphs (with None), then those of its local
+    functions' bodies (with the function), subgraphs included."""
+    for node in all_nodes(model):
+        yield node, None
+    for function in model.functions.values():
+        for graph in iter_graphs(function.graph):
+            for node in graph:
+                yield node, function
+
+
+# Ops that draw random numbers: two runs on the same inputs may differ.
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
+     "Multinomial"}
+)  # fmt: skip
+
+
 def count_ops(model: ir.Model, op_type: str, domain: str = "") -> int:
     return sum(1 for n in all_nodes(model) if n.op_type == op_type and n.domain == domain)
 

@@ -61,7 +61,8 @@ def session_options(optimization: str = "disable", threads: int = 0) -> ort.Sess
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     options.intra_op_num_threads = threads
-    options.log_severity_level = 4  # ORT raises what fails; its own error log would be a second line
+    # ORT raises what fails; its own error log (severity 3) would be a second line on stderr
+    options.log_severity_level = 4
     return options
 
 

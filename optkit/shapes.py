@@ -23,8 +23,8 @@ def infer_shapes(model: ir.Model) -> None:
     """Fill in missing tensor types and shapes of node outputs; best effort, never raises.
 
     Does nothing when every node output already has both (rewrites copy them to new values), or
-    when the ones without are those the last inference could not fill either (re-running it on
-    every pass cost light resnet50's fuse a third of its time).
+    when the ones without are those the last inference could not fill either (inference would
+    only leave them unfilled again, at the cost of a run per pass that asks for shapes).
     """
     missing = _unshaped(model)
     if not missing or model.meta.get(_UNINFERABLE) == missing:

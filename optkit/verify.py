@@ -16,7 +16,6 @@ preprocessing embedded by `optkit preprocess` is fed raw inputs and the referenc
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,11 +28,11 @@ from optkit import io, runtime
 from optkit.contract import Exactness, Tolerance, tolerance_for
 from optkit.errors import InputError, OptkitError, first_line
 from optkit.graph import (
+    RANDOM_OPS,
     ConstantPolicy,
-    all_nodes,
     attr_int,
-    iter_graphs,
     node_label,
+    nodes_with_functions,
     opset_version,
 )
 from optkit.inputs import (
@@ -512,12 +511,6 @@ def accuracy(
     raise InputError("labels given, but no output is shaped (rows, classes)")
 
 
-RANDOM_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
-     "Multinomial"}
-)  # fmt: skip
-
-
 def nondeterministic_nodes(model: ir.Model) -> list[str]:
     """The nodes (subgraphs included) that may make two runs on the same inputs differ: random ops,
     and Dropout in training mode (or with a training_mode computed at run time), as
@@ -525,15 +518,10 @@ def nondeterministic_nodes(model: ir.Model) -> list[str]:
     policy = ConstantPolicy(model, freeze_initializer_inputs=True)  # defaults are what runs get
     opset = opset_version(model)
     found = []
-    in_functions = (
-        (node, f" in function {domain}::{name}")
-        for (domain, name, _), function in model.functions.items()
-        for graph in iter_graphs(function.graph)
-        for node in graph
-    )
-    for node, where in itertools.chain(((n, "") for n in all_nodes(model)), in_functions):
+    for node, function in nodes_with_functions(model):
         if node.domain not in ("", "ai.onnx"):
             continue
+        where = f" in function {function.domain}::{function.name}" if function else ""
         label = f"node '{node_label(node)}' {node.op_type}{where}"
         if node.op_type in RANDOM_OPS:
             found.append(label)
