@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import helper
 
 import optkit
-from helpers import F32, bn_node, bn_params, make_model
+from helpers import F32, bn_node, bn_params, channel_errors, make_model
 from optkit.contract import Exactness, tolerance_for
 from optkit.demo import demo_model
 from optkit.errors import InternalError, OptkitError
@@ -257,14 +257,6 @@ def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:
         edge = np.abs(want[lost].astype(np.float64)) > np.finfo(want.dtype).max / 8
         assert np.all(edge), f"{path}: non-finite where the original is finite"
         finite &= np.isfinite(have)
-        if finite.any():  # per element, against its channel's largest magnitude (axis 1)
-            a = np.where(finite, want, 0).astype(np.float64)
-            b = np.where(finite, have, 0).astype(np.float64)
-            scale = np.abs(a)
-            if a.ndim >= 2:
-                scale = np.max(scale, axis=tuple(i for i in range(a.ndim) if i != 1), keepdims=True)
-            scale = np.maximum(scale, 0.1 * float(np.abs(a).max()))  # optkit.verify.SCALE_FLOOR
-            error = np.abs(a - b)
-            assert np.all(error <= tolerance.atol + tolerance.rtol * scale), (
-                f"{path}: max abs error {float(error.max()):.3g}"
-            )
+        if finite.any():
+            within, error = channel_errors(want, have, finite, tolerance)
+            assert within, f"{path}: max abs error {error:.3g}"

@@ -107,6 +107,25 @@ def assert_same_outputs(
             assert err <= bound, f"max abs error {err:.3g} > {bound:.3g}"
 
 
+def channel_errors(
+    want: np.ndarray, got: np.ndarray, finite: np.ndarray, tolerance
+) -> tuple[bool, float]:
+    """(within tolerance, max abs error) over the `finite` elements, each judged against its
+    channel's largest magnitude (axis 1; the element itself for rank 0 and 1), never below 10% of
+    the output's largest: the rule of optkit.verify.tolerance_scale, written again here so that a
+    bug in optkit's comparison cannot hide one in a rewrite."""
+    a = np.where(finite, want, 0).astype(np.float64)
+    b = np.where(finite, got, 0).astype(np.float64)
+    scale = np.abs(a)
+    if a.ndim >= 2:
+        scale = np.max(scale, axis=tuple(i for i in range(a.ndim) if i != 1), keepdims=True)
+    scale = np.maximum(scale, 0.1 * float(np.abs(a).max(initial=0)))
+    error = np.abs(a - b)
+    return bool(np.all(error <= tolerance.atol + tolerance.rtol * scale)), float(
+        error.max(initial=0)
+    )
+
+
 def op_types(model: ir.Model) -> list[str]:
     return [n.op_type for n in model.graph]
 

@@ -36,6 +36,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 import optkit
+from helpers import channel_errors
 from optkit.contract import Exactness, tolerance_for
 from optkit.errors import InternalError, OptkitError
 
@@ -342,15 +343,9 @@ def _same(want: np.ndarray, got: np.ndarray, exactness: Exactness) -> str:
     if not np.array_equal(want[infinite], got[infinite]):
         return "inf signs differ"
     tolerance = tolerance_for(exactness, want.dtype.name)
-    a = np.where(finite, want, 0).astype(np.float64)
-    c = np.where(finite & np.isfinite(got), got, 0).astype(np.float64)
-    scale = np.abs(a)
-    if a.ndim >= 2:
-        scale = np.max(scale, axis=tuple(i for i in range(a.ndim) if i != 1), keepdims=True)
-    scale = np.maximum(scale, 0.1 * float(np.abs(a).max(initial=0)))
-    error = np.abs(a - c)
-    if np.any(error > tolerance.atol + tolerance.rtol * scale):
-        return f"max abs error {float(error.max()):.3g} beyond {exactness.value} tolerance"
+    within, error = channel_errors(want, got, finite, tolerance)
+    if not within:
+        return f"max abs error {error:.3g} beyond {exactness.value} tolerance"
     return ""
 
 
