@@ -315,7 +315,7 @@ def _run_training(
 
     config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
     if saved is not None:
-        check_resumable(saved, checkpoint, config)
+        resumed_schedule = check_resumable(saved, checkpoint, config)
         if saved.epochs_done >= epochs:
             last = saved.history[-1].test_accuracy if saved.history else float("nan")
             click.echo(f"{checkpoint}: all {saved.epochs_done} epochs of its schedule are done; "
@@ -342,7 +342,7 @@ def _run_training(
     else:
         click.echo(f"resuming {checkpoint} after epoch {saved.epochs_done}: {data_source}, "
                    f"{arch}, {activation}, {norm}, schedule "
-                   f"{check_resumable(saved, checkpoint, config).describe()}")  # fmt: skip
+                   f"{resumed_schedule.describe()}")  # fmt: skip
     history = train(model, architecture, train_set, test_set, config, checkpoint=checkpoint,
                     resume=resume, preprocessing=spec, log=click.echo,
                     data=DataRecord(data_source, test_fraction, seed),
