@@ -20,11 +20,15 @@ from .cleanup import (
 )
 from .constant_folding import FoldConstants
 from .permutation import FoldPermutation
+from .shape_folding import FoldShapes
+from .simplify import Simplify
 
 DEFAULT_PASSES: tuple[RewritePass, ...] = (
     RemoveIdentity(),
     RemoveDropout(),
     FoldConstants(),
+    FoldShapes(),
+    Simplify(),
     CanonicalizeActivations(),
     CanonicalizeNormalization(),
     FoldBatchNorm(),
@@ -46,4 +50,6 @@ __all__ = [
     "FoldBatchNorm",
     "FoldConstants",
     "FoldPermutation",
+    "FoldShapes",
+    "Simplify",
 ]
