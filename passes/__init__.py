@@ -13,6 +13,7 @@ from .batchnorm import FoldBatchNorm
 from .canonicalize import CanonicalizeActivations, CanonicalizeNormalization
 from .cleanup import (
     DeduplicateInitializers,
+    EliminateCommonSubexpressions,
     RemoveDropout,
     RemoveIdentity,
     RemoveUnused,
@@ -36,6 +37,7 @@ DEFAULT_PASSES: tuple[RewritePass, ...] = (
     FoldPermutation(),
     RemoveUnused(),
     DeduplicateInitializers(),
+    EliminateCommonSubexpressions(),
     TopologicalSort(),
 )
 

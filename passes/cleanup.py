@@ -5,6 +5,9 @@
                                                         or training mode is not a constant false)
 - unused:       nodes and initializers nothing reads -> removed (graph signature kept)
 - dedupe:       initializers with equal contents     -> one initializer (overridable ones kept)
+- cse:          two nodes with the same op, attributes -> the first; readers of the second read its
+                and inputs (the same values)               outputs (default-domain ops that draw no
+                                                         random numbers; no subgraph attributes)
 - toposort:     nodes in topological order
 """
 
@@ -16,7 +19,15 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
-from optkit.graph import ConstantPolicy, all_nodes, attr_int, iter_graphs, node_label, opset_version
+from optkit.graph import (
+    RANDOM_OPS,
+    ConstantPolicy,
+    all_nodes,
+    attr_int,
+    iter_graphs,
+    node_label,
+    opset_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +154,57 @@ class DeduplicateInitializers(_WrappedIrPass):
 
     def _ir_pass(self) -> ir.passes.PassBase:
         return ir_passes.DeduplicateInitializersPass(size_limit=1 << 20)
+
+
+class EliminateCommonSubexpressions(RewritePass):
+    spec = PassSpec("cse", Exactness.BITWISE, "merge nodes that compute the same thing")
+
+    def run(self, model: ir.Model, options: PassOptions) -> list[Site]:
+        sites = []
+        for graph in iter_graphs(model.graph):
+            first: dict[tuple, ir.Node] = {}
+            for node in list(graph):
+                key = _computation(node)
+                if key is None:
+                    continue
+                kept = first.setdefault(key, node)
+                if kept is node or any(out.is_graph_output() for out in node.outputs):
+                    continue  # a graph output's name is the signature: it stays a node
+                for old, new in zip(node.outputs, kept.outputs, strict=True):
+                    ir.convenience.replace_all_uses_with(old, new)
+                graph.remove(node, safe=True)
+                label = node_label(node)
+                sites.append(Site("cse", label, True, f"same as {node_label(kept)}", (label,)))
+        return sites
+
+
+_CSE_TENSOR_LIMIT = (
+    1024  # elements of a tensor attribute compared by value; larger ones are skipped
+)
+
+
+def _computation(node: ir.Node) -> tuple | None:
+    """What `node` computes, as a hashable key: op, the input values (by identity) and the
+    attribute values; None for nodes never merged (other domains, random ops, subgraphs)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in RANDOM_OPS:
+        return None
+    attributes = []
+    for name, attr in sorted(node.attributes.items()):
+        if attr.is_ref() or attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            return None
+        value = attr.value
+        if attr.type is ir.AttributeType.TENSOR:
+            if value.size > _CSE_TENSOR_LIMIT:
+                return None
+            array = value.numpy()
+            value = (array.shape, str(array.dtype), array.tobytes())
+        elif attr.type is ir.AttributeType.TENSORS:
+            return None
+        elif isinstance(value, list | tuple):
+            value = tuple(value)
+        attributes.append((name, attr.type, value))
+    inputs = tuple(id(v) if v is not None else None for v in node.inputs)
+    return (node.op_type, node.overload, len(node.outputs), inputs, tuple(attributes))
 
 
 class TopologicalSort(RewritePass):

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
-from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
+from helpers import F32, assert_same_outputs, fold, make_model, op_types, ort_outputs, sites
 from optkit import PassOptions
 from optkit.passes.cleanup import TopologicalSort
 
@@ -111,3 +111,63 @@ def test_toposort_orders_an_unsorted_graph():
     assert [n.op_type for n in model.graph] == ["Relu", "Neg"]
     assert len(site_list) == 1
     assert TopologicalSort().run(model, PassOptions()) == []
+
+
+def test_common_subexpressions_merge_and_readers_follow(rng):
+    """Two Shape(x) and two equal LeakyRelu(x) become one each; a LeakyRelu with another alpha and
+    the random op stay; a duplicate that is a graph output stays a node."""
+    nodes = [
+        helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.1),
+        helper.make_node("LeakyRelu", ["x"], ["b"], alpha=0.1),
+        helper.make_node("LeakyRelu", ["x"], ["c"], alpha=0.2),
+        helper.make_node("Add", ["a", "b"], ["ab"]),
+        helper.make_node("Add", ["ab", "c"], ["y"]),
+        helper.make_node("LeakyRelu", ["x"], ["z"], alpha=0.1),  # a graph output
+        helper.make_node("RandomUniformLike", ["x"], ["r1"]),
+        helper.make_node("RandomUniformLike", ["x"], ["r2"]),
+        helper.make_node("Sub", ["r1", "r2"], ["d"]),
+    ]
+    model = make_model(
+        nodes, [("x", F32, ["N", 3])], [("y", F32, None), ("z", F32, None), ("d", F32, None)], {}
+    )
+    result = fold(model, passes=("cse",))
+    assert op_types(result.model).count("LeakyRelu") == 3  # a (kept), c, z
+    assert op_types(result.model).count("RandomUniformLike") == 2
+    (site,) = sites(result, "cse")
+    assert site.applied and site.reason == "same as LeakyRelu->a"
+    add = next(n for n in result.model.graph if n.op_type == "Add")
+    assert add.inputs[0] is add.inputs[1]
+    for n in (2, 5):  # y and z exactly (d is random)
+        feeds = {"x": rng.standard_normal((n, 3)).astype(np.float32)}
+        want, got = ort_outputs(model, feeds), ort_outputs(result.model, feeds)
+        for w, g in list(zip(want, got, strict=True))[:2]:
+            np.testing.assert_array_equal(w, g)
+    assert not sites(fold(ir.to_proto(result.model), passes=("cse",)), "cse")  # idempotent
+
+
+def test_common_subexpressions_inside_a_subgraph_merge_there():
+    body = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["p"]),
+            helper.make_node("Relu", ["x"], ["q"]),
+            helper.make_node("Add", ["p", "q"], ["r"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", F32, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["s"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("s", F32, None)],
+    )
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other)]
+    model = make_model(
+        nodes, [("x", F32, [2]), ("c", onnx.TensorProto.BOOL, [])], [("y", F32, [2])], {}
+    )
+    result = fold(model, passes=("cse",))
+    (site,) = sites(result, "cse")
+    assert site.applied
+    then_graph = next(iter(result.model.graph)).attributes["then_branch"].as_graph()
+    assert [n.op_type for n in then_graph] == ["Relu", "Add"]
