@@ -212,7 +212,7 @@ def _group_norm(
     shape_of = producer(back.inputs[1], "Shape")
     if shape_of is not None and (shape_of.inputs[0] is not x or len(shape_of.attributes)):
         return None
-    if shape_of is None and not _is_static_shape_of(back.inputs[1], x, reader):
+    if shape_of is None and not _restores_shape_of(back, x, reader):
         return None  # the Reshape back to Shape(x), or that shape folded to a constant
     scale, _ = reader.policy.array(norm.inputs[1])
     shift, _ = reader.policy.array(norm.inputs[2])
@@ -235,12 +235,24 @@ def _group_norm(
     return match("GroupNormalization", "GroupNormalization", attributes, x, nodes, per_channel)
 
 
-def _is_static_shape_of(target: ir.Value, x: ir.Value, reader: Reader) -> bool:
-    """`target` is a constant equal to x's shape, all of whose dims are static (inferred)."""
-    array, _ = reader.policy.array(target)
-    if array is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
+def _restores_shape_of(back: ir.Node, x: ir.Value, reader: Reader) -> bool:
+    """The back Reshape's constant target gives x's shape again. It reshapes the (N, G, -1) view of
+    x (x's element count, x's dim 0), so each element of the target must be x's static dim at that
+    position, or 0 at axis 0 (allowzero = 0: copies N), or the one -1 (inferred: the one dim the
+    others leave, which is x's)."""
+    array, _ = reader.policy.array(back.inputs[1])
+    if array is None or x.shape is None or array.size != len(x.shape):
         return False
-    return [int(t) for t in np.asarray(array).reshape(-1)] == [int(d) for d in x.shape]  # type: ignore[arg-type]
+    target = [int(t) for t in np.asarray(array).reshape(-1)]
+    if target.count(-1) > 1:
+        return False
+    copies = attr_int(back, "allowzero", 0) == 0
+    for axis, (wanted, dim) in enumerate(zip(target, x.shape, strict=True)):
+        if wanted == -1 or (wanted == 0 and axis == 0 and copies):
+            continue
+        if not isinstance(dim, int) or wanted != dim:
+            return False
+    return True
 
 
 def _per_channel(
