@@ -178,9 +178,12 @@ class EliminateCommonSubexpressions(RewritePass):
         return sites
 
 
-_CSE_TENSOR_LIMIT = (
-    1024  # elements of a tensor attribute compared by value; larger ones are skipped
-)
+# Attribute kinds compared by value; a node with any other kind (a subgraph, a type) is not merged.
+_CSE_ATTRIBUTES = frozenset(
+    {ir.AttributeType.INT, ir.AttributeType.FLOAT, ir.AttributeType.STRING, ir.AttributeType.INTS,
+     ir.AttributeType.FLOATS, ir.AttributeType.STRINGS, ir.AttributeType.TENSOR}
+)  # fmt: skip
+_CSE_TENSOR_LIMIT = 1024  # elements of a tensor attribute compared; nodes with larger ones stay
 
 
 def _computation(node: ir.Node) -> tuple | None:
@@ -190,16 +193,14 @@ def _computation(node: ir.Node) -> tuple | None:
         return None
     attributes = []
     for name, attr in sorted(node.attributes.items()):
-        if attr.is_ref() or attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
-            return None
+        if attr.is_ref() or attr.type not in _CSE_ATTRIBUTES:
+            return None  # subgraphs, type protos, sparse tensors: not compared
         value = attr.value
         if attr.type is ir.AttributeType.TENSOR:
             if value.size > _CSE_TENSOR_LIMIT:
                 return None
             array = value.numpy()
             value = (array.shape, str(array.dtype), array.tobytes())
-        elif attr.type is ir.AttributeType.TENSORS:
-            return None
         elif isinstance(value, list | tuple):
             value = tuple(value)
         attributes.append((name, attr.type, value))
