@@ -94,6 +94,7 @@ def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 _DECLARED = "optkit.declared_shape"  # in a subgraph input's meta: the shape it was declared with
+_DECLARED_VALUES = "optkit.declared_values"  # in a graph's meta: names of node outputs declared
 
 
 def reinfer_shapes(model: ir.Model) -> list[ir.Shape | None]:
@@ -106,7 +107,8 @@ def reinfer_shapes(model: ir.Model) -> list[ir.Shape | None]:
     from the graph inputs and initializers alone (dynamic where an input is dynamic; None where
     inference cannot say), and subgraph inputs keep their rank with every dim unknown. Element
     types are kept. The declared shapes of subgraph inputs are kept in each value's meta (sibling
-    bodies may reuse a name) and those of the main graph's outputs returned by position, for
+    bodies may reuse a name), the names of the node outputs that carried a declaration in each
+    graph's meta, and those of the main graph's outputs returned by position, for
     `restore_declared_shapes` to put back once the rewrites are done (the signature is the user's,
     and ONNX Runtime relies on a body's declared inputs when it optimizes). Best effort: where
     inference fails, the dropped shapes stay unknown and folds that need them decline.
@@ -118,6 +120,12 @@ def reinfer_shapes(model: ir.Model) -> list[ir.Shape | None]:
                 value.meta[_DECLARED] = value.shape
                 if value.shape is not None:
                     value.shape = ir.Shape([None] * len(value.shape))
+        graph.meta[_DECLARED_VALUES] = frozenset(
+            v.name
+            for node in graph
+            for v in node.outputs
+            if v.name and (v.type is not None or v.shape is not None)
+        )
         for node in graph:
             for value in node.outputs:
                 value.shape = None
@@ -127,17 +135,38 @@ def reinfer_shapes(model: ir.Model) -> list[ir.Shape | None]:
 
 def restore_declared_shapes(model: ir.Model, declared: list[ir.Shape | None]) -> None:
     """Put back the shapes `reinfer_shapes` set aside: the main graph's outputs (by position: the
-    rewrites keep the signature), subgraph inputs."""
+    rewrites keep the signature), subgraph inputs; and declare no more intermediates than the
+    input did.
+
+    A node output the input model declared (in `value_info`) keeps its inferred type and shape; one
+    it did not declare loses both, so the result declares no node output the input left
+    undeclared. The inferred shapes are what the rewrites needed, not a description the runtime
+    should get. ONNX Runtime fuses more where it is told more: given the symbolic shapes that
+    `data_prop` inference finds, it fuses a BERT encoder's residual Add + LayerNormalization into
+    SkipLayerNormalization, which its CPU provider runs slower at one thread (a 6-layer, 384-wide
+    encoder ran at 1.10x the latency of the same graph undeclared). So the output declares what
+    the input declared, and the runtime optimizes the rewritten graph knowing what it knew of the
+    original.
+    """
     if len(declared) == len(model.graph.outputs):
         for value, shape in zip(model.graph.outputs, declared, strict=True):
             if shape is not None:  # none declared: the inferred one is the better description
                 value.shape = shape
     for graph in iter_graphs(model.graph):
+        kept = graph.meta.pop(_DECLARED_VALUES, None)
+        if kept is not None:
+            outputs = {id(v) for v in graph.outputs}
+            for node in graph:
+                for value in node.outputs:
+                    if id(value) not in outputs and value.name not in kept:
+                        value.type = None
+                        value.shape = None
         if graph is model.graph:
             continue
         for value in graph.inputs:
             if _DECLARED in value.meta:
                 value.shape = value.meta.pop(_DECLARED)
+    model.meta.pop(_UNINFERABLE, None)  # the node outputs it names may be unshaped now
 
 
 class ShapesOnDemand:

@@ -143,7 +143,9 @@ class _Bypass(_Plan):
         graph = self.node.graph
         assert graph is not None
         label = node_label(self.node)
-        ir.convenience.replace_all_uses_with(self.node.outputs[0], self.node.inputs[0])
+        source = self.node.inputs[0]
+        assert source is not None  # _expand_plan matched it
+        ir.convenience.replace_all_uses_with(self.node.outputs[0], source)
         graph.remove(self.node, safe=True)
         return Site("shapes", label, True, removed=(label,))
 
