@@ -5,11 +5,12 @@
 Per model and tool it prints: fuse time (median of warm runs, at least --repeats of them and at
 least 1 s in all, every tool's runs interleaved call by call in one fresh process), peak memory
 (growth of a fresh process's peak RSS, VmHWM, over one cold run, imports done first), BatchNorm
-left, nodes after, and the max abs error against the truth on ONNX Runtime (optimizations off, 8
-seeded inputs; for fp16 models the truth is the fp16 weights computed in fp32, and the "(original)"
-row shows the fp16 original's own error against it). Ratios compare optkit with the fastest peer *of
-the same run*, so machine noise hits both alike. Needs the `torch` and `bench` extras (models are
-exported from `models/`; the onnx package's light zoo models are read from its install).
+left, nodes after, non-constant nodes after (op_type other than Constant), and the max abs error
+against the truth on ONNX Runtime (optimizations off, 8 seeded inputs; for fp16 models the truth is
+the fp16 weights computed in fp32, and the "(original)" row shows the fp16 original's own error
+against it). Ratios compare optkit with the fastest peer *of the same run*, so machine noise hits
+both alike. Needs the `torch` and `bench` extras (models are exported from `models/`; the onnx
+package's light zoo models are read from its install).
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ def measure(tools: list[str], name: str, path: str, repeats: int, folder: str) -
         result = onnx.load(out)
         row["bn_left"] = sum(n.op_type == "BatchNormalization" for n in result.graph.node)
         row["nodes"] = len(result.graph.node)
+        row["non_constant_nodes"] = non_constant_nodes(result)
         if name.endswith("-fp16"):
             row["fold_rms"] = fold_error(path, out)
         try:
@@ -250,6 +252,11 @@ def measure(tools: list[str], name: str, path: str, repeats: int, folder: str) -
             row["max_err"] = float("nan")
             row["error"] = f"result does not run: {str(exc)[:80]}"
     return rows
+
+
+def non_constant_nodes(proto: onnx.ModelProto) -> int:
+    """Top-level nodes whose op_type is not Constant."""
+    return sum(node.op_type != "Constant" for node in proto.graph.node)
 
 
 def fold_error(path: str, candidate: str) -> float | None:
@@ -335,14 +342,14 @@ def main() -> None:
         paths = export_models(folder, args.models.split(","))
         print(
             f"{'model':<18} {'tool':<14} {'time ms':>9} {'peak MB':>8} {'BN left':>7} {'nodes':>6} "
-            f"{'max err':>10}"
+            f"{'non-const':>9} {'max err':>10}"
         )
         for name, path in paths.items():
             proto = onnx.load(path, load_external_data=False)
             bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
             print(
                 f"{name:<18} {'(original)':<14} {'':>9} {'':>8} {bn:>7} {len(proto.graph.node):>6} "
-                f"{max_error(path, path):10.2e}"
+                f"{non_constant_nodes(proto):>9} {max_error(path, path):10.2e}"
             )
             for row in measure(tools, name, path, args.repeats, folder):
                 rows.append(row)
@@ -352,7 +359,8 @@ def main() -> None:
                     continue
                 print(
                     f"{'':<18} {tool:<14} {row['seconds'] * 1000:9.1f} {row['peak_mb']:8.1f} "
-                    f"{row['bn_left']:>7} {row['nodes']:>6} {row['max_err']:10.2e}"
+                    f"{row['bn_left']:>7} {row['nodes']:>6} {row['non_constant_nodes']:>9} "
+                    f"{row['max_err']:10.2e}"
                     + (f"  fold rms {row['fold_rms']:.2e}" if row.get("fold_rms") else "")
                     + (f"  {row['error']}" if "error" in row else "")
                 )
