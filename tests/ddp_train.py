@@ -1,8 +1,9 @@
 """Train on digits with optkit's `train`, in one process or under torchrun (gloo), and save the
-weights: tests/test_torch_training.py compares the two.
+weights: tests/test_torch_training.py compares the two, tests/test_user_model.py does the same with
+a model made by the user's factory (a second argument, `path/to/file.py:factory`, as `--model`).
 
-    python tests/ddp_train.py OUT.pt
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train.py OUT.pt
+    python tests/ddp_train.py OUT.pt [FACTORY]
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train.py OUT.pt [FACTORY]
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import sys
 import torch
 
 from optkit.torch.data import digits, fit_preprocessing, preprocess, split
-from optkit.torch.train import Architecture, TrainConfig, build_model, evaluate, train
+from optkit.torch.train import FACTORY, Architecture, TrainConfig, build_model, evaluate, train
 
 
-def main(out: str) -> None:
+def main(out: str, factory: str | None = None) -> None:
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
         torch.distributed.init_process_group("gloo")
@@ -27,6 +28,8 @@ def main(out: str) -> None:
     # Layer norm: per-sample statistics, so splitting a batch across processes changes nothing
     # (BatchNorm would normalize each process's half with its own statistics, as plain DDP does).
     arch = Architecture("mlp", (1, 8, 8), 10, "relu", "layer")
+    if factory is not None:  # the user's model, rebuilt from its factory as a checkpoint does
+        arch = Architecture(FACTORY, (1, 8, 8), 10, "", "", factory=factory)
     torch.manual_seed(0)
     model = build_model(arch)
     train(model, arch, train_set, test_set, TrainConfig(epochs=3, batch_size=64, lr=0.05))
@@ -38,4 +41,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)

@@ -144,7 +144,8 @@ def test_every_mistake_is_one_line_exit_2_and_writes_nothing(
 ):
     monkeypatch.chdir(tmp_path)
     filled = [a.format(d=inputs) for a in args]
-    output = [] if "--checkpoint" in args else OUTPUT[args[0]]
+    # an -o of the case's own is the output under test (a second -o would replace it)
+    output = [] if "--checkpoint" in args or "-o" in args else OUTPUT[args[0]]
     line = _expect_refused(monkeypatch, capsys, tmp_path, inputs, [*filled, *output])
     named = [a for a in args if a.startswith("--") and a not in ("--resume", "--no-such-option")]
     if named:  # it names what is wrong: the option, or the file

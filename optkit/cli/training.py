@@ -5,6 +5,12 @@ torch is imported inside the commands, so the ONNX side's CLI works without the 
 Every user mistake is exit 2 with one line: option values are checked by click types (an option
 error is reported as one line by `optkit.cli.main`), outputs by `optkit.outputs.check_output` before any
 work, and the rest (data, checkpoints, classes) before anything is written.
+
+`train` and `finetune` take the user's own network with `--model package.module:factory` (or
+`path/to/file.py:factory`), `--model-arg key=value` and `--weights state_dict.pt`: the spec, the
+arguments and the files are checked before torch is imported; importing the factory and loading the
+weights follow (`optkit.torch.usermodel`). The checkpoint records the factory and its arguments, so
+`export`, `finetune` and `train --resume` rebuild the model by calling it again.
 """
 
 from __future__ import annotations
@@ -19,9 +25,20 @@ from click.core import ParameterSource
 
 from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, NonEmptyPath, choice
 from optkit.errors import InputError
+from optkit.modelspec import (
+    ModelSpec,
+    format_args,
+    parse_input_size,
+    parse_model_args,
+    parse_model_spec,
+    parse_preprocessing,
+)
 from optkit.outputs import check_output
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from optkit.preprocessing import PreprocessSpec
     from optkit.torch.data import Dataset
     from optkit.torch.train import Architecture, Checkpoint, TrainConfig
 
@@ -67,11 +84,17 @@ def _data_guard(source: str, option: str = "--data", also: tuple[Path, ...] = ()
     return {"reads": [*also, path], "read_folders": []}
 
 
-def _split(data_source: str, test_fraction: float, seed: int) -> tuple[Dataset, Dataset, Dataset]:
-    """(all, train, test) with both splits non-empty."""
+def _split(
+    data_source: str, test_fraction: float, seed: int, size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> tuple[Dataset, Dataset, Dataset]:  # fmt: skip
+    """(all, train, test) with both splits non-empty. An image folder's images are made `channels`
+    channels and, with `size`, resized and center-cropped to it; what was done is printed."""
     from optkit.torch.data import load_data, split
 
-    data = load_data(data_source)
+    data = load_data(data_source, size, channels)
+    if data.note:
+        click.echo(f"{data_source}: {data.note}")
     train_raw, test_raw = split(data, test_fraction, seed)
     for part, name in ((train_raw, "training"), (test_raw, "test")):
         if len(part) == 0:
@@ -82,14 +105,200 @@ def _split(data_source: str, test_fraction: float, seed: int) -> tuple[Dataset, 
     return data, train_raw, test_raw
 
 
-def _prepared(data_source: str, test_fraction: float, seed: int):
-    from optkit.torch.data import fit_preprocessing, label_ids, preprocess
+def _prepared(
+    data_source: str, test_fraction: float, seed: int, size: tuple[int, int] | None = None,
+    channels: int | None = None, preprocessing: str | Path = "fit",
+    recorded: PreprocessSpec | None = None,
+):  # fmt: skip
+    """The data, split, with its preprocessing: `recorded` (a resumed run's), else fitted on the
+    training split, ImageNet's or a spec file (`--preprocessing`)."""
+    from optkit.torch.data import label_ids, preprocess
 
-    data, train_raw, test_raw = _split(data_source, test_fraction, seed)
+    data, train_raw, test_raw = _split(data_source, test_fraction, seed, size, channels)
     if len(label_ids(data)) < 2:
         raise InputError(f"--data {data_source}: one class only; a classifier needs two or more")
-    spec = fit_preprocessing(train_raw)
+    spec = recorded if recorded is not None else _preprocessing(preprocessing, train_raw)
     return data, train_raw, test_raw, spec, preprocess(spec, train_raw), preprocess(spec, test_raw)
+
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics, of pixels in 0..1
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _preprocessing(choice_or_file: str | Path, train_raw: Dataset) -> PreprocessSpec:
+    """`fit` (per-channel mean and std of the training split), `imagenet` (pixels / 255, then
+    ImageNet's mean and std: what torchvision's pretrained weights expect) or a spec file."""
+    from optkit.preprocessing import PreprocessSpec
+    from optkit.torch.data import fit_preprocessing
+
+    channels = int(train_raw.x.shape[1])
+    if choice_or_file == "fit":
+        return fit_preprocessing(train_raw)
+    if choice_or_file == "imagenet":
+        if channels != 3:
+            raise InputError(f"--preprocessing imagenet: needs 3-channel images, the data has "
+                             f"{channels}")  # fmt: skip
+        return PreprocessSpec(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                              extra={"from": "imagenet"})  # fmt: skip
+    spec = PreprocessSpec.load(choice_or_file)
+    if spec.layout != "NCHW" or spec.projection is not None:
+        raise InputError(f"--preprocessing {choice_or_file}: layout {spec.layout}; the training "
+                         "data is NCHW images")  # fmt: skip
+    spec.check((None, *train_raw.x.shape[1:]), f"--preprocessing {choice_or_file}")
+    return spec
+
+
+class _ModelOptions:
+    """--model, --model-arg, --weights, --head, --input-size, --preprocessing, checked without
+    torch: the spec's syntax (and its file), the arguments, and that the files exist."""
+
+    def __init__(
+        self, model: str | None, model_args: tuple[str, ...], weights: Path | None,
+        head: str | None, input_size: str | None, preprocessing: str | None,
+    ) -> None:  # fmt: skip
+        self.text = model
+        self.spec: ModelSpec | None = parse_model_spec(model) if model is not None else None
+        self.args = parse_model_args(model_args)
+        self.weights = weights
+        self.head = head
+        self.size = parse_input_size(input_size) if input_size is not None else None
+        self.preprocessing: str | Path = (
+            parse_preprocessing(preprocessing) if preprocessing is not None else "fit"
+        )
+        if self.spec is None:
+            for flag, value in (("--model-arg", model_args), ("--weights", weights),
+                                ("--head", head)):  # fmt: skip
+                if value:
+                    raise InputError(f"{flag}: applies to a model given with --model")
+        if weights is not None and not weights.is_file():
+            raise InputError(f"--weights {weights}: no such file")
+
+    @property
+    def reads(self) -> tuple[Path, ...]:
+        """The files the options read (an output must not replace them)."""
+        files = [self.weights, self.spec.file if self.spec else None]
+        if isinstance(self.preprocessing, Path):
+            files.append(self.preprocessing)
+        return tuple(f for f in files if f is not None)
+
+    def describe(self) -> str:
+        assert self.spec is not None
+        return f"{self.spec.text}({format_args(self.args)})"
+
+
+def _model_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--model", "model", metavar="MODULE:FACTORY",
+                         help="Your own network: package.module:factory or path/to/file.py:factory "
+                              "returning a torch.nn.Module (imports and runs that code)."),
+            click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                         help="A keyword argument of the factory (repeatable); VALUE a Python "
+                              "literal (3, 0.5, True, 'x') or plain text."),
+            click.option("--weights", type=NonEmptyPath(dir_okay=False, path_type=Path),
+                         help="A state_dict file (torch.save(model.state_dict(), f)) loaded "
+                              "strictly into the --model (read with weights_only=True)."),
+            click.option("--head", metavar="NAME",
+                         help="The classifier's module name (a Linear), e.g. fc or classifier.1. "
+                              "[default: the last Linear]"),
+            click.option("--input-size", metavar="SIZE",
+                         help="Resize and center-crop an image folder's images to SIZE (224) or "
+                              "HxW. [default: the images' own size, which must then be one]"),
+            click.option("--preprocessing", metavar="fit|imagenet|FILE",
+                         help="fit: per-channel mean/std of the training split; imagenet: /255 "
+                              "then ImageNet's mean/std (for torchvision weights); or a spec file. "
+                              "[default: fit]"),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _forward_check(model: nn.Module, x: Any, what: str) -> Any:
+    """The model's output on two examples (eval mode, its mode given back); InputError naming
+    `what` when it fails or is not (N, outputs)."""
+    import torch
+
+    from optkit.errors import first_line
+
+    sample = torch.from_numpy(x[:2])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:  # the user's forward on the user's data: their mistake to see
+        raise InputError(f"{what}: fails on inputs of shape {tuple(sample.shape)}: "
+                         f"{type(exc).__name__}: {first_line(exc)}") from None  # fmt: skip
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"{what}: gives {shape} on inputs of shape {tuple(sample.shape)}, not "
+                         "(N, classes) scores")  # fmt: skip
+    return out
+
+
+def _user_model(options: _ModelOptions, seed: int) -> tuple[nn.Module, str | None]:
+    """The factory's model (seeded), the --weights loaded, and its head's name (None: no Linear)."""
+    import torch
+
+    from optkit.torch.usermodel import find_head, load_weights, make_model
+
+    assert options.spec is not None and options.text is not None
+    torch.manual_seed(seed)
+    model = make_model(options.spec, options.args, f"--model {options.text}")
+    click.echo(f"model: {options.describe()}")
+    if options.weights is not None:
+        notes = load_weights(model, options.weights)
+        count = len(model.state_dict())
+        click.echo(f"--weights {options.weights}: {count} tensors loaded strictly"
+                   + (f" ({'; '.join(notes)})" if notes else ""))  # fmt: skip
+    try:
+        _, head = find_head(model, options.head)
+    except InputError:
+        if options.head is not None:
+            raise
+        return model, None
+    return model, head
+
+
+def _fit_head(model: nn.Module, head: str | None, x: Any, classes: int, what: str) -> None:
+    """Replace the head when the model's outputs are not the data's classes (and say so)."""
+    from optkit.torch.usermodel import replace_head
+
+    outputs = int(_forward_check(model, x, what).shape[1])
+    if outputs == classes:
+        return
+    if head is None:
+        raise InputError(f"{what}: gives {outputs} outputs, the data has {classes} classes, and "
+                         "it has no Linear head to replace (name one with --head)")  # fmt: skip
+    replace_head(model, head, classes)
+    click.echo(f"head {head}: {outputs} outputs -> {classes} (a new Linear for the data's classes)")
+    _forward_check(model, x, what)
+
+
+def _rebuilt(arch: Architecture, path: Path) -> None:
+    """Say which code a checkpoint's model is rebuilt with."""
+    if arch.factory is not None:
+        click.echo(f"{path}: rebuilding its model with {arch.factory}"
+                   f"({format_args(arch.factory_args)}) (the checkpoint names this code)")  # fmt: skip
+
+
+def _factory_reads(arch: Architecture) -> tuple[Path, ...]:
+    """The file of the factory a checkpoint records (an output must not replace the user's code)."""
+    if arch.factory is None:
+        return ()
+    spec = arch.factory.rsplit(":", 1)[0]
+    return (Path(spec),) if spec.endswith(".py") and Path(spec).is_file() else ()
+
+
+def _image_shape(arch: Architecture, data_source: str) -> tuple[tuple[int, int] | None, int | None]:
+    """(size, channels) an image folder is loaded at for a model recorded as `arch`."""
+    if data_source == "digits" or not Path(data_source).is_dir():
+        return None, None
+    c, h, w = arch.input_shape
+    return (h, w), c
 
 
 def _parse_classes(text: str, option: str = "--classes", minimum: int = 2) -> list[int]:
@@ -172,20 +381,31 @@ def _training_options(command: Any) -> Any:
 @click.option("--norm", type=choice(NORMS), default="batch", show_default=True)
 @click.option("--init", "init_scheme", type=choice(INIT_SCHEMES), default="kaiming",
               show_default=True)  # fmt: skip
+@_model_options
 @_training_options
 @click.option("--checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path),
               default=Path("optkit-model.pt"), show_default=True)  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue --checkpoint if it exists (see above).")
 def train_command(
-    data_source: str, arch: str, activation: str, norm: str, init_scheme: str, epochs: int,
-    batch_size: int, lr: float, optimizer: str, schedule: str, seed: int, test_fraction: float,
-    checkpoint: Path, resume: bool,
+    data_source: str, arch: str, activation: str, norm: str, init_scheme: str, model: str | None,
+    model_args: tuple[str, ...], weights: Path | None, head: str | None, input_size: str | None,
+    preprocessing: str | None, epochs: int, batch_size: int, lr: float, optimizer: str,
+    schedule: str, seed: int, test_fraction: float, checkpoint: Path, resume: bool,
 ) -> None:  # fmt: skip
-    """Train a model of optkit.models from scratch; one log line per epoch, a checkpoint after each.
+    """Train a model of optkit.models, or your own (--model), one log line per epoch, a checkpoint
+    after each.
 
     \b
-    Preprocessing (per-channel mean and std) is fitted on the training split and applied to both;
-    it is stored in the checkpoint, and `optkit export --embed-preprocessing` puts it in the ONNX.
+    --model package.module:factory (or path/to/file.py:factory) imports your code and calls the
+    factory with the --model-arg values; --weights loads a state_dict strictly first. If the
+    model's outputs are not the data's classes, its head (the last Linear, or --head) is replaced.
+    The checkpoint records the factory and its arguments: export, finetune and --resume call it
+    again. An image folder's images are resized and center-cropped with --input-size.
+
+    \b
+    Preprocessing (per-channel mean and std; see --preprocessing) is fitted on the training split
+    and applied to both; it is stored in the checkpoint, and `optkit export --embed-preprocessing`
+    puts it in the ONNX.
     An existing --checkpoint is replaced only if it is an optkit checkpoint (and says so).
 
     \b
@@ -207,22 +427,36 @@ def train_command(
       optkit train --data digits --arch cnn --epochs 10
       optkit train --arch mlp --activation tanh --init xavier --checkpoint tanh.pt
       optkit train --checkpoint run.pt --resume --epochs 20
+      optkit train --model mynets.py:small_cnn --model-arg width=32 --data photos/ \\
+          --input-size 64 --checkpoint mine.pt
     """
     _need_torch()
+    user = _ModelOptions(model, model_args, weights, head, input_size, preprocessing)
+    if user.spec is not None:
+        for flag, name in (("--arch", "arch"), ("--activation", "activation"), ("--norm", "norm"),
+                           ("--init", "init_scheme")):  # fmt: skip
+            if _given(name):
+                raise InputError(f"{flag}: applies to optkit's own architectures; --model builds "
+                                 f"the network (leave {flag} out)")  # fmt: skip
+    if user.size is not None and (data_source == "digits" or not Path(data_source).is_dir()):
+        raise InputError(f"--input-size {input_size}: resizes the images of an image folder, and "
+                         f"--data {data_source} is not one")  # fmt: skip
     options: dict[str, Any] = {
         "data_source": data_source, "arch": arch, "activation": activation, "norm": norm,
         "init_scheme": init_scheme, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "optimizer": optimizer, "schedule": schedule, "seed": seed,
         "test_fraction": test_fraction,
     }  # fmt: skip
-    check_output(checkpoint, **_data_guard(data_source), what="--checkpoint")
+    check_output(checkpoint, **_data_guard(data_source, also=user.reads), what="--checkpoint")
     from optkit.torch.train import is_checkpoint, load_checkpoint
 
     saved = None
     if checkpoint.exists() and resume:
         saved = load_checkpoint(checkpoint)
         options = _resumed_options(saved, checkpoint, options)
-        check_output(checkpoint, **_data_guard(options["data_source"]), what="--checkpoint")
+        _check_resumed_model(saved, checkpoint, user)
+        check_output(checkpoint, **_data_guard(options["data_source"], also=user.reads),
+                     what="--checkpoint")  # fmt: skip
     elif checkpoint.exists():
         if not is_checkpoint(checkpoint):
             raise InputError(
@@ -232,7 +466,36 @@ def train_command(
         click.echo(f"{checkpoint}: an optkit checkpoint; it is replaced (--resume continues it)")
     elif resume:
         click.echo(f"--resume: no checkpoint at {checkpoint} yet; training from the start")
-    _run_training(saved, checkpoint, resume, **options)
+    _run_training(saved, checkpoint, resume, user, **options)
+
+
+def _check_resumed_model(saved: Checkpoint, path: Path, user: _ModelOptions) -> None:
+    """A resumed run rebuilds the recorded model: --model, --model-arg, --head, --input-size given
+    must be the recorded ones; --weights and --preprocessing have no place (the weights and the
+    preprocessing come from the checkpoint)."""
+    arch = saved.architecture
+    if user.weights is not None:
+        raise InputError(f"--weights {user.weights}: --resume continues the weights in {path} "
+                         "(leave --weights out)")  # fmt: skip
+    if _given("preprocessing"):
+        raise InputError(f"--preprocessing: --resume keeps the preprocessing recorded in {path} "
+                         "(leave it out)")  # fmt: skip
+    if user.spec is not None and arch.factory is None:
+        raise InputError(f"--model {user.text}: {path} was trained with --arch {arch.name} "
+                         "(leave --model out)")  # fmt: skip
+    if user.spec is not None and user.spec.text != arch.factory:
+        raise InputError(f"--model {user.text}: {path} was trained with --model {arch.factory} "
+                         "(leave --model out)")  # fmt: skip
+    if _given("model_args") and user.args != arch.factory_args:
+        raise InputError(f"--model-arg: {format_args(user.args)} given, {path} was trained with "
+                         f"{format_args(arch.factory_args) or 'none'} (leave --model-arg out)")  # fmt: skip
+    if user.head is not None and user.head != arch.head:
+        raise InputError(f"--head {user.head}: {path} records the head {arch.head} (leave --head "
+                         "out)")  # fmt: skip
+    if user.size is not None and user.size != tuple(arch.input_shape[1:]):
+        _, h, w = arch.input_shape
+        raise InputError(f"--input-size {user.size[0]}x{user.size[1]}: {path} was trained on "
+                         f"{h}x{w} images (leave --input-size out)")  # fmt: skip
 
 
 # option name -> its flag: what a resumed run takes from the checkpoint
@@ -259,11 +522,9 @@ def _resumed_options(saved: Checkpoint, path: Path, given: dict[str, Any]) -> di
         )
     if "optimizer" not in saved.extra or "epoch" not in saved.extra:
         raise InputError(f"--resume: {path} holds no optimizer state to resume from")
-    recorded: dict[str, Any] = {
-        "arch": saved.architecture.name,
-        "activation": saved.architecture.activation,
-        "norm": saved.architecture.norm,
-    }
+    recorded: dict[str, Any] = {"arch": saved.architecture.name}
+    if saved.architecture.own:
+        recorded.update(activation=saved.architecture.activation, norm=saved.architecture.norm)
     if saved.config is not None:
         recorded.update({name: getattr(saved.config, name) for name in
                          ("batch_size", "lr", "optimizer", "schedule", "seed")})  # fmt: skip
@@ -293,13 +554,18 @@ def _resumed_options(saved: Checkpoint, path: Path, given: dict[str, Any]) -> di
         )
     if _given("init_scheme"):
         click.echo(f"--init {given['init_scheme']} ignored: the weights come from {path}")
+    if not saved.architecture.own:
+        for name, flag in (("arch", "--arch"), ("activation", "--activation"), ("norm", "--norm")):
+            if _given(name):
+                raise InputError(f"{flag} {given[name]}: {path} holds a --model network "
+                                 f"({saved.architecture.factory}); leave {flag} out")  # fmt: skip
     return options
 
 
 def _run_training(
-    saved: Checkpoint | None, checkpoint: Path, resume: bool, *, data_source: str, arch: str,
-    activation: str, norm: str, init_scheme: str, epochs: int, batch_size: int, lr: float,
-    optimizer: str, schedule: str, seed: int, test_fraction: float,
+    saved: Checkpoint | None, checkpoint: Path, resume: bool, user: _ModelOptions, *,
+    data_source: str, arch: str, activation: str, norm: str, init_scheme: str, epochs: int,
+    batch_size: int, lr: float, optimizer: str, schedule: str, seed: int, test_fraction: float,
 ) -> None:  # fmt: skip
     import torch
 
@@ -322,7 +588,16 @@ def _run_training(
                        f"nothing to train (a larger --epochs extends it)")  # fmt: skip
             click.echo(f"test accuracy {last:.2%} -> {checkpoint} (unchanged)")
             return
-    _, _, _, spec, train_set, test_set = _prepared(data_source, test_fraction, seed)
+    if (saved is not None and not saved.architecture.own) or user.spec is not None:
+        _run_model_training(saved, checkpoint, resume, user, config, data_source, test_fraction)
+        return
+    size, channels = user.size, None
+    if saved is not None:
+        size, channels = _image_shape(saved.architecture, data_source)
+    _, _, _, spec, train_set, test_set = _prepared(
+        data_source, test_fraction, seed, size, channels, user.preprocessing,
+        saved.preprocessing if saved is not None else None,
+    )  # fmt: skip
     shape = tuple(int(d) for d in train_set.x.shape[1:])
     architecture = Architecture(arch, shape, train_set.classes, activation, norm)  # type: ignore[arg-type]
     if saved is not None and saved.architecture != architecture:
@@ -350,8 +625,58 @@ def _run_training(
     click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
 
 
+def _run_model_training(
+    saved: Checkpoint | None, checkpoint: Path, resume: bool, user: _ModelOptions,
+    config: TrainConfig, data_source: str, test_fraction: float,
+) -> None:  # fmt: skip
+    """`train --model`: the factory's model (or, resumed, the recorded one) on the data."""
+    import torch
+
+    from optkit.torch.train import FACTORY, Architecture, DataRecord, build_model, train
+    from optkit.torch.usermodel import input_channels
+
+    seed = config.seed
+    if saved is not None:
+        size, channels = _image_shape(saved.architecture, data_source)
+        _rebuilt(saved.architecture, checkpoint)
+        torch.manual_seed(seed)
+        model = build_model(saved.architecture)
+        head: str | None = saved.architecture.head
+    else:
+        model, head = _user_model(user, seed)
+        size, channels = user.size, input_channels(model)
+    _, _, _, spec, train_set, test_set = _prepared(
+        data_source, test_fraction, seed, size, channels, user.preprocessing,
+        saved.preprocessing if saved is not None else None,
+    )  # fmt: skip
+    what = f"--model {user.text}" if saved is None else f"the model of {checkpoint}"
+    if saved is None:
+        _fit_head(model, head, train_set.x, train_set.classes, what)
+    else:
+        _forward_check(model, train_set.x, what)
+    shape = tuple(int(d) for d in train_set.x.shape[1:])
+    if saved is not None:
+        architecture = saved.architecture
+        if tuple(architecture.input_shape) != shape or architecture.classes != train_set.classes:
+            raise InputError(f"--data {data_source}: gives {train_set.classes} classes of "
+                             f"{shape}, {checkpoint} holds {architecture.describe()}")  # fmt: skip
+        click.echo(f"resuming {checkpoint} after epoch {saved.epochs_done}: {data_source}, "
+                   f"{architecture.describe()}")  # fmt: skip
+    else:
+        assert user.spec is not None
+        architecture = Architecture(FACTORY, shape, train_set.classes, "", "",  # type: ignore[arg-type]
+                                    factory=user.spec.text, factory_args=user.args, head=head)  # fmt: skip
+        click.echo(f"{data_source}: {len(train_set)} train / {len(test_set)} test, "
+                   f"{architecture.describe()}")  # fmt: skip
+    history = train(model, architecture, train_set, test_set, config, checkpoint=checkpoint,
+                    resume=resume, preprocessing=spec, log=click.echo,
+                    data=DataRecord(data_source, test_fraction, seed),
+                    classes=list(range(train_set.classes)))  # fmt: skip
+    click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
+
+
 @click.command("finetune")
-@click.argument("checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path), required=False)
 @click.option("--data", "data_source", default="digits", show_default=True)
 @click.option("--classes", help="Use only these labels of the data, e.g. 5,6,7,8,9 (the head's "
               "outputs 0.. stand for them, in this order; recorded in the output).")  # fmt: skip
@@ -360,21 +685,28 @@ def _run_training(
 )
 @click.option("--strategy", type=choice(STRATEGIES), default="auto", show_default=True)
 @click.option("--k", "k", type=COUNT, default=2, show_default=True,
-              help="Layers to retrain with last-k.")  # fmt: skip
+              help="Layers (optkit's own networks) or stages (--model) to retrain with last-k.")  # fmt: skip
 @click.option("--similar/--different", default=True, show_default=True,
               help="Is the new data like the data the checkpoint was trained on? (for auto)")  # fmt: skip
+@_model_options
 @_training_options
 @click.option("--compare-scratch", is_flag=True,
               help="Also train the same network from scratch on the same examples and say "
                    "whether transfer helped.")  # fmt: skip
 @click.option("-o", "--output", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True)
 def finetune_command(
-    checkpoint: Path, data_source: str, classes: str | None, per_class: int | None,
-    strategy: str, k: int, similar: bool, epochs: int, batch_size: int, lr: float,
-    optimizer: str, schedule: str, seed: int, test_fraction: float, compare_scratch: bool,
-    output: Path,
+    checkpoint: Path | None, data_source: str, classes: str | None, per_class: int | None,
+    strategy: str, k: int, similar: bool, model: str | None, model_args: tuple[str, ...],
+    weights: Path | None, head: str | None, input_size: str | None, preprocessing: str | None,
+    epochs: int, batch_size: int, lr: float, optimizer: str, schedule: str, seed: int,
+    test_fraction: float, compare_scratch: bool, output: Path,
 ) -> None:  # fmt: skip
     """Transfer learning: a new head for the new classes, the backbone frozen or partly retrained.
+
+    \b
+    The network is a CHECKPOINT of optkit, or your own: --model package.module:factory (or
+    path/to/file.py:factory) with --model-arg values, and --weights state_dict.pt loaded
+    strictly (a local file; nothing is downloaded). Its head is the last Linear, or --head.
 
     \b
     --strategy auto follows the lecture's table and says why:
@@ -383,8 +715,10 @@ def finetune_command(
                                      the best on held-out examples kept
       more data, similar domain       fine-tune a few layers                  (last-k, k=2)
       more data, different domain     fine-tune all, backbone at lr/10        (all)
-    The checkpoint is a local file; nothing is downloaded. The output records the classes, the
-    data and the split, so `optkit export` measures on the same test examples.
+    Layers and stages are optkit's own networks' layers and activation outputs, and your
+    model's own children (a ResNet's layer1..layer4, a MobileNet's features.N). The output
+    records the classes, the data and the split, so `optkit export` measures on the same test
+    examples.
 
     \b
     Transfer does not always win: on 8x8 digits a network trained from scratch on 20 examples
@@ -394,9 +728,24 @@ def finetune_command(
     """
     _need_torch()
     asked = _parse_classes(classes) if classes is not None else None
-    check_output(output, **_data_guard(data_source, also=(checkpoint,)), what="output")
+    user = _ModelOptions(model, model_args, weights, head, input_size, preprocessing)
+    if checkpoint is None and user.spec is None:
+        raise InputError("finetune: give a CHECKPOINT, or your model with --model (and --weights)")
+    if checkpoint is not None and user.spec is not None:
+        raise InputError(f"--model {model}: the network comes from {checkpoint}; give one of "
+                         "CHECKPOINT and --model")  # fmt: skip
+    if checkpoint is not None and _given("preprocessing"):
+        raise InputError(f"--preprocessing: {checkpoint} records its preprocessing (leave it out)")
+    if user.size is not None and (data_source == "digits" or not Path(data_source).is_dir()):
+        raise InputError(f"--input-size {input_size}: resizes the images of an image folder, and "
+                         f"--data {data_source} is not one")  # fmt: skip
+    inputs = (*user.reads, *((checkpoint,) if checkpoint is not None else ()))
+    check_output(output, **_data_guard(data_source, also=inputs), what="output")
+    from dataclasses import replace
+
     from optkit.torch.data import label_ids, preprocess, subset
     from optkit.torch.train import (
+        FACTORY,
         Architecture,
         DataRecord,
         TrainConfig,
@@ -407,14 +756,40 @@ def finetune_command(
         train,
         transfer_report,
     )  # fmt: skip
+    from optkit.torch.usermodel import input_channels
 
     config = TrainConfig(epochs, batch_size, lr, optimizer, schedule=schedule, seed=seed)
-    saved = load_checkpoint(checkpoint)
-    if saved.architecture.stage is not None:
-        raise InputError(f"{checkpoint}: a stage classifier (finetune --strategy stages); fine-tune "
-                         "the checkpoint it was made from instead")  # fmt: skip
-    model = restore(saved, str(checkpoint))
-    data, train_raw, test_raw = _split(data_source, test_fraction, seed)
+    head_name: str | None
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)
+        if saved.architecture.stage is not None:
+            raise InputError(f"{checkpoint}: a stage classifier (finetune --strategy stages); "
+                             "fine-tune the checkpoint it was made from instead")  # fmt: skip
+        source_arch = saved.architecture
+        also = (*inputs, *_factory_reads(source_arch))
+        check_output(output, **_data_guard(data_source, also=also), what="output")
+        _rebuilt(source_arch, checkpoint)
+        net = restore(saved, str(checkpoint))
+        head_name = source_arch.head
+        size, channels = _image_shape(source_arch, data_source)
+        if user.size is not None and size is not None and user.size != size:
+            raise InputError(f"--input-size {input_size}: {checkpoint} takes {size[0]}x{size[1]} "
+                             "images (leave --input-size out)")  # fmt: skip
+        spec = saved.preprocessing
+        what = f"the model of {checkpoint}"
+    else:
+        net, head_name = _user_model(user, seed)
+        if head_name is None:
+            raise InputError(f"--model {user.text}: has no Linear layer to serve as its head (name one "
+                             "with --head)")  # fmt: skip
+        size, channels, spec = user.size, input_channels(net), None
+        what = f"--model {user.text}"
+        if user.weights is None:
+            click.echo("no --weights: the backbone is as the factory made it (pretrained only if "
+                       "the factory loads weights itself)")  # fmt: skip
+    data, train_raw, test_raw = _split(data_source, test_fraction, seed, size, channels)
+    if checkpoint is None:
+        spec = _preprocessing(user.preprocessing, train_raw)
     wanted = asked if asked is not None else label_ids(data)
     if len(wanted) < 2:
         raise InputError(f"--data {data_source}: one class only; a classifier needs two or more")
@@ -426,36 +801,40 @@ def finetune_command(
                              f"examples in {data_source}")  # fmt: skip
     train_raw = subset(train_raw, wanted, per_class, seed)
     test_raw = subset(test_raw, wanted)
-    spec = saved.preprocessing
     train_set = preprocess(spec, train_raw) if spec else train_raw
     test_set = preprocess(spec, test_raw) if spec else test_raw
-    if tuple(train_set.x.shape[1:]) != saved.architecture.input_shape:
+    shape = tuple(int(d) for d in train_set.x.shape[1:])
+    if checkpoint is not None and shape != saved.architecture.input_shape:
         raise InputError(f"{data_source}: samples of shape {train_set.x.shape[1:]}, the checkpoint "
                          f"takes {saved.architecture.input_shape}")  # fmt: skip
+    if checkpoint is None:
+        assert user.spec is not None
+        outputs = int(_forward_check(net, train_set.x, what).shape[1])
+        source_arch = Architecture(FACTORY, shape, outputs, "", "",  # type: ignore[arg-type]
+                                   factory=user.spec.text, factory_args=user.args,
+                                   head=head_name)  # fmt: skip
     if strategy == "auto":
         strategy, k, why = choose_strategy(len(train_set) // len(wanted), similar)
         click.echo(
             f"strategy {strategy}" + (f" (k={k})" if strategy == "last-k" else "") + f": {why}"
         )
-    new_arch = Architecture(saved.architecture.name, saved.architecture.input_shape,
-                            len(wanted), saved.architecture.activation,
-                            saved.architecture.norm)  # fmt: skip
+    new_arch = replace(source_arch, classes=len(wanted))
     record = DataRecord(data_source, test_fraction, seed)
     if strategy == "stages":
-        from dataclasses import replace
-
         from optkit.torch.train import Checkpoint, evaluate, fit_stage_classifier, save_checkpoint
 
-        probe = fit_stage_classifier(model, train_set, seed=seed, log=click.echo)
-        arch = replace(saved.architecture, stage=probe.stage,
+        probe = fit_stage_classifier(net, train_set, seed=seed, log=click.echo,
+                                     head_name=head_name)  # fmt: skip
+        arch = replace(source_arch, stage=probe.stage,
                        stage_features=probe.linear.in_features, stage_classes=len(wanted))  # fmt: skip
         save_checkpoint(output, Checkpoint(arch, probe.state_dict(), [], spec, classes=wanted,
                                            data=record, origin="finetune"))  # fmt: skip
         accuracy = evaluate(probe, test_set)
     else:
-        groups = prepare_transfer(model, len(wanted), strategy, k, lr, seed)
-        click.echo(transfer_report(model))
-        history = train(model, new_arch, train_set, test_set, config, checkpoint=output,
+        groups = prepare_transfer(net, len(wanted), strategy, k, lr, seed, head_name,
+                                  log=click.echo)  # fmt: skip
+        click.echo(transfer_report(net))
+        history = train(net, new_arch, train_set, test_set, config, checkpoint=output,
                         preprocessing=spec, param_groups=groups, log=click.echo, classes=wanted,
                         data=record, origin="finetune")  # fmt: skip
         accuracy = history[-1].test_accuracy
@@ -523,7 +902,8 @@ def export_command(
     recorded = saved.data
     source = data_source or (recorded.source if recorded else "digits")
     option = "--data" if data_source else f"the recorded data of {checkpoint} (give --data)"
-    check_output(output, **_data_guard(source, option, also=(checkpoint,)), what="output",
+    also = (checkpoint, *_factory_reads(saved.architecture))
+    check_output(output, **_data_guard(source, option, also=also), what="output",
                  model=True)  # fmt: skip
     if recorded is not None and source == recorded.source:
         for flag, given, kept in (("--test-fraction", test_fraction, recorded.test_fraction),
@@ -539,8 +919,10 @@ def export_command(
     if seed is None:
         seed = recorded.seed if recorded else 0
     labels = _export_labels(saved, checkpoint, asked, classes)
+    _rebuilt(saved.architecture, checkpoint)
     model = restore(saved, str(checkpoint))
-    data, _, test_raw = _split(source, test_fraction, seed)
+    data, _, test_raw = _split(source, test_fraction, seed,
+                               *_image_shape(saved.architecture, source))  # fmt: skip
     _check_present(labels, data, source, "classes")
     test_raw = subset(test_raw, labels)
     if len(test_raw) == 0:

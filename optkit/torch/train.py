@@ -11,8 +11,13 @@
   classes are then unknown: `range(head outputs)`).
 - `evaluate` always runs the model in eval mode (BatchNorm with its running statistics, Dropout off)
   and puts it back in the mode it was in.
-- `build_model` makes a model of `optkit.models` from its name and choices; a checkpoint records them,
-  so `load_checkpoint` rebuilds the model without the code that trained it.
+- `build_model` makes a model of `optkit.models` from its name and choices, or the user's own model
+  from the factory that made it (`Architecture.factory`, `package.module:factory` or
+  `path/to/file.py:factory`, called with `factory_args`; see `optkit.torch.usermodel`); a checkpoint
+  records them, so `restore` rebuilds the model without the script that trained it. Rebuilding a
+  model from a factory imports and runs that code: a checkpoint that records a factory is code.
+- `train` (and its shorthand `fit`) takes any `nn.Module`, and an optkit `Dataset`, a torch
+  `Dataset` of (input, label) pairs or a `DataLoader`.
 - `finetune` adapts a checkpoint to new classes: a new head, the backbone frozen or partly trained,
   with per-group learning rates (see `STRATEGIES`).
 """
@@ -30,15 +35,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from optkit.errors import InputError, first_line
 from optkit.outputs import check_output
 from optkit.preprocessing import PreprocessSpec
 from optkit.torch.data import Dataset
+from optkit.torch.usermodel import find_head, replace_head, stage_units, trainable_units
 
 ARCHITECTURES = ("mlp", "cnn", "resnet")
+FACTORY = "model"  # Architecture.name of a model made by a factory (the user's own)
+MODULE = "module"  # ... of a module given to the Python API as it is (not rebuildable)
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
 CHECKPOINT_FORMAT = "optkit-checkpoint-2"
@@ -169,7 +179,11 @@ class DataRecord:
 
 @dataclass
 class Architecture:
-    """What `build_model` needs to rebuild a model; stored in every checkpoint."""
+    """What `build_model` needs to rebuild a model; stored in every checkpoint.
+
+    `name` is one of ARCHITECTURES (optkit's own, with `activation` and `norm`), FACTORY (the user's
+    model: `factory(**factory_args)`, its head `head` given `classes` outputs) or MODULE (a module
+    handed to `train` as it is, which a checkpoint cannot rebuild)."""
 
     name: str
     input_shape: tuple[int, int, int]  # (C, H, W)
@@ -179,9 +193,30 @@ class Architecture:
     stage: str | None = None  # a StageClassifier reading this module's output ...
     stage_features: int = 0  # ... this wide ...
     stage_classes: int = 0  # ... into this many classes
+    factory: str | None = None  # 'package.module:factory' or '/abs/path/file.py:factory'
+    factory_args: dict[str, Any] = field(default_factory=dict)
+    head: str | None = None  # the head's dotted name (None: the last Linear)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def own(self) -> bool:
+        """One of optkit's own architectures (not the user's model)."""
+        return self.name in ARCHITECTURES and self.factory is None
+
+    def describe(self) -> str:
+        """One line: what the model is."""
+        from optkit.modelspec import format_args
+
+        c, h, w = self.input_shape
+        if self.factory is not None:
+            what = f"{self.factory}({format_args(self.factory_args)})"
+        elif self.own:
+            what = f"{self.name}, {self.activation}, {self.norm}"
+        else:
+            what = "a module given as it is"
+        return f"{what}, input {c}x{h}x{w}, {self.classes} outputs"
 
 
 @dataclass
@@ -244,12 +279,27 @@ class Checkpoint:
 
 
 def build_model(arch: Architecture) -> nn.Module:
-    """A model of `optkit.models` for (C, H, W) inputs and `arch.classes` outputs."""
+    """A model of `optkit.models` for (C, H, W) inputs and `arch.classes` outputs, or the user's
+    model from its factory (imported and called: this runs the code the record names), its head
+    replaced when the factory's has another number of outputs."""
     from optkit.models import ImageMLP, ResNetStyle, VGGStyle
 
     if arch.stage is not None:
         backbone = build_model(replace(arch, stage=None, stage_features=0, stage_classes=0))
         return StageClassifier(backbone, arch.stage, arch.stage_features, arch.stage_classes)
+    if arch.factory is not None:
+        from optkit.torch.usermodel import make_model
+
+        model = make_model(arch.factory, arch.factory_args, f"the model factory {arch.factory}")
+        layer, name = find_head(model, arch.head)
+        if layer.out_features != arch.classes:
+            replace_head(model, name, arch.classes)
+        return model
+    if arch.name == MODULE:
+        raise InputError(
+            "the checkpoint holds the weights of a module given to train() as it is; optkit "
+            "cannot rebuild it: load its 'state' into your model (or train with a factory)"
+        )
     c, h, w = arch.input_shape
     if arch.name == "mlp":
         return ImageMLP((c, h, w), (128, 64), arch.classes, arch.activation, arch.norm)
@@ -262,27 +312,89 @@ def build_model(arch: Architecture) -> nn.Module:
     raise InputError(f"unknown architecture {arch.name!r}; choose {', '.join(ARCHITECTURES)}")
 
 
-def head(model: nn.Module) -> tuple[nn.Linear, str]:
-    """The model's last Linear layer (the classifier) and its dotted name."""
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise InputError("the model has no Linear layer to serve as its head")
-    name, module = found[-1]
-    return module, name
+def head(model: nn.Module, name: str | None = None) -> tuple[nn.Linear, str]:
+    """The model's classifier and its dotted name: the Linear layer `name`, else the last one."""
+    return find_head(model, name)
 
 
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
-    """Top-1 accuracy on `data`, in eval mode (the model's mode is restored)."""
+Data = Dataset | DataLoader  # what the training loop reads (see `as_data`)
+
+
+def as_data(data: Any, what: str = "data") -> Data:
+    """An optkit `Dataset` or a `DataLoader` as it is; a torch map-style `Dataset` of (input, label)
+    pairs gathered into a `Dataset` (in memory); InputError for anything else."""
+    if isinstance(data, Dataset | DataLoader):
+        return data
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        xs, ys = [], []
+        for index in range(len(data)):
+            item = data[index]
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise InputError(f"{what}: item {index} is not an (input, label) pair")
+            x, y = item
+            xs.append(x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+            ys.append(int(y))
+        if not xs:
+            raise InputError(f"{what}: no examples")
+        labels = np.array(ys, np.int64)
+        return Dataset(np.stack(xs).astype(np.float32), labels, int(labels.max()) + 1)
+    raise InputError(
+        f"{what}: a {type(data).__name__}; give an optkit Dataset, a torch Dataset of (input, "
+        "label) pairs or a DataLoader"
+    )
+
+
+def _loader_batches(loader: DataLoader, what: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    for item in loader:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise InputError(f"{what}: the DataLoader must give (inputs, labels) batches")
+        x, y = item
+        yield torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y).long()
+
+
+def evaluate(model: nn.Module, data: Any, batch_size: int = 512) -> float:
+    """Top-1 accuracy on `data` (a Dataset, torch Dataset or DataLoader), in eval mode (the model's
+    mode is restored)."""
+    data = as_data(data, "evaluation data")
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = seen = 0
     with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            x = torch.from_numpy(data.x[start : start + batch_size])
-            y = torch.from_numpy(data.y[start : start + batch_size])
-            correct += int((model(x).argmax(dim=1) == y).sum())
+        if isinstance(data, DataLoader):
+            for x, y in _loader_batches(data, "evaluation data"):
+                correct += int((model(x).argmax(dim=1) == y).sum())
+                seen += len(y)
+        else:
+            for start in range(0, len(data), batch_size):
+                x = torch.from_numpy(data.x[start : start + batch_size])
+                y = torch.from_numpy(data.y[start : start + batch_size])
+                correct += int((model(x).argmax(dim=1) == y).sum())
+            seen = len(data)
     model.train(was_training)
-    return correct / max(1, len(data))
+    return correct / max(1, seen)
+
+
+def module_architecture(model: nn.Module, data: Data) -> Architecture:
+    """The record of a module given as it is: its input shape (C, H, W) and output count, read from
+    one example (in eval mode). A checkpoint of it keeps the weights but cannot rebuild it."""
+    if isinstance(data, DataLoader):
+        try:  # the first example, without drawing a batch from the loader's shuffle
+            first = data.dataset[0]
+            sample = torch.as_tensor(first[0], dtype=torch.float32)[None]
+        except (TypeError, IndexError, KeyError, NotImplementedError):
+            x, _ = next(iter(_loader_batches(data, "training data")))
+            sample = x[:1]
+    else:
+        sample = torch.from_numpy(data.x[:1])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(sample)
+    model.train(was_training)
+    shape = tuple(int(d) for d in sample.shape[1:])
+    if len(shape) != 3:
+        shape = (*shape, 1, 1, 1)[:3]
+    return Architecture(MODULE, shape, int(out.shape[-1]), "", "")  # type: ignore[arg-type]
 
 
 def _optimizer(groups: Iterable[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
@@ -296,10 +408,10 @@ def _optimizer(groups: Iterable[dict[str, Any]], config: TrainConfig) -> torch.o
 
 def train(
     model: nn.Module,
-    arch: Architecture,
-    train_set: Dataset,
-    test_set: Dataset,
-    config: TrainConfig,
+    arch: Architecture | None,
+    train_set: Any,
+    test_set: Any = None,
+    config: TrainConfig | None = None,
     *,
     checkpoint: Path | None = None,
     resume: bool = False,
@@ -328,8 +440,20 @@ def train(
 
     Checkpoints record `classes` (the label id of each output; default 0 .. arch.classes-1), `data`
     and `origin` (the command writing it) besides the weights, config and schedule.
+
+    `train_set` and `test_set` are optkit Datasets, torch Datasets of (input, label) pairs or
+    DataLoaders (`test_set` None: no test accuracy, nan). A DataLoader's own batches and order are
+    used (its sampler's `set_epoch(epoch)` is called, as DistributedSampler wants; a resume is then
+    bit for bit only if the loader's order is); under torch.distributed each process reads its own
+    loader and the loss of each is divided by the world size. `arch` None records the module as it
+    is (`module_architecture`); `config` None is `TrainConfig()`.
     """
+    config = config if config is not None else TrainConfig()
     config.check()
+    train_data = as_data(train_set, "training data")
+    test_data = as_data(test_set, "test data") if test_set is not None else None
+    if arch is None:
+        arch = module_architecture(model, train_data)
     torch.manual_seed(config.seed)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _optimizer(groups, config)
@@ -348,7 +472,7 @@ def train(
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
-    x_all, y_all = torch.from_numpy(train_set.x), torch.from_numpy(train_set.y)
+    has_batchnorm = any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
     last = config.epochs if until is None else min(config.epochs, until)
     for epoch in range(start, last):
         began = time.perf_counter()
@@ -357,21 +481,13 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         _freeze_frozen_batchnorms(model)
-        order = torch.randperm(
-            len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch)
-        )
         total_loss, correct, seen = 0.0, 0, 0
-        batches = math.ceil(len(train_set) / config.batch_size)
-        for index in range(batches):
-            batch = order[index * config.batch_size : (index + 1) * config.batch_size]
-            if len(batch) < 2 and any(
-                isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules()
-            ):
+        batches = _batch_count(train_data, config)
+        for index, (x, y, full) in enumerate(_batches(train_data, config, epoch, rank, world)):
+            if full < 2 and has_batchnorm:
                 continue  # BatchNorm cannot train on a batch of one
-            mine = batch[rank::world]  # this process's share of the batch
-            x, y = x_all[mine], y_all[mine]
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum") / len(batch)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum") / full
             optimizer.zero_grad()
             loss.backward()
             if distributed:
@@ -379,10 +495,10 @@ def train(
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
             optimizer.step()
-            total_loss += float(loss.detach()) * len(batch)
+            total_loss += float(loss.detach()) * full
             correct += int((logits.argmax(1) == y).sum()) * world
-            seen += len(batch)
-            if log is not None and sys.stderr.isatty():
+            seen += full
+            if log is not None and sys.stderr.isatty() and batches:
                 done = (index + 1) / batches
                 print(
                     f"\r  epoch {epoch + 1} [{'#' * int(20 * done):<20}] {done:4.0%}",
@@ -393,7 +509,7 @@ def train(
             epoch + 1,
             total_loss / max(1, seen),
             correct / max(1, seen),
-            evaluate(model, test_set),
+            evaluate(model, test_data) if test_data is not None else float("nan"),
             lr,
             time.perf_counter() - began,
         )
@@ -430,6 +546,61 @@ def train(
                 ),
             )
     return history
+
+
+def _batch_count(data: Data, config: TrainConfig) -> int | None:
+    if isinstance(data, DataLoader):
+        try:
+            return len(data)
+        except TypeError:  # an iterable dataset: no length
+            return None
+    return math.ceil(len(data) / config.batch_size)
+
+
+def _batches(
+    data: Data, config: TrainConfig, epoch: int, rank: int, world: int
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(inputs, labels, examples in the whole batch) for each step of `epoch`. An optkit Dataset is
+    shuffled with seed + epoch and each process takes its share of every batch; a DataLoader is
+    read as it is (one per process under torch.distributed)."""
+    if isinstance(data, DataLoader):
+        set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        for x, y in _loader_batches(data, "training data"):
+            yield x, y, len(y) * world
+        return
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed + epoch))
+    for index in range(math.ceil(len(data) / config.batch_size)):
+        batch = order[index * config.batch_size : (index + 1) * config.batch_size]
+        mine = batch[rank::world]  # this process's share of the batch
+        yield x_all[mine], y_all[mine], len(batch)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    test_data: Any = None,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = print,
+    param_groups: list[dict[str, Any]] | None = None,
+    classes: list[int] | None = None,
+    preprocessing: PreprocessSpec | None = None,
+    arch: Architecture | None = None,
+    **settings: Any,
+) -> list[EpochLog]:
+    """`train` for a module as it is: `fit(model, loader, test_loader, epochs=3, lr=0.01)`. The
+    settings are TrainConfig's fields (epochs, batch_size, lr, optimizer, momentum, weight_decay,
+    schedule, seed); a log line per epoch goes to `log` (print by default)."""
+    unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"fit() got unknown settings {', '.join(unknown)}")
+    return train(model, arch, train_data, test_data, TrainConfig(**settings),
+                 checkpoint=checkpoint, resume=resume, log=log, param_groups=param_groups,
+                 classes=classes, preprocessing=preprocessing)  # fmt: skip
 
 
 def check_resumable(saved: Checkpoint, path: Path, config: TrainConfig) -> Schedule:
@@ -529,7 +700,8 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
 def load_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint written by `save_checkpoint` (format 2, or 1); InputError for anything else.
 
-    Loaded with `weights_only=True`: a file that is not a checkpoint cannot run code."""
+    Loaded with `weights_only=True`: a file that is not a checkpoint cannot run code by being
+    loaded (`restore` of one that records a factory does run that factory)."""
     if not Path(path).is_file():
         raise InputError(f"{path}: no such checkpoint")
     try:
@@ -606,7 +778,8 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def restore(checkpoint: Checkpoint, name: str = "the checkpoint") -> nn.Module:
-    """The checkpoint's model, rebuilt and loaded, in eval mode."""
+    """The checkpoint's model, rebuilt and loaded, in eval mode. A checkpoint that records a factory
+    (`Architecture.factory`) is rebuilt by importing and calling it: that runs the code it names."""
     model = build_model(checkpoint.architecture)
     try:
         model.load_state_dict(checkpoint.state)
@@ -624,8 +797,28 @@ SMALL_PER_CLASS = 100  # "little data" in the lecture's table: up to about this 
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's trainable stages, input to output: the leaf modules with parameters."""
+    """The leaf modules with parameters, input to output: the layers `last-k` counts in optkit's own
+    architectures."""
     return [m for m in model.modules() if not list(m.children()) and list(m.parameters())]
+
+
+def is_own_model(model: nn.Module) -> bool:
+    """A model `build_model` makes from ARCHITECTURES: `last-k` counts its layers and `stages`
+    reads its activation and pooling outputs (as measured in the README). Any other model (the
+    user's) is taken by its own children / named stages (`optkit.torch.usermodel.units`)."""
+    from optkit.models import ImageMLP, ResNetStyle, VGGStyle
+
+    return type(model) in (ImageMLP, ResNetStyle, VGGStyle)
+
+
+def backbone_units(model: nn.Module, head_name: str | None = None) -> list[tuple[str, nn.Module]]:
+    """What `last-k` chooses from, input to output, the head left out: the layers (leaf modules with
+    parameters) of optkit's own architectures, the named stages of any other model."""
+    layer, name = find_head(model, head_name)
+    if is_own_model(model):
+        named = {id(m): n for n, m in model.named_modules()}
+        return [(named[id(m)], m) for m in blocks(model) if m is not layer]
+    return trainable_units(model, name)
 
 
 def choose_strategy(per_class: int, similar: bool) -> tuple[str, int, str]:
@@ -651,32 +844,42 @@ def choose_strategy(per_class: int, similar: bool) -> tuple[str, int, str]:
 
 
 def prepare_transfer(
-    model: nn.Module, classes: int, strategy: str, k: int, lr: float, seed: int = 0
+    model: nn.Module,
+    classes: int,
+    strategy: str,
+    k: int,
+    lr: float,
+    seed: int = 0,
+    head_name: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Reinitialize the head for `classes` outputs, freeze per `strategy`, and return the
-    optimizer's parameter groups (the head at `lr`, trained backbone layers at lr / 10)."""
+    """Reinitialize the head (`head_name`, else the last Linear) for `classes` outputs, freeze per
+    `strategy`, and return the optimizer's parameter groups (the head at `lr`, trained backbone
+    layers at lr / 10). `last-k` trains the last k of `backbone_units`; `log` hears which."""
     if strategy not in ("linear", "last-k", "all"):
         raise InputError(f"strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
-    old, name = head(model)
-    if strategy == "last-k":
-        available = len([b for b in blocks(model) if b is not old])
-        if k > available:
-            raise InputError(
-                f"--k {k}: the network has {available} layers before its head (--strategy all "
-                "fine-tunes every layer)"
-            )
+    _, name = head(model, head_name)
+    candidates = backbone_units(model, name)
+    if strategy == "last-k" and k > len(candidates):
+        kind = "layers" if is_own_model(model) else "stages"
+        shown = ", ".join(n for n, _ in candidates[-8:])
+        raise InputError(
+            f"--k {k}: the network has {len(candidates)} {kind} before its head"
+            + (f" (... {shown})" if shown else "")
+            + " (--strategy all fine-tunes every layer)"
+        )
     torch.manual_seed(seed)
-    new = nn.Linear(old.in_features, classes)
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.rsplit(".", 1)[-1], new)
+    new = replace_head(model, name, classes)
     for p in model.parameters():
         p.requires_grad = strategy == "all"
     for p in new.parameters():
         p.requires_grad = True
     trained_backbone: list[nn.Parameter] = []
     if strategy == "last-k":
-        stages = [b for b in blocks(model) if b is not new]
-        for stage in stages[-k:] if k > 0 else []:
+        chosen = candidates[-k:] if k > 0 else []
+        if log is not None:
+            log(f"last-k: training {', '.join(n for n, _ in chosen)} and the head {name}")
+        for _, stage in chosen:
             for p in stage.parameters():
                 p.requires_grad = True
                 trained_backbone.append(p)
@@ -726,10 +929,40 @@ class StageClassifier(nn.Module):
         return self.linear((self.features(x) - self.mean) / self.std)
 
 
-def stage_names(model: nn.Module) -> list[str]:
-    """Candidate stages: the outputs of activation and pooling layers, input to output."""
+def stage_names(model: nn.Module, head_name: str | None = None) -> list[str]:
+    """Candidate stages: for optkit's own architectures the outputs of activation and pooling
+    layers, input to output; for any other model its named stages (`usermodel.stage_units`: a
+    ResNet's conv1 .. layer4, avgpool; a MobileNetV2's features.0 .. features.18)."""
+    if not is_own_model(model):
+        return stage_units(model, find_head(model, head_name)[1])
     kinds = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d)
     return [name for name, m in model.named_modules() if isinstance(m, kinds) and name]
+
+
+def _readable_stages(model: nn.Module, stages: list[str], x: torch.Tensor) -> list[str]:
+    """The stages that give one tensor per example when the model runs on `x` (in eval mode):
+    a stage the forward pass never calls, or whose output is a tuple, is left out."""
+    outputs: dict[str, Any] = {}
+    handles = []
+    for stage in stages:
+
+        def hook(_m: nn.Module, _i: object, out: Any, name: str = stage) -> None:
+            outputs[name] = out
+
+        handles.append(model.get_submodule(stage).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [
+        s for s in stages
+        if isinstance(outputs.get(s), torch.Tensor) and outputs[s].shape[:1] == x.shape[:1]
+    ]  # fmt: skip
 
 
 def fit_stage_classifier(
@@ -741,6 +974,7 @@ def fit_stage_classifier(
     lr: float = 0.01,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    head_name: str | None = None,
 ) -> StageClassifier:
     """The lecture's "linear classifiers on features from several stages": for every stage, fit a
     linear classifier on the frozen features of most of `train_set` and score it on the rest; the
@@ -749,7 +983,10 @@ def fit_stage_classifier(
 
     fit_part, held_out = split(train_set, validation, seed)
     best: tuple[float, str] | None = None
-    for stage in stage_names(backbone):
+    candidates = stage_names(backbone, head_name)
+    if not is_own_model(backbone):
+        candidates = _readable_stages(backbone, candidates, torch.from_numpy(train_set.x[:2]))
+    for stage in candidates:
         score = evaluate(_fit_probe(backbone, stage, fit_part, epochs, lr, seed), held_out)
         if log is not None:
             log(f"  stage {stage:<28} held-out accuracy {score:.2%}")
