@@ -185,6 +185,7 @@ def add_initializer(
     """Register `array` (cast to `dtype`) as a new initializer of `graph`; never overwrites one."""
     np_dtype = FLOAT_TYPES.get(dtype)
     data = np.ascontiguousarray(array.astype(np_dtype) if np_dtype is not None else array)
+    data = data.reshape(np.shape(array))  # ascontiguousarray makes a rank-0 array rank 1
     name = namer.fresh(base_name)
     value = ir.Value(
         name=name,

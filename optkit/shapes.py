@@ -19,21 +19,22 @@ from optkit.io import skeleton_proto
 logger = logging.getLogger(__name__)
 
 
-def infer_shapes(model: ir.Model) -> None:
+def infer_shapes(model: ir.Model, *, again: bool = False) -> None:
     """Fill in missing tensor types and shapes of node outputs; best effort, never raises.
 
     Does nothing when every node output already has both (rewrites copy them to new values), or
     when the ones without are those the last inference could not fill either (inference would
-    only leave them unfilled again, at the cost of a run per pass that asks for shapes).
+    only leave them unfilled again, at the cost of a run per pass that asks for shapes), unless
+    `again`: the caller made values constant that inference can now read.
     """
     missing = _unshaped(model)
-    if not missing or model.meta.get(_UNINFERABLE) == missing:
+    if not missing or (model.meta.get(_UNINFERABLE) == (missing, _constants(model)) and not again):
         return
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton_proto(model), data_prop=True)
     except Exception as exc:  # inference fails on some valid models: folds decline without shapes
         logger.info("shape inference failed: %s", exc)
-        model.meta[_UNINFERABLE] = missing
+        model.meta[_UNINFERABLE] = (missing, _constants(model))
         return
     graphs = list(iter_graphs(model.graph))
     protos = list(_proto_graphs(inferred.graph))
@@ -42,10 +43,16 @@ def infer_shapes(model: ir.Model) -> None:
         return
     for graph, proto in zip(graphs, protos, strict=True):
         _merge(graph, proto)
-    model.meta[_UNINFERABLE] = _unshaped(model)
+    model.meta[_UNINFERABLE] = (_unshaped(model), _constants(model))
 
 
-_UNINFERABLE = "optkit.uninferable"  # in the model's meta: node outputs inference left unshaped
+# In the model's meta: the node outputs inference left unshaped, and the initializers it had.
+_UNINFERABLE = "optkit.uninferable"
+
+
+def _constants(model: ir.Model) -> frozenset[int]:
+    """The initializers (by identity): a fold that made a new one may let inference say more."""
+    return frozenset(id(v) for g in iter_graphs(model.graph) for v in g.initializers.values())
 
 
 def _unshaped(model: ir.Model) -> frozenset[int]:

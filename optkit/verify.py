@@ -990,8 +990,10 @@ def _verify_rewrite_at(
             _check_deterministic(again, reference, exactness, None, suspects, "original")
         except Nondeterministic as exc:
             return str(exc)
-    if not verdict.ok:
+    if not verdict.ok and exactness is not Exactness.BITWISE:  # a bitwise claim has no excuse
         return _arbitrate(verdict, before, feeds, reference, candidate, exactness)
+    if not verdict.ok:
+        return verdict
     if exactness is Exactness.BITWISE:
         return _bitwise_on_special_values(verdict, before, after, feeds, seed)
     return verdict
@@ -1010,6 +1012,11 @@ def _arbitrate(
     of large constants in float32); otherwise the verdict stands, with both distances in its notes."""
     from optkit.reference64 import outputs64
 
+    if _non_finite_differs(reference, candidate):
+        return replace(
+            verdict,
+            notes=(*verdict.notes, "the rewrite gives inf or NaN where the original differs"),
+        )
     truth_list = outputs64(before, feeds)
     if truth_list is None or len(truth_list) != len(reference):
         return replace(
@@ -1032,6 +1039,23 @@ def _arbitrate(
             notes=(*verdict.notes, f"{distances}: the rewrite is the more accurate, and passes"),
         )
     return replace(verdict, notes=(*verdict.notes, distances))
+
+
+def _non_finite_differs(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:
+    """The candidate is inf or NaN somewhere the reference holds something else (another sign of
+    inf, say): no float64 reference excuses that (the rewrite's licence is the other way round:
+    finite where the original overflowed)."""
+    for name, ours in reference.items():
+        theirs = candidate.get(name)
+        if not isinstance(ours, np.ndarray) or not isinstance(theirs, np.ndarray):
+            continue
+        if ours.dtype.kind != "f" or ours.shape != theirs.shape:
+            continue
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(theirs) & ~((theirs == ours) | (np.isnan(theirs) & np.isnan(ours)))
+        if bad.any():
+            return True
+    return False
 
 
 def _bitwise_on_special_values(

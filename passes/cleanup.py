@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
@@ -189,8 +190,12 @@ _CSE_TENSOR_LIMIT = 1024  # elements of a tensor attribute compared; nodes with 
 def _computation(node: ir.Node) -> tuple | None:
     """What `node` computes, as a hashable key: op, the input values (by identity) and the
     attribute values; None for nodes never merged (other domains, random ops, subgraphs)."""
-    if node.domain not in ("", "ai.onnx") or node.op_type in RANDOM_OPS:
-        return None
+    if (
+        node.domain not in ("", "ai.onnx")
+        or node.op_type in RANDOM_OPS
+        or node.op_type == "Dropout"
+    ):
+        return None  # Dropout draws its mask at random in training mode
     attributes = []
     for name, attr in sorted(node.attributes.items()):
         if attr.is_ref() or attr.type not in _CSE_ATTRIBUTES:
@@ -201,11 +206,14 @@ def _computation(node: ir.Node) -> tuple | None:
                 return None
             array = value.numpy()
             value = (array.shape, str(array.dtype), array.tobytes())
+        elif attr.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
+            value = np.asarray(value, np.float32).tobytes()  # by bits: 0.0 is not -0.0
         elif isinstance(value, list | tuple):
             value = tuple(value)
         attributes.append((name, attr.type, value))
     inputs = tuple(id(v) if v is not None else None for v in node.inputs)
-    return (node.op_type, node.overload, len(node.outputs), inputs, tuple(attributes))
+    present = tuple(bool(out.name) for out in node.outputs)  # an absent output reads nothing
+    return (node.op_type, node.overload, present, inputs, tuple(attributes))
 
 
 class TopologicalSort(RewritePass):

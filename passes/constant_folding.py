@@ -160,6 +160,10 @@ class FoldConstants(RewritePass):
             if array is None or array.dtype == object:
                 return None
             feeds[value.name or ""] = array
+        if node.op_type == "Slice" and len(node.inputs) > 4 and node.inputs[4] is not None:
+            steps = feeds[node.inputs[4].name or ""]
+            if np.any(steps < 0):  # onnx's reference slices as numpy does, which clamps a start
+                return None  # before the first element unlike ONNX (that element is kept)
         if node.op_type == "BatchNormalization" and opsets.get("", 1) < 14:
             return _batchnorm_before_14(node, list(feeds.values()), opsets.get("", 1))
         return _run_reference(node, feeds, opsets)

@@ -15,7 +15,13 @@ tensors, unknowns):
 - expand:     Expand(x, s) where every element of s is 1 or x's own dim there -> x
 
 Symbolic dims stay symbolic: nothing here gives a dynamic dim a size, so the result runs at every
-batch size the original runs at. Graph outputs stay nodes (the signature does not change).
+batch size the original runs at. Graph outputs stay nodes (the signature does not change). A
+Reshape target ONNX forbids (0 and -1 under allowzero = 1) stays computed.
+
+Static dims are what onnx's shape inference derives from the graph inputs. Where onnx and the
+runtime disagree on an op's output size (onnx 1.23 and ORT 1.32 on MaxPool with ceil_mode and pads,
+found by an adversarial review), a fold follows onnx: `fuse`'s verification, on by default, sees
+the difference and rolls the pass back.
 """
 
 from __future__ import annotations
@@ -41,19 +47,20 @@ class FoldShapes(RewritePass):
         applied: list[Site] = []
         for _ in range(MAX_ROUNDS):
             plans, declined = _match(model, ShapeValues(model, policy))
+            if not plans:
+                break
+            changed = [reader for plan in plans for reader in plan.readers()]
             namer = Namer(model)
             applied.extend(plan.apply(namer) for plan in plans)  # plans of one unchanged graph
-            reshaped = [plan.node for plan in plans if isinstance(plan, _NewInput)]
-            if not reshaped:
-                break
-            # A constant target tells shape inference what the Reshape makes, which can make the
-            # next stage's dims static: infer again downstream of it and take another round.
-            _forget_shapes_after(reshaped)
-            infer_shapes(model)
+            # A node that now reads a constant (a Reshape target, say) lets shape inference say
+            # what it makes, which can make the next stage's dims static: infer again downstream
+            # of it and take another round.
+            _forget_shapes_after(changed)
+            infer_shapes(model, again=True)
         return applied + declined
 
 
-MAX_ROUNDS = 32  # each round resolves at least one more Reshape; chains are as long as the network
+MAX_ROUNDS = 32  # each round resolves at least one more stage; chains are as long as the network
 
 
 def _match(model: ir.Model, values: ShapeValues) -> tuple[list[_Plan], list[Site]]:
@@ -90,8 +97,14 @@ def _forget_shapes_after(nodes: list[ir.Node]) -> None:
 
 
 class _Plan:
+    node: ir.Node
+
     def apply(self, namer: Namer) -> Site:
         raise NotImplementedError
+
+    def readers(self) -> list[ir.Node]:
+        """The nodes whose inputs the plan changes (their outputs' shapes may now be inferable)."""
+        return [self.node]
 
 
 class _Constant(_Plan):
@@ -99,6 +112,9 @@ class _Constant(_Plan):
 
     def __init__(self, node: ir.Node, value: ir.Value, tracked: Tracked) -> None:
         self.node, self.value, self.tracked = node, value, tracked
+
+    def readers(self) -> list[ir.Node]:
+        return [use.node for use in self.value.uses()]
 
     def apply(self, namer: Namer) -> Site:
         graph = self.node.graph
@@ -162,9 +178,23 @@ def _constant_plans(node: ir.Node, values: ShapeValues) -> list[_Plan]:
         tracked = values.of(value)
         if tracked is None or not tracked.known:
             continue
+        if any(_invalid_target(reader, index, tracked) for reader, index in value.uses()):
+            continue  # a constant the runtime refuses at load time, where the original ran
         if any(_needs_value(use.node, values) for use in value.uses()):
             plans.append(_Constant(node, value, tracked))
     return plans
+
+
+def _invalid_target(reader: ir.Node, index: int, tracked: Tracked) -> bool:
+    """A Reshape target with both 0 and -1 under allowzero = 1, which ONNX forbids: ONNX Runtime
+    refuses it as a constant when it loads the model, yet may run it computed at run time."""
+    return (
+        reader.op_type == "Reshape"
+        and index == 1
+        and attr_int(reader, "allowzero", 0) == 1
+        and 0 in tracked.elements
+        and -1 in tracked.elements
+    )
 
 
 def _needs_value(reader: ir.Node, values: ShapeValues) -> bool:

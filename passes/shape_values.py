@@ -181,9 +181,9 @@ class ShapeValues:
                 return None
         if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
             return None
-        if axes not in (None, [0], [-1]) or len(steps) != 1 or steps[0] == 0:
-            return None
-        # ONNX Slice clamps like Python's slicing on one axis (start and end past either end).
+        if axes not in (None, [0], [-1]) or len(steps) != 1 or steps[0] <= 0:
+            return None  # a negative step clamps unlike Python's slicing (start < -len keeps 0)
+        # With a positive step, ONNX Slice clamps like Python's slicing (start, end past either end).
         picked = data.elements[slice(starts[0], ends[0], steps[0])]
         return Tracked(tuple(picked), False, data.dtype)
 
@@ -247,11 +247,14 @@ class ShapeValues:
         a, b = self._inputs(node, 2)
         if a is None or b is None or a.dtype != b.dtype:
             return None
-        if len(a.elements) != len(b.elements) and 1 not in (len(a.elements), len(b.elements)):
-            return None
-        count = max(len(a.elements), len(b.elements))
-        left = a.elements * count if len(a.elements) == 1 else a.elements
-        right = b.elements * count if len(b.elements) == 1 else b.elements
+        left, right = a.elements, b.elements
+        if len(left) != len(right):  # numpy broadcasting of rank <= 1: one side has one element
+            if len(left) == 1:
+                left = left * len(right)
+            elif len(right) == 1:
+                right = right * len(left)
+            else:
+                return None
         combined = tuple(
             _binary(node.op_type, x, y, a.dtype) for x, y in zip(left, right, strict=True)
         )

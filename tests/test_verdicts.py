@@ -461,3 +461,26 @@ def test_a_bitwise_claim_sees_the_sign_of_zero():
     verdict = verify_rewrite(before, after, Exactness.BITWISE)
     assert isinstance(verdict, optkit.Verdict) and not verdict.ok
     assert "sign of a zero" in verdict.outputs[-1].problem
+
+
+def test_a_float64_reference_never_excuses_an_inf_of_the_other_sign():
+    """LeakyRelu alpha 0.0 vs -0.0 give zeros of other signs, so 1 / y is -inf in one and +inf in
+    the other for x < 0 (what a CSE comparing attributes with == made of them). The float64 arbiter,
+    there for cancellation in reassociated sums, passed it; it must not."""
+    from optkit.verify import verify_rewrite
+
+    def model(alpha_b: float) -> onnx.ModelProto:
+        nodes = [
+            helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.0),
+            helper.make_node("LeakyRelu", ["x"], ["b"], alpha=alpha_b),
+            helper.make_node("Reciprocal", ["a"], ["ya"]),
+            helper.make_node("Reciprocal", ["b"], ["yb"]),
+        ]
+        outputs = [("ya", F32, ["N", 16]), ("yb", F32, ["N", 16])]
+        return make_model(nodes, [("x", F32, ["N", 16])], outputs, {})
+
+    verdict = verify_rewrite(
+        optkit.load(model(-0.0)), optkit.load(model(0.0)), Exactness.REASSOCIATE
+    )
+    assert not verdict.ok
+    assert any("inf or NaN where the original differs" in note for note in verdict.notes)

@@ -171,3 +171,48 @@ def test_common_subexpressions_inside_a_subgraph_merge_there():
     assert site.applied
     then_graph = next(iter(result.model.graph)).attributes["then_branch"].as_graph()
     assert [n.op_type for n in then_graph] == ["Relu", "Add"]
+
+
+def test_cse_compares_float_attributes_by_their_bits(rng):
+    """alpha 0.0 and -0.0 give zeros of other signs, which 1 / y tells apart."""
+    nodes = [
+        helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.0),
+        helper.make_node("LeakyRelu", ["x"], ["b"], alpha=-0.0),
+        helper.make_node("Reciprocal", ["a"], ["ya"]),
+        helper.make_node("Reciprocal", ["b"], ["yb"]),
+    ]
+    model = make_model(nodes, [("x", F32, ["N"])], [("ya", F32, None), ("yb", F32, None)], {})
+    result = fold(model, passes=("cse",))
+    assert op_types(result.model).count("LeakyRelu") == 2
+    assert_same_outputs(model, result.model, {"x": np.array([-2.0, 1.0], np.float32)}, exact=True)
+
+
+def test_cse_never_merges_dropouts():
+    nodes = [
+        helper.make_node("Dropout", ["x", "r", "t"], ["d1"]),
+        helper.make_node("Dropout", ["x", "r", "t"], ["d2"]),
+        helper.make_node("Sub", ["d1", "d2"], ["y"]),
+    ]
+    inits = {"r": np.array(0.5, np.float32), "t": np.array(True)}
+    model = make_model(nodes, [("x", F32, [32])], [("y", F32, None)], inits)
+    result = fold(model, passes=("cse",))
+    assert op_types(result.model).count("Dropout") == 2
+
+
+def test_cse_merges_only_nodes_with_the_same_outputs_present(rng):
+    """A LayerNormalization without its Mean output cannot stand in for one whose Mean is read."""
+    gamma, beta = np.ones(4, np.float32), np.zeros(4, np.float32)
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["y1", "", "r1"]),
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["y2", "m2", "r2"]),
+        helper.make_node("Neg", ["m2"], ["m"]),
+        helper.make_node("Add", ["y1", "y2"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [("x", F32, ["N", 4])], [("y", F32, None), ("m", F32, None)], {"g": gamma, "b": beta}
+    )
+    result = fold(model, passes=("cse",))
+    assert op_types(result.model).count("LayerNormalization") == 2
+    assert_same_outputs(
+        model, result.model, {"x": rng.standard_normal((3, 4)).astype(np.float32)}, exact=True
+    )

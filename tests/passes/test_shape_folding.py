@@ -16,6 +16,7 @@ import onnx_ir as ir
 import torch
 from onnx import TensorProto, helper
 
+import optkit
 from helpers import F32, assert_same_outputs, fold, make_model, op_types, sites
 from optkit.models.shufflenet import channel_shuffle
 
@@ -334,3 +335,101 @@ def test_outer_value_read_inside_a_subgraph_is_folded_in_its_own_graph(rng):
     for n, flag in ((2, True), (4, False)):
         feeds = {"x": rng.standard_normal((n, 3)).astype(np.float32), "c": np.array(flag)}
         assert_same_outputs(model, result.model, feeds, exact=True)
+
+
+# --- found by an adversarial review --------------------------------------------------------------
+
+
+def test_a_negative_step_slice_of_a_shape_is_left_to_the_runtime(rng):
+    """ONNX clamps Slice(start=-10, step=-1) to keep element 0; Python's slicing gives nothing."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "st", "en", "ax", "sp"], ["sl"]),
+        helper.make_node("Concat", ["sl", "two"], ["c"], axis=0),
+        helper.make_node("ReduceMax", ["c"], ["y"], keepdims=0),
+    ]
+    inits = {
+        "st": np.array([-10], np.int64),
+        "en": np.array([-20], np.int64),
+        "ax": np.array([0], np.int64),
+        "sp": np.array([-1], np.int64),
+        "two": np.array([2], np.int64),
+    }
+    model = make_model(nodes, [("x", F32, ["N", 3, 4])], [("y", I64, [])], inits)
+    result = optkit.fuse(model)
+    assert result.report.ok
+    _same_at(model, result.model, _feeds(rng, (1, 3, 4), (3, 3, 4), (5, 3, 4)))
+
+
+def test_a_folded_scalar_stays_rank_0(rng):
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["w"], axis=0),
+        helper.make_node("Range", ["zero", "w", "step"], ["y"]),
+    ]
+    inits = {k: np.array(v, np.int64) for k, v in (("one", 1), ("zero", 0), ("step", 1))}
+    model = make_model(nodes, [("x", F32, ["N", 5])], [("y", I64, None)], inits)
+    result = fold(model, passes=("shapes", "unused"))
+    (range_node,) = result.model.graph
+    assert range_node.inputs[1] is not None and range_node.inputs[1].const_value is not None
+    assert range_node.inputs[1].const_value.numpy().shape == ()
+    _same_at(model, result.model, _feeds(rng, (0, 5), (3, 5)))
+
+
+def test_an_empty_shape_slice_broadcast_against_one_element_does_not_crash(rng):
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=1),
+        helper.make_node("Add", ["s", "one"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [("x", F32, ["N", 3])], [("y", I64, None)], {"one": np.array([1], np.int64)}
+    )
+    result = fold(model, passes=("shapes", "unused"))  # an empty output: nothing to verify on
+    assert op_types(result.model) == ["Add"]
+    _same_at(model, result.model, _feeds(rng, (2, 3)))
+
+
+def test_a_target_with_0_and_minus_1_under_allowzero_stays_computed():
+    """ONNX forbids it; ONNX Runtime refuses it as a constant at load time."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1),
+        helper.make_node("Sub", ["s", "three"], ["z"]),
+        helper.make_node("Concat", ["z", "minus1"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"], allowzero=1),
+    ]
+    inits = {"three": np.array([3], np.int64), "minus1": np.array([-1], np.int64)}
+    model = make_model(nodes, [("x", F32, ["N", 3])], [("y", F32, None)], inits, opset=18)
+    result = fold(model, passes=("shapes", "unused"))
+    assert "Concat" in op_types(result.model)
+
+
+def test_a_target_the_constants_pass_folded_lets_shapes_infer_again():
+    """A second fuse applies nothing: inference runs again once a fold made a new constant."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "t1"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["d"], axis=0),
+        helper.make_node("Unsqueeze", ["d", "axes"], ["d1"]),
+        helper.make_node("Concat", ["d1", "minus1"], ["t2"], axis=0),
+        helper.make_node("Reshape", ["r", "t2"], ["y"]),
+        helper.make_node("Concat", ["two", "three", "minus1"], ["t1"], axis=0),
+    ]
+    inits = {
+        "two": np.array([2], np.int64),
+        "three": np.array([3], np.int64),
+        "minus1": np.array([-1], np.int64),
+        "zero": np.array(0, np.int64),
+        "axes": np.array([0], np.int64),
+    }
+    model = make_model(
+        nodes[-1:] + nodes[:-1], [("x", F32, [3, "N"])], [("y", F32, None)], inits, opset=13
+    )
+    first = optkit.fuse(model)
+    assert first.report.ok
+    again = optkit.fuse(first.to_proto())
+    assert not [
+        s
+        for p in again.report.pipeline.passes
+        for s in p.sites
+        if s.applied and p.name not in ("toposort",)
+    ]
