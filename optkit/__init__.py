@@ -8,21 +8,81 @@ assert optkit.verify("model.onnx", result.model)           # bool(verdict) is ve
 optkit.testing.assert_equivalent("model.onnx", result.model)  # AssertionError: the table
 """
 
-from optkit import testing
-from optkit.contract import (
-    Exactness,
-    PassOptions,
-    PassReport,
-    PassSpec,
-    RewritePass,
-    Site,
-    Tolerance,
-)
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from optkit.errors import InputError, OptkitError, VerificationError
-from optkit.fusion import FuseReport, FuseResult, fuse
-from optkit.io import load, save, to_proto
-from optkit.pipeline import Pipeline, PipelineReport
-from optkit.verify import Nondeterministic, Unverifiable, Verdict, verify
+
+if TYPE_CHECKING:
+    from optkit import testing
+    from optkit.contract import (
+        Exactness,
+        PassOptions,
+        PassReport,
+        PassSpec,
+        RewritePass,
+        Site,
+        Tolerance,
+    )
+    from optkit.fusion import FuseReport, FuseResult, fuse
+    from optkit.io import load, save, to_proto
+    from optkit.pipeline import Pipeline, PipelineReport
+    from optkit.verify import Nondeterministic, Unverifiable, Verdict, verify
+
+# The rest of the API is imported on first use (PEP 562): `import optkit` costs what optkit.errors
+# costs, and onnx, onnx_ir (with sympy) and onnxruntime load when a name that needs them is used.
+# See tools/bench_startup.py and the README's "Start-up".
+_LAZY = {
+    "testing": "optkit.testing",
+    **dict.fromkeys(
+        ("Exactness", "PassOptions", "PassReport", "PassSpec", "RewritePass", "Site", "Tolerance"),
+        "optkit.contract",
+    ),
+    **dict.fromkeys(("FuseReport", "FuseResult", "fuse"), "optkit.fusion"),
+    **dict.fromkeys(("load", "save", "to_proto"), "optkit.io"),
+    **dict.fromkeys(("Pipeline", "PipelineReport"), "optkit.pipeline"),
+    **dict.fromkeys(("Nondeterministic", "Unverifiable", "Verdict", "verify"), "optkit.verify"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:  # a submodule (optkit.io, ...), as when this file imported them all
+        if name.startswith("_"):
+            raise AttributeError(f"module 'optkit' has no attribute {name!r}")
+        try:
+            return importlib.import_module(f"optkit.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"optkit.{name}":
+                raise
+            raise AttributeError(f"module 'optkit' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if name == "testing" else getattr(module, name)
+    globals()[name] = value  # once: later look-ups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """optkit's module type: `optkit.verify` stays the function when the submodule of that name is
+    first imported (the import system sets a submodule on its package, which the eager imports of
+    old overwrote right after; nothing does now)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and name != "testing" and isinstance(value, types.ModuleType):
+            value = getattr(value, name)  # the submodule optkit.verify -> its function verify
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

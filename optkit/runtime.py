@@ -12,14 +12,19 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
-import onnx
-import onnx_ir as ir
-import onnxruntime as ort
-
-from optkit import io
 from optkit.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+# onnxruntime (and onnx, onnx_ir) are imported by the functions that run a model, not here: the
+# command line reads OPTIMIZATION_LEVELS for its --help, and `optkit inspect` or `fuse --no-verify`
+# never start a session (see tools/bench_startup.py).
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 def resolve_provider(provider: str) -> list[str]:
     """ORT provider list for 'cpu', 'cuda' or 'auto'."""
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
     if provider == "auto":
         if PROVIDERS["cuda"] in available:
@@ -44,11 +51,12 @@ def resolve_provider(provider: str) -> list[str]:
     return [PROVIDERS[provider]] if provider == "cpu" else [PROVIDERS[provider], PROVIDERS["cpu"]]
 
 
+# optkit's names for ORT's graph optimization levels: the members of ort.GraphOptimizationLevel
 OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 
 
@@ -58,8 +66,12 @@ def session_options(optimization: str = "disable", threads: int = 0) -> ort.Sess
         raise InputError(
             f"unknown optimization level '{optimization}' (choose {', '.join(OPTIMIZATION_LEVELS)})"
         )
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization]
+    )
     options.intra_op_num_threads = threads
     # ORT raises what fails; its own error log (severity 3) would be a second line on stderr
     options.log_severity_level = 4
@@ -78,6 +90,10 @@ def make_session(
     A path is handed to ORT as a path, so external data is read from disk, never copied into one
     protobuf; an in-memory model over 2 GB is written to a temporary folder first.
     """
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+
     options = session_options(optimization, threads)
     providers = resolve_provider(provider)
     if isinstance(model, str | os.PathLike):
@@ -97,6 +113,8 @@ _IN_MEMORY_LIMIT = 1 << 30  # an in-memory model with more weight bytes than thi
 
 
 def _needs_file(model: ir.Model) -> bool:
+    from optkit import io
+
     return bool(io.external_data_paths(model)) or io.initializer_bytes(model) > _IN_MEMORY_LIMIT
 
 

@@ -5,15 +5,22 @@ One module per command family (`fuse`, `verify`, `bench`, `activations`, `prepro
 modules import the library and `common` / `render`, never each other. Library code never prints;
 the CLI does.
 
+Start-up: a command's module is imported when that command is named (or listed by `--help`), and
+command modules import only click and optkit's light modules at the top; onnx, onnx_ir, numpy,
+onnxruntime and torch are imported inside the commands that use them, so `optkit --help` and a
+usage error answer in a tenth of a second (tests/test_startup.py, tools/bench_startup.py).
+
 Exit codes: 0 success, 1 verification found a difference, 2 bad input or usage, 3 internal error.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import warnings
+from typing import Any
 
 import click
 
@@ -21,8 +28,59 @@ from optkit.errors import OptkitError
 
 INTERNAL_ERROR = 3
 
+# Each subcommand: the module that defines it and its name there, imported when first used.
+SUBCOMMANDS = {
+    "fuse": "optkit.cli.fuse:fuse_command",
+    "verify": "optkit.cli.verify:verify_command",
+    "bench": "optkit.cli.bench:bench_command",
+    "inspect": "optkit.cli.fuse:inspect_command",
+    "demo": "optkit.cli.fuse:demo_command",
+    "passes": "optkit.cli.fuse:passes_command",
+    "preprocess": "optkit.cli.preprocess:preprocess_group",
+    "swap": "optkit.cli.activations:swap_command",
+    "activations": "optkit.cli.activations:activations_command",
+    "train": "optkit.cli.training:train_command",
+    "finetune": "optkit.cli.training:finetune_command",
+    "export": "optkit.cli.training:export_command",
+    "stats": "optkit.cli.training:stats_command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when first named (click's documented pattern):
+    `optkit fuse` never imports the PyTorch side's module, and `--help` imports only the command
+    modules, which keep their heavy imports inside the commands."""
+
+    def __init__(self, *args: Any, lazy_subcommands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_subcommands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_subcommands:
+            module_name, _, attribute = self.lazy_subcommands[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and args[0] not in self.lazy_subcommands:
+            for name in self.lazy_subcommands:  # a name of none: click's "Did you mean" sees all
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands=SUBCOMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="optkit")
 @click.option("-v", "--verbose", is_flag=True, help="Log what passes do (to stderr).")
 def cli(verbose: bool) -> None:
@@ -50,25 +108,6 @@ def cli(verbose: bool) -> None:
     # onnx_ir warns about malformed input while optkit is still deciding how to report it (one
     # line, see `main`); its notes about optkit's own rewrites are not the user's concern.
     logging.getLogger("onnx_ir").setLevel(logging.INFO if verbose else logging.ERROR)
-
-
-def _register_subcommands() -> None:
-    from optkit.cli.activations import activations_command, swap_command
-    from optkit.cli.bench import bench_command
-    from optkit.cli.fuse import demo_command, fuse_command, inspect_command, passes_command
-    from optkit.cli.preprocess import preprocess_group
-    from optkit.cli.training import export_command, finetune_command, stats_command, train_command
-    from optkit.cli.verify import verify_command
-
-    for command in (
-        fuse_command, verify_command, bench_command, inspect_command, demo_command,
-        passes_command, preprocess_group, swap_command, activations_command,
-        train_command, finetune_command, export_command, stats_command,
-    ):  # fmt: skip
-        cli.add_command(command)
-
-
-_register_subcommands()
 
 
 def main() -> None:

@@ -6,11 +6,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from optkit import io
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE_NUMBER,
@@ -22,8 +21,9 @@ from optkit.cli.common import (
     shape_option,
 )
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.inputs import load_samples, parse_int_range
-from optkit.verify import Verdict
+
+if TYPE_CHECKING:
+    from optkit.verify import Verdict
 
 
 @click.command("activations")
@@ -127,6 +127,8 @@ def swap_command(
       optkit swap mobilenet.onnx --map Swish=HardSwish --map Sigmoid=HardSigmoid:0.1667,0.5
       optkit swap cnn.onnx --map Relu=LeakyRelu:0.01 --allow-lossy --data val.npz --labels y.npy
     """
+    from optkit import io
+    from optkit.inputs import load_samples, parse_int_range
     from optkit.swap import parse_rule, swap
     from optkit.verify import verify
 

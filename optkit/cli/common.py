@@ -7,17 +7,21 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import onnx_ir as ir
 
 from optkit.contract import Tolerance
 from optkit.errors import InputError
-from optkit.inputs import parse_shape
 from optkit.outputs import check_output, model_reads
 from optkit.runtime import OPTIMIZATION_LEVELS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx_ir as ir
+
+# Only click and optkit's light modules are imported at the top of the command line's modules;
+# numpy, onnx, onnx_ir and onnxruntime inside the functions that use them (tests/test_startup.py).
 
 
 def split_names(values: tuple[str, ...], option: str = "--passes") -> list[str]:
@@ -112,6 +116,8 @@ def guard_output(
 
 def shape_map(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     """``--shape NAME=DxD...`` options by input name; one input given twice is an InputError."""
+    from optkit.inputs import parse_shape
+
     shapes: dict[str, tuple[int, ...]] = {}
     for text in values:
         name, dims = parse_shape(text)
@@ -188,6 +194,8 @@ optimization_choice = choice(OPTIMIZATION_LEVELS)
 
 
 def load_labels(path: Path) -> np.ndarray:
+    import numpy as np
+
     try:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:

@@ -6,6 +6,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,9 +25,17 @@ from optkit.cli.common import (
 from optkit.cli.render import print_report
 from optkit.contract import PassOptions
 from optkit.errors import InputError
-from optkit.fusion import fuse
-from optkit.inputs import parse_int_range
-from optkit.passes import DEFAULT_PASSES
+
+if TYPE_CHECKING:
+    from optkit.fusion import fuse
+else:
+
+    def fuse(*args, **kwargs):
+        """`optkit.fuse`, imported when a command runs it, not with `--help` (the rewrite engine
+        takes most of a second to import); a name of this module, which tests replace."""
+        from optkit.fusion import fuse as fuse_model
+
+        return fuse_model(*args, **kwargs)
 
 
 @click.command("fuse")
@@ -131,6 +140,8 @@ def fuse_command(
       optkit fuse model.onnx --skip constants --verify-each
       optkit fuse bert.onnx --upgrade-opset 20      # Gelu needs opset 20
     """
+    from optkit.inputs import parse_int_range
+
     out = guard_output(output or default_output(model), model)
     shard_bytes = parse_size(shard_size) if shard_size is not None else None
     options = PassOptions(
@@ -221,6 +232,8 @@ def demo_command(out_dir: Path | None, as_json: bool) -> None:
 @click.command("passes")
 def passes_command() -> None:
     """List the passes of the default `fuse` pipeline, in order, with their exactness."""
+    from optkit.passes import DEFAULT_PASSES
+
     for rewrite in DEFAULT_PASSES:
         spec = rewrite.spec
         click.echo(f"{spec.name:<11} {spec.exactness.value:<12} {spec.summary}")

@@ -6,11 +6,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from optkit import io
 from optkit.cli.common import (
     COUNT,
     NON_NEGATIVE,
@@ -22,9 +21,25 @@ from optkit.cli.common import (
 )
 from optkit.contract import Exactness
 from optkit.errors import InputError
-from optkit.inputs import runtime_inputs
 from optkit.outputs import write_text
-from optkit.preprocessing import DTYPES, LAYOUTS, MODES, PreprocessSpec, batches, fit
+
+if TYPE_CHECKING:
+    from optkit.preprocessing import fit
+else:
+
+    def fit(*args, **kwargs):
+        """`optkit.preprocessing.fit`, imported when `fit` runs (numpy), not with `--help`; a name
+        of this module, which tests replace."""
+        from optkit.preprocessing import fit as fit_spec
+
+        return fit_spec(*args, **kwargs)
+
+
+# The choices of optkit.preprocessing, spelled out so that this module loads without numpy
+# (tests/test_startup.py checks they are the library's).
+DTYPES = ("uint8", "float16", "float32")
+LAYOUTS = ("NCHW", "NHWC", "flat")
+MODES = ("mean-image", "per-channel-mean", "per-channel-mean-std", "pca", "whiten")
 
 
 class DefaultToEmbed(click.Group):
@@ -141,6 +156,8 @@ def fit_command(
     output: Path | None,
 ) -> None:
     """Fit a preprocessing spec to training data (numpy only; streamed in chunks)."""
+    from optkit.preprocessing import PreprocessSpec, batches
+
     if output is not None:
         guard_output(output, data, model=False)
     base = PreprocessSpec(dtype, layout, _order(channel_order), scale)
@@ -199,8 +216,11 @@ def embed_command(
     Verification feeds raw inputs to the new model and numpy-preprocessed ones to MODEL; the
     embedded model must match bit for bit, the folded one within the fp32 tolerance.
     """
+    from optkit import io
     from optkit.embedding import embed, verify_preprocessing
     from optkit.fusion import check_input, fuse
+    from optkit.inputs import runtime_inputs
+    from optkit.preprocessing import PreprocessSpec
 
     out = guard_output(
         output or model.with_name(model.name.removesuffix(".onnx") + ".raw.onnx"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from optkit.fusion import FuseResult
-from optkit.verify import Verdict
+if TYPE_CHECKING:
+    from optkit.fusion import FuseResult
+    from optkit.verify import Verdict
 
 
 def print_report(result: FuseResult, as_json: bool, verbose: bool) -> None:

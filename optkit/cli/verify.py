@@ -23,7 +23,6 @@ from optkit.cli.common import (
 from optkit.cli.render import format_verdict
 from optkit.contract import Exactness
 from optkit.errors import InputError, OptkitError, first_line
-from optkit.inputs import parse_int_range
 
 
 @click.command("verify")
@@ -125,7 +124,7 @@ def verify_command(
       optkit verify model.onnx model.onnx --provider cuda --reference-provider cpu
     """
     from optkit.bisect import bisect
-    from optkit.inputs import load_samples
+    from optkit.inputs import load_samples, parse_int_range
     from optkit.verify import prepare_feeds, preprocessing_adapter, verify
 
     model = load_model(reference)

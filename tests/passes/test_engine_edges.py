@@ -288,7 +288,10 @@ def test_matmul_of_a_vector_plus_a_matrix_bias_then_bn_is_not_made_a_gemm():
 def test_a_layer_times_a_constant_holding_inf_or_nan_is_not_folded(special):
     """Conv * [1, inf, 2] was folded into NaN weights (0 * inf) instead of declining."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), helper.make_node("Mul", ["h", "s"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["h"]),
+        helper.make_node("Mul", ["h", "s"], ["y"]),
+    ]
     inits = {"W": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
              "s": np.array([1, special, 2], np.float32).reshape(3, 1, 1)}  # fmt: skip
     model = make_model(nodes, [("x", F32, [1, 2, 5, 5])], [("y", F32, None)], inits)
