@@ -19,6 +19,7 @@ from optkit.errors import InputError, OptkitError, VerificationError
 
 if TYPE_CHECKING:
     from optkit import testing
+    from optkit.augment import tta
     from optkit.contract import (
         Exactness,
         PassOptions,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         Site,
         Tolerance,
     )
+    from optkit.ensembles import ensemble
     from optkit.fusion import FuseReport, FuseResult, fuse
     from optkit.io import load, save, to_proto
     from optkit.pipeline import Pipeline, PipelineReport
@@ -46,6 +48,8 @@ _LAZY = {
     **dict.fromkeys(("load", "save", "to_proto"), "optkit.io"),
     **dict.fromkeys(("Pipeline", "PipelineReport"), "optkit.pipeline"),
     **dict.fromkeys(("Nondeterministic", "Unverifiable", "Verdict", "verify"), "optkit.verify"),
+    "ensemble": "optkit.ensembles",
+    "tta": "optkit.augment",
 }
 
 
@@ -104,10 +108,12 @@ __all__ = [
     "Unverifiable",
     "Verdict",
     "VerificationError",
+    "ensemble",
     "fuse",
     "load",
     "save",
     "testing",
     "to_proto",
+    "tta",
     "verify",
 ]

@@ -98,6 +98,8 @@ WRITERS = {
         ],
         "optkit.swap.swap",
     ),
+    "ensemble": (["ensemble", "{model}", "{model}", "-o", "{out}"], "optkit.ensembles.ensemble"),
+    "tta": (["tta", "{model}", "--hflip", "-o", "{out}"], "optkit.augment.tta"),
 }
 FORBIDDEN = {
     # name: (model to read, output)

@@ -96,8 +96,10 @@ def test_the_lazy_subcommands_are_the_commands_they_name():
 
 # Where each public name lives (the eager imports optkit/__init__.py had before start-up went lazy)
 HOMES = {
+    "optkit.augment": ["tta"],
     "optkit.contract": ["Exactness", "PassOptions", "PassReport", "PassSpec", "RewritePass",
                         "Site", "Tolerance"],
+    "optkit.ensembles": ["ensemble"],
     "optkit.errors": ["InputError", "OptkitError", "VerificationError"],
     "optkit.fusion": ["FuseReport", "FuseResult", "fuse"],
     "optkit.io": ["load", "save", "to_proto"],

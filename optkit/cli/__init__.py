@@ -1,6 +1,7 @@
 """The `optkit` command line: the group, the entry point, and the error wrapping around both.
 
-One module per command family (`fuse`, `verify`, `bench`, `activations`, `preprocess`, `training`),
+One module per command family (`fuse`, `verify`, `bench`, `activations`, `preprocess`, `training`,
+`ensemble`),
 `common` for the options, parsers and output guards they share, `render` for text and JSON. Command
 modules import the library and `common` / `render`, never each other. Library code never prints;
 the CLI does.
@@ -43,6 +44,8 @@ SUBCOMMANDS = {
     "finetune": "optkit.cli.training:finetune_command",
     "export": "optkit.cli.training:export_command",
     "stats": "optkit.cli.training:stats_command",
+    "ensemble": "optkit.cli.ensemble:ensemble_command",
+    "tta": "optkit.cli.ensemble:tta_command",
 }
 
 
@@ -96,6 +99,8 @@ def cli(verbose: bool) -> None:
       optkit bench b.onnx --baseline a.onnx   latency and throughput, as a ratio
       optkit activations model.onnx          which activations, where, which decomposed
       optkit swap model.onnx --map Gelu=Gelu:tanh   swap activations, with error bounds
+      optkit ensemble a.onnx b.onnx -o ab.onnx       several models as one, verified
+      optkit tta model.onnx --shift 1                test-time augmentation in one pass
       optkit train / finetune / export / stats       the PyTorch side (needs optkit[torch])
 
     Every rewrite is checked on ONNX Runtime (graph optimizations off) against the original.
