@@ -180,11 +180,22 @@ class Namer:
 
 
 def add_initializer(
-    graph: ir.Graph, namer: Namer, base_name: str, array: np.ndarray, dtype: ir.DataType
+    graph: ir.Graph,
+    namer: Namer,
+    base_name: str,
+    array: np.ndarray,
+    dtype: ir.DataType,
+    *,
+    copy: bool = True,
 ) -> ir.Value:
-    """Register `array` (cast to `dtype`) as a new initializer of `graph`; never overwrites one."""
+    """Register `array` (cast to `dtype`) as a new initializer of `graph`; never overwrites one.
+
+    A float array is copied unless `copy=False` (the caller made it for this initializer and
+    hands it over: it is then kept as is when it already has `dtype`'s type and is contiguous)."""
     np_dtype = FLOAT_TYPES.get(dtype)
-    data = np.ascontiguousarray(array.astype(np_dtype) if np_dtype is not None else array)
+    data = np.ascontiguousarray(
+        array.astype(np_dtype, copy=copy) if np_dtype is not None else array
+    )
     data = data.reshape(np.shape(array))  # ascontiguousarray makes a rank-0 array rank 1
     name = namer.fresh(base_name)
     value = ir.Value(

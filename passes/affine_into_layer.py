@@ -55,7 +55,7 @@ def _replace(
 
 
 def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.weight(
+    weight, dtype, why = ctx.stored_weight(
         conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight", min_rank=3
     )
     if weight is None:
@@ -67,13 +67,14 @@ def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
     bias, why = _optional_bias(conv, 2, affine.channels, ctx)
     if bias is None:
         return why
-    new_w = weight * along(affine.scale, 0, weight.ndim)
+    factor = along(affine.scale, 0, weight.ndim)
     new_b = bias * affine.scale + affine.shift
-    return _emit_conv_like(affine, conv, new_w, new_b, dtype, ctx, f"conv+{affine.kind}")
+    rule = f"conv+{affine.kind}"
+    return _emit_conv_like(affine, conv, weight, factor, weight.shape, new_b, dtype, ctx, rule)
 
 
 def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.weight(
+    weight, dtype, why = ctx.stored_weight(
         conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight", min_rank=3
     )
     if weight is None:
@@ -90,21 +91,25 @@ def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied 
         return why
     grouped = weight.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
     scale = affine.scale.reshape(groups, 1, c_out_per_group, *([1] * (weight.ndim - 2)))
-    new_w = (grouped * scale).reshape(weight.shape)
     new_b = bias * affine.scale + affine.shift
-    return _emit_conv_like(affine, conv, new_w, new_b, dtype, ctx, f"convtranspose+{affine.kind}")
+    rule = f"convtranspose+{affine.kind}"
+    return _emit_conv_like(affine, conv, grouped, scale, weight.shape, new_b, dtype, ctx, rule)
 
 
 def _emit_conv_like(
     affine: Affine,
     conv: ir.Node,
-    new_w: np.ndarray,
+    weight: np.ndarray,
+    factor: np.ndarray,
+    shape: tuple[int, ...],
     new_b: np.ndarray,
     dtype: ir.DataType,
     ctx: FoldContext,
     rule: str,
 ) -> Applied:
-    w_value = ctx.constant(base_name(conv.inputs[1], "W"), new_w, dtype)
+    """The layer with weight `weight * factor` (in float64, rounded once, in `shape`) and bias
+    `new_b`."""
+    w_value = ctx.scaled_constant(base_name(conv.inputs[1], "W"), weight, factor, dtype, shape)
     b_value = ctx.constant(
         base_name(conv.inputs[2] if len(conv.inputs) > 2 else None, f"{w_value.name}_bias"),
         new_b,
@@ -132,7 +137,9 @@ def _optional_bias(
 
 
 def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
-    b_mat, dtype, why = ctx.weight(gemm.inputs[1] if len(gemm.inputs) > 1 else None, "Gemm B")
+    b_mat, dtype, why = ctx.stored_weight(
+        gemm.inputs[1] if len(gemm.inputs) > 1 else None, "Gemm B"
+    )
     if b_mat is None:
         return why
     if b_mat.ndim != 2:
@@ -151,13 +158,13 @@ def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
         c_arr = c_read
         if c_arr.ndim > 2 or (c_arr.ndim and c_arr.shape[-1] not in (1, affine.channels)):
             return f"Gemm C of shape {list(c_arr.shape)} does not broadcast to its output"
-    new_b = b_mat * (affine.scale[:, None] if trans_b else affine.scale[None, :])
     new_c = (
         beta * c_arr * affine.scale + affine.shift
         if beta != 0
         else np.broadcast_to(affine.shift, (affine.channels,))
     )
-    b_value = ctx.constant(base_name(gemm.inputs[1], "B"), new_b, dtype)
+    factor = affine.scale[:, None] if trans_b else affine.scale[None, :]
+    b_value = ctx.scaled_constant(base_name(gemm.inputs[1], "B"), b_mat, factor, dtype)
     c_value = ctx.constant(base_name(c_in, f"{b_value.name}_C"), np.asarray(new_c), dtype)
     attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
     node = new_node("Gemm", [gemm.inputs[0], b_value, c_value], attrs, gemm.name)
@@ -174,7 +181,7 @@ def _matmul(
     """MatMul (optionally followed by a constant Add, `extra`) into one Gemm."""
     if matmul.domain != "" or matmul.op_type != "MatMul":
         return "not a MatMul"
-    weight, dtype, why = ctx.weight(matmul.inputs[1], "MatMul weight")
+    weight, dtype, why = ctx.stored_weight(matmul.inputs[1], "MatMul weight")
     if weight is None:
         return why
     if weight.ndim != 2:
@@ -197,9 +204,10 @@ def _matmul(
         return (
             f"MatMul has {weight.shape[1]} output features, the {affine.what} has {affine.channels}"
         )
-    new_w = weight * affine.scale[None, :]
     new_c = (bias if bias is not None else np.zeros(())) * affine.scale + affine.shift
-    w_value = ctx.constant(base_name(matmul.inputs[1], "W"), new_w, dtype)
+    w_value = ctx.scaled_constant(
+        base_name(matmul.inputs[1], "W"), weight, affine.scale[None, :], dtype
+    )
     c_value = ctx.constant(f"{w_value.name}_bias", np.asarray(new_c), dtype)
     node = new_node("Gemm", [matmul.inputs[0], w_value, c_value], [], matmul.name)
     rule = f"matmul+add+{affine.kind}" if extra else f"matmul+{affine.kind}"
