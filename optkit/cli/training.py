@@ -24,6 +24,7 @@ import click
 from click.core import ParameterSource
 
 from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, NonEmptyPath, choice
+from optkit.cli.seeds import COMBINE_CHOICES, parse_seeds, seed_path
 from optkit.errors import InputError
 from optkit.modelspec import (
     ModelSpec,
@@ -386,11 +387,15 @@ def _training_options(command: Any) -> Any:
 @click.option("--checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path),
               default=Path("optkit-model.pt"), show_default=True)  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue --checkpoint if it exists (see above).")
+@click.option("--seeds", metavar="N|S1,S2,...",
+              help="Train one model per seed (N: seeds 0..N-1), each to --checkpoint's name with "
+                   ".seed{K} before its suffix (runs.pt -> runs.seed0.pt, ...); one split.")  # fmt: skip
 def train_command(
     data_source: str, arch: str, activation: str, norm: str, init_scheme: str, model: str | None,
     model_args: tuple[str, ...], weights: Path | None, head: str | None, input_size: str | None,
     preprocessing: str | None, epochs: int, batch_size: int, lr: float, optimizer: str,
     schedule: str, seed: int, test_fraction: float, checkpoint: Path, resume: bool,
+    seeds: str | None,
 ) -> None:  # fmt: skip
     """Train a model of optkit.models, or your own (--model), one log line per epoch, a checkpoint
     after each.
@@ -423,8 +428,15 @@ def train_command(
       - fewer than the epochs done, or than the schedule covers, is refused.
 
     \b
+    --seeds 5 (or --seeds 0,3,7) trains one model per seed, to runs.seed0.pt .. runs.seed4.pt for
+    --checkpoint runs.pt: every run uses the split and preprocessing of --seed (so they share one
+    test set), seed K seeds its initialization and shuffles. Each run's test accuracy and their
+    mean are printed; `optkit export runs.seed*.pt --ensemble -o runs.onnx` combines them.
+
+    \b
     Examples:
       optkit train --data digits --arch cnn --epochs 10
+      optkit train --arch cnn --epochs 10 --seeds 5 --checkpoint runs.pt
       optkit train --arch mlp --activation tanh --init xavier --checkpoint tanh.pt
       optkit train --checkpoint run.pt --resume --epochs 20
       optkit train --model mynets.py:small_cnn --model-arg width=32 --data photos/ \\
@@ -447,6 +459,9 @@ def train_command(
         "optimizer": optimizer, "schedule": schedule, "seed": seed,
         "test_fraction": test_fraction,
     }  # fmt: skip
+    if seeds is not None:
+        _train_seeds(parse_seeds(seeds), checkpoint, resume, user, options)
+        return
     check_output(checkpoint, **_data_guard(data_source, also=user.reads), what="--checkpoint")
     from optkit.torch.train import is_checkpoint, load_checkpoint
 
@@ -467,6 +482,37 @@ def train_command(
     elif resume:
         click.echo(f"--resume: no checkpoint at {checkpoint} yet; training from the start")
     _run_training(saved, checkpoint, resume, user, **options)
+
+
+def _train_seeds(
+    seeds: list[int], checkpoint: Path, resume: bool, user: _ModelOptions, options: dict[str, Any]
+) -> None:
+    """`train --seeds`: every output checked as a single run's is, before any training; then one
+    run per seed (split and preprocessing of --seed, initialization and shuffles of the run's)."""
+    import numpy as np
+
+    from optkit.torch.train import is_checkpoint
+
+    if resume:
+        raise InputError("--resume: continues one checkpoint; resume a run of --seeds with "
+                         "--checkpoint runs.seedK.pt --resume")  # fmt: skip
+    paths = [seed_path(checkpoint, k) for k in seeds]
+    for path in paths:
+        check_output(path, **_data_guard(options["data_source"], also=user.reads),
+                     what="--checkpoint")  # fmt: skip
+        if path.exists() and not is_checkpoint(path):
+            raise InputError(f"--checkpoint {path}: exists and is not an optkit checkpoint; "
+                             "refusing to overwrite it (choose another name)")  # fmt: skip
+    accuracies: list[float] = []
+    for k, path in zip(seeds, paths, strict=True):
+        click.echo(f"seed {k} -> {path}")
+        run = {**options, "seed": k, "split_seed": options["seed"]}
+        accuracy = _run_training(None, path, False, user, **run)
+        assert accuracy is not None  # a fresh run always trains
+        accuracies.append(accuracy)
+    for k, path, accuracy in zip(seeds, paths, accuracies, strict=True):
+        click.echo(f"seed {k}: test accuracy {accuracy:.2%} -> {path}")
+    click.echo(f"mean test accuracy of {len(seeds)} runs: {float(np.mean(accuracies)):.2%}")
 
 
 def _check_resumed_model(saved: Checkpoint, path: Path, user: _ModelOptions) -> None:
@@ -540,6 +586,8 @@ def _resumed_options(saved: Checkpoint, path: Path, given: dict[str, Any]) -> di
                 f"keeps the recorded value (leave {flag} out)"
             )
         options[name] = recorded[name]
+    if saved.data is not None:  # the split the run was trained on (--seeds: not the run's seed)
+        options["split_seed"] = saved.data.seed
     done, planned = saved.epochs_done, saved.planned_schedule().total
     epochs = options["epochs"] = given["epochs"] if _given("epochs") else max(planned, done)
     if epochs < done:
@@ -566,7 +614,10 @@ def _run_training(
     saved: Checkpoint | None, checkpoint: Path, resume: bool, user: _ModelOptions, *,
     data_source: str, arch: str, activation: str, norm: str, init_scheme: str, epochs: int,
     batch_size: int, lr: float, optimizer: str, schedule: str, seed: int, test_fraction: float,
-) -> None:  # fmt: skip
+    split_seed: int | None = None,
+) -> float | None:  # fmt: skip
+    """Train, write `checkpoint`; the final test accuracy (None: nothing left to train).
+    `split_seed` (default `seed`) seeds the split, `seed` the initialization and the shuffles."""
     import torch
 
     from optkit.torch.init import initialize
@@ -587,15 +638,16 @@ def _run_training(
             click.echo(f"{checkpoint}: all {saved.epochs_done} epochs of its schedule are done; "
                        f"nothing to train (a larger --epochs extends it)")  # fmt: skip
             click.echo(f"test accuracy {last:.2%} -> {checkpoint} (unchanged)")
-            return
+            return None
+    split_seed = seed if split_seed is None else split_seed
     if (saved is not None and not saved.architecture.own) or user.spec is not None:
-        _run_model_training(saved, checkpoint, resume, user, config, data_source, test_fraction)
-        return
+        return _run_model_training(saved, checkpoint, resume, user, config, data_source,
+                                   test_fraction, split_seed)  # fmt: skip
     size, channels = user.size, None
     if saved is not None:
         size, channels = _image_shape(saved.architecture, data_source)
     _, _, _, spec, train_set, test_set = _prepared(
-        data_source, test_fraction, seed, size, channels, user.preprocessing,
+        data_source, test_fraction, split_seed, size, channels, user.preprocessing,
         saved.preprocessing if saved is not None else None,
     )  # fmt: skip
     shape = tuple(int(d) for d in train_set.x.shape[1:])
@@ -620,15 +672,16 @@ def _run_training(
                    f"{resumed_schedule.describe()}")  # fmt: skip
     history = train(model, architecture, train_set, test_set, config, checkpoint=checkpoint,
                     resume=resume, preprocessing=spec, log=click.echo,
-                    data=DataRecord(data_source, test_fraction, seed),
+                    data=DataRecord(data_source, test_fraction, split_seed),
                     classes=list(range(train_set.classes)))  # fmt: skip
     click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
+    return history[-1].test_accuracy
 
 
 def _run_model_training(
     saved: Checkpoint | None, checkpoint: Path, resume: bool, user: _ModelOptions,
-    config: TrainConfig, data_source: str, test_fraction: float,
-) -> None:  # fmt: skip
+    config: TrainConfig, data_source: str, test_fraction: float, split_seed: int,
+) -> float:  # fmt: skip
     """`train --model`: the factory's model (or, resumed, the recorded one) on the data."""
     import torch
 
@@ -646,7 +699,7 @@ def _run_model_training(
         model, head = _user_model(user, seed)
         size, channels = user.size, input_channels(model)
     _, _, _, spec, train_set, test_set = _prepared(
-        data_source, test_fraction, seed, size, channels, user.preprocessing,
+        data_source, test_fraction, split_seed, size, channels, user.preprocessing,
         saved.preprocessing if saved is not None else None,
     )  # fmt: skip
     what = f"--model {user.text}" if saved is None else f"the model of {checkpoint}"
@@ -670,9 +723,10 @@ def _run_model_training(
                    f"{architecture.describe()}")  # fmt: skip
     history = train(model, architecture, train_set, test_set, config, checkpoint=checkpoint,
                     resume=resume, preprocessing=spec, log=click.echo,
-                    data=DataRecord(data_source, test_fraction, seed),
+                    data=DataRecord(data_source, test_fraction, split_seed),
                     classes=list(range(train_set.classes)))  # fmt: skip
     click.echo(f"test accuracy {history[-1].test_accuracy:.2%} -> {checkpoint}")
+    return history[-1].test_accuracy
 
 
 @click.command("finetune")
@@ -864,7 +918,8 @@ def _compare_with_scratch(
 
 
 @click.command("export")
-@click.argument("checkpoint", type=NonEmptyPath(dir_okay=False, path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True,
+                type=NonEmptyPath(dir_okay=False, path_type=Path))  # fmt: skip
 @click.option("-o", "--output", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True)
 @click.option("--data", "data_source",
               help="Real samples to check the export on (the test split) and report accuracy. "
@@ -877,33 +932,103 @@ def _compare_with_scratch(
 @click.option("--no-fuse", is_flag=True, help="Keep BatchNorm (do not run optkit fuse).")
 @click.option("--embed-preprocessing", is_flag=True,
               help="Put the checkpoint's preprocessing in the graph (it takes raw input).")  # fmt: skip
+@click.option("--ensemble", "as_ensemble", is_flag=True,
+              help="Export every CHECKPOINT and write them as one verified ensemble "
+                   "(optkit ensemble); preprocessing they carry is embedded.")  # fmt: skip
+@click.option("--combine", type=choice(COMBINE_CHOICES), default="mean", show_default=True,
+              help="With --ensemble: mean of the logits, softmax-mean, or vote.")  # fmt: skip
 def export_command(
-    checkpoint: Path, output: Path, data_source: str | None, classes: str | None,
+    checkpoints: tuple[Path, ...], output: Path, data_source: str | None, classes: str | None,
     test_fraction: float | None, seed: int | None, no_fuse: bool, embed_preprocessing: bool,
+    as_ensemble: bool, combine: str,
 ) -> None:  # fmt: skip
     """Export a checkpoint to ONNX (eval mode, BatchNorm kept for optkit to fold), check it against
     the torch model on real samples, optionally embed the preprocessing and fuse: one deployable file.
     Prints the test accuracy of the torch model and of the ONNX model, on the test examples of the
-    classes the checkpoint records (labels mapped to its head's outputs, as finetune did)."""
+    classes the checkpoint records (labels mapped to its head's outputs, as finetune did).
+
+    \b
+    With --ensemble, two or more checkpoints (e.g. those of `optkit train --seeds 5`) are each
+    exported and checked as above (BatchNorm kept, their preprocessing embedded), then combined
+    by `optkit ensemble` (--combine), fused and verified against the members on ONNX Runtime;
+    one file is written. Checkpoints of other classes, input shapes or preprocessing are exit 2.
+      optkit export runs.seed0.pt runs.seed1.pt runs.seed2.pt --ensemble -o runs.onnx
+    """
     _need_torch()
     asked = _parse_classes(classes, minimum=1) if classes is not None else None
     if data_source is not None and not data_source.strip():
         raise InputError("--data '': give a .npz, an image folder or 'digits'")
-    check_output(output, reads=[checkpoint], what="output", model=True)
+    if not as_ensemble:
+        if len(checkpoints) > 1:
+            raise InputError(f"export: {len(checkpoints)} checkpoints given; export takes one, "
+                             "or several with --ensemble (one ensemble file)")  # fmt: skip
+        if _given("combine"):
+            raise InputError("--combine: applies to --ensemble")
+    elif len(checkpoints) < 2:
+        raise InputError(f"--ensemble: an ensemble needs two or more checkpoints, "
+                         f"{len(checkpoints)} given")  # fmt: skip
+    check_output(output, reads=list(checkpoints), what="output", model=True)
+    options = _ExportOptions(output, checkpoints, data_source, asked, classes, test_fraction, seed)
+    if as_ensemble:
+        _export_ensemble(options, combine, fuse_it=not no_fuse)
+        return
     import numpy as np
 
     from optkit import io
-    from optkit.runtime import make_session
+
+    one = _export_one(checkpoints[0], options, embed_preprocessing, fuse_it=not no_fuse)
+    io.save(io.load(one.proto), output)
+    logits = _onnx_scores(one.proto, one.feed)
+    onnx_accuracy = float(np.mean(np.argmax(logits, 1) == one.test_set.y))
+    click.echo(json.dumps({k: v for k, v in one.report.items() if k != "fuse"}))
+    click.echo(one.report.get("fuse", "not fused"))
+    click.echo(f"classes {_labels_text(one.labels)} -> outputs 0..{len(one.labels) - 1}")
+    click.echo(f"test accuracy: torch {one.torch_accuracy:.2%}, ONNX {onnx_accuracy:.2%} -> "
+               f"{output}")  # fmt: skip
+
+
+class _ExportOptions:
+    """What `export` was asked: the output, every checkpoint, and the data options."""
+
+    def __init__(
+        self, output: Path, checkpoints: tuple[Path, ...], data_source: str | None,
+        asked: list[int] | None, classes: str | None, test_fraction: float | None,
+        seed: int | None,
+    ) -> None:  # fmt: skip
+        self.output, self.checkpoints, self.data_source = output, checkpoints, data_source
+        self.asked, self.classes = asked, classes
+        self.test_fraction, self.seed = test_fraction, seed
+
+
+class _Exported:
+    """One checkpoint exported: the ONNX model, its report, the test split it was checked on."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.proto: Any = fields["proto"]
+        self.report: dict = fields["report"]
+        self.saved: Checkpoint = fields["saved"]
+        self.labels: list[int] = fields["labels"]
+        self.test_set: Dataset = fields["test_set"]
+        self.feed: Any = fields["feed"]  # the model's input: raw if the preprocessing is embedded
+        self.torch_accuracy: float = fields["torch_accuracy"]
+
+
+def _export_one(
+    checkpoint: Path, options: _ExportOptions, embed_preprocessing: bool, fuse_it: bool,
+    saved: Checkpoint | None = None,
+) -> _Exported:  # fmt: skip
+    """`checkpoint` exported and checked against torch on its recorded test split (or --data)."""
     from optkit.torch.data import preprocess, subset
     from optkit.torch.export import export_checked
     from optkit.torch.train import evaluate, load_checkpoint, restore
 
-    saved = load_checkpoint(checkpoint)
+    data_source, test_fraction, seed = options.data_source, options.test_fraction, options.seed
+    saved = saved if saved is not None else load_checkpoint(checkpoint)
     recorded = saved.data
     source = data_source or (recorded.source if recorded else "digits")
     option = "--data" if data_source else f"the recorded data of {checkpoint} (give --data)"
-    also = (checkpoint, *_factory_reads(saved.architecture))
-    check_output(output, **_data_guard(source, option, also=also), what="output",
+    also = (*options.checkpoints, *_factory_reads(saved.architecture))
+    check_output(options.output, **_data_guard(source, option, also=also), what="output",
                  model=True)  # fmt: skip
     if recorded is not None and source == recorded.source:
         for flag, given, kept in (("--test-fraction", test_fraction, recorded.test_fraction),
@@ -918,7 +1043,7 @@ def export_command(
         test_fraction = recorded.test_fraction if recorded else 0.25
     if seed is None:
         seed = recorded.seed if recorded else 0
-    labels = _export_labels(saved, checkpoint, asked, classes)
+    labels = _export_labels(saved, checkpoint, options.asked, options.classes)
     _rebuilt(saved.architecture, checkpoint)
     model = restore(saved, str(checkpoint))
     data, _, test_raw = _split(source, test_fraction, seed,
@@ -934,17 +1059,37 @@ def export_command(
                          f"takes {saved.architecture.input_shape}")  # fmt: skip
     embed = spec if embed_preprocessing and spec else None
     proto, report = export_checked(model, test_set.x, spec=embed, raw_samples=test_raw.x,
-                                   fuse_it=not no_fuse)  # fmt: skip
-    io.save(io.load(proto), output)
+                                   fuse_it=fuse_it)  # fmt: skip
+    return _Exported(proto=proto, report=report, saved=saved, labels=labels, test_set=test_set,
+                     feed=test_raw.x if embed else test_set.x,
+                     torch_accuracy=evaluate(model, test_set))  # fmt: skip
+
+
+def _onnx_scores(proto: Any, feed: Any) -> Any:
+    """The model's output on ONNX Runtime for `feed`."""
+    from optkit.runtime import make_session
+
     session = make_session(proto)
-    feed = test_raw.x if embed else test_set.x
-    (logits,) = session.run(None, {session.get_inputs()[0].name: feed})
-    onnx_accuracy = float(np.mean(np.argmax(logits, 1) == test_set.y))
-    torch_accuracy = evaluate(model, test_set)
-    click.echo(json.dumps({k: v for k, v in report.items() if k != "fuse"}))
-    click.echo(report.get("fuse", "not fused"))
-    click.echo(f"classes {_labels_text(labels)} -> outputs 0..{len(labels) - 1}")
-    click.echo(f"test accuracy: torch {torch_accuracy:.2%}, ONNX {onnx_accuracy:.2%} -> {output}")
+    (scores,) = session.run(None, {session.get_inputs()[0].name: feed})
+    return scores
+
+
+def _export_ensemble(options: _ExportOptions, combine: str, fuse_it: bool) -> None:
+    """`export --ensemble`: the checkpoints checked to fit together, each exported and checked,
+    then one ensemble built, fused, verified, measured and written (`optkit.cli.seeds`)."""
+    from optkit.cli.seeds import check_fit, write_ensemble
+    from optkit.torch.train import load_checkpoint
+
+    saved = [load_checkpoint(path) for path in options.checkpoints]
+    embed = check_fit(list(options.checkpoints), saved)
+    members = []
+    for path, checkpoint in zip(options.checkpoints, saved, strict=True):
+        one = _export_one(path, options, embed, fuse_it=False, saved=checkpoint)
+        click.echo(f"{path}: exported, checked against torch (max abs error "
+                   f"{one.report['export_max_abs_error']:.3g}), test accuracy torch "
+                   f"{one.torch_accuracy:.2%}")  # fmt: skip
+        members.append(one)
+    write_ensemble(list(options.checkpoints), members, combine, fuse_it, options.output)
 
 
 def _export_labels(
