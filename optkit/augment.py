@@ -47,6 +47,7 @@ from optkit.verify import Verdict, verify_rewrite
 TTA_KEY = "optkit.tta"
 PADS = ("zero", "edge")
 CROPS = (0, 1, 4, 5)
+MAX_SCALE = 16.0  # a larger zoom makes (in the graph and in numpy) copies of 256x the pixels
 
 Step = tuple  # ("crop", top, left), ("scale", s), ("vflip",), ("hflip",), ("shift", dy, dx)
 
@@ -105,6 +106,11 @@ class Augmentations:
         for scale in self.scales:
             if not (np.isfinite(scale) and scale > 0):
                 raise InputError(f"--scales: {scale} is not a positive number")
+            if scale > MAX_SCALE:
+                raise InputError(
+                    f"--scales: {scale:g} is above {MAX_SCALE:g} (the zoomed copy is only cropped "
+                    "back after it is made, at that size)"
+                )
         if not (self.hflip or self.vflip or self.shift or self.crops or self.scales):
             raise InputError(
                 "no augmentation chosen: give --hflip, --vflip, --shift, --crops or --scales"
@@ -251,7 +257,7 @@ def _build_copy(
             h, w = size
             assert h is not None and w is not None
             target = scaled(h, w, step[1])
-            value = _build_resize(builder, value, axes, rank, target)
+            value = _build_resize(builder, value, axes, rank, target, _dtype_of(x))
             value = _build_fit(builder, value, axes, rank, mode, target, (h, w))
         elif step[0] in ("vflip", "hflip"):
             axis = ay if step[0] == "vflip" else ax
@@ -274,7 +280,12 @@ def _build_resize(
     axes: tuple[int, int],
     rank: int,
     target: tuple[int, int],
+    dtype: ir.DataType | None,
 ) -> ir.Value:
+    """Resize (linear, half-pixel) to `target`; an integer image (raw pixels) is interpolated in
+    float and rounded half to even, as `_resize` does (ONNX Runtime's integer Resize truncates)."""
+    integer = dtype is not None and dtype not in combining.FLOAT_DTYPES
+    source = builder.one("Cast", [x], to=ir.DataType.FLOAT) if integer else x
     shape = builder.one("Shape", [x])
     parts = []
     for axis in range(rank):
@@ -286,12 +297,20 @@ def _build_resize(
     empty = None
     if builder.opset < 13:  # roi and scales are required inputs before opset 13
         empty = builder.const("empty", np.zeros(0, np.float32), ir.DataType.FLOAT)
-    return builder.one(
+    resized = builder.one(
         "Resize",
-        [x, empty, empty, sizes],
+        [source, empty, empty, sizes],
         mode="linear",
         coordinate_transformation_mode="half_pixel",
     )
+    if not integer:
+        return resized
+    assert dtype is not None
+    return builder.one("Cast", [builder.one("Round", [resized])], to=dtype)
+
+
+def _dtype_of(value: ir.Value) -> ir.DataType | None:
+    return value.type.dtype if isinstance(value.type, ir.TensorType) else None
 
 
 def _build_fit(

@@ -66,15 +66,21 @@ def coefficients(weights: Sequence[float] | None, count: int, what: str) -> np.n
     count other than `count`, a weight that is negative or not finite, or weights summing to 0."""
     if weights is None:
         return np.full(count, 1.0 / count)
-    values = [float(w) for w in weights]
+    if isinstance(weights, str | bytes):
+        raise InputError(f"weights {weights!r}: expected a sequence of numbers, not a string")
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise InputError(f"weights {weights!r}: expected a sequence of numbers") from None
     if len(values) != count:
         raise InputError(f"--weights: {len(values)} weight(s) for {count} {what}")
     if not all(math.isfinite(w) and w >= 0 for w in values):
         raise InputError(f"--weights {','.join(map(str, values))}: each must be finite and >= 0")
-    total = math.fsum(values)
-    if total <= 0:
+    top = max(values)
+    if top <= 0:
         raise InputError(f"--weights {','.join(map(str, values))}: they sum to 0")
-    return np.asarray(values, np.float64) / total
+    scaled = [w / top for w in values]  # in (0, 1]: no overflow summing, even near float max
+    return np.asarray(scaled, np.float64) / math.fsum(scaled)
 
 
 def parse_weights(text: str) -> list[float]:

@@ -394,3 +394,34 @@ def test_members_with_external_data(tmp_path):
     result.save(tmp_path / "e.onnx")
     members = [member("resnet", 0), member("vgg", 1)]
     check_against_members(onnx.load(str(tmp_path / "e.onnx")), members, "softmax-mean", [1, 1])
+
+
+def test_weights_near_the_float_maximum_and_of_the_wrong_type():
+    """Weights summing past the float maximum were an internal error (exit 3) in fsum; a string of
+    weights (the command line's form, given to the API) a ValueError."""
+    a, b = _scores("a", [[1, 0, 0]]), _scores("b", [[0, 3, 0]])
+    result = ensemble([a, b], weights=[1e308, 1e308])
+    assert result.report.ok and result.report.weights == [0.5, 0.5]
+    (got,) = run(result.to_proto(), {"x": np.zeros((2, 3), np.float32)})
+    np.testing.assert_allclose(got, [[0.5, 1.5, 0]] * 2)
+    for bad in ("1,2", [1, "x"], 3):
+        with pytest.raises(optkit.InputError, match="expected a sequence of numbers"):
+            ensemble([a, b], weights=bad)
+
+
+def test_weights_overflowing_on_the_command_line_are_fine(monkeypatch, capsys, files):
+    out = Path(files["dir"]) / "e.onnx"
+    code, stdout, err = run_main(
+        monkeypatch,
+        capsys,
+        "ensemble",
+        files["a"],
+        files["b"],
+        "-o",
+        str(out),
+        "--weights",
+        "1e308,1e308",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["weights"] == [0.5, 0.5]

@@ -202,6 +202,26 @@ def test_raw_nhwc_input_of_embedded_preprocessing_is_augmented_in_its_layout():
     )
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_scales_of_raw_uint8_input_round_as_the_reference_does(layout):
+    """ONNX Runtime's integer Resize truncates; the graph interpolates in float and rounds, as the
+    numpy reference does, so scales of raw pixels verify (they were 'differs')."""
+    original = to_proto(
+        embed(resnet(), PreprocessSpec(dtype="uint8", layout=layout, scale=1 / 255))
+    )
+    result = tta(original, scales=(0.75, 1.25, 2.0))
+    assert result.report.state == "equivalent", result.report.format_text()
+    shape = (3, 1, 8, 8) if layout == "NCHW" else (3, 8, 8, 1)
+    x = np.random.default_rng(7).integers(0, 256, shape).astype(np.uint8)
+    axes = (2, 3) if layout == "NCHW" else (1, 2)
+    copies = [x]
+    for scale in (0.75, 1.25, 2.0):
+        size = (round(8 * scale), round(8 * scale))
+        big = optkit.augment._resize(x, axes, size)
+        copies.append(np.ascontiguousarray(optkit.augment._fit(big, axes, "constant", (8, 8))))
+    np.testing.assert_allclose(run(result.to_proto(), x), mean_of(original, copies), atol=2e-2)
+
+
 def test_float_raw_input_of_embedded_preprocessing():
     """The embedding declares its output with the input's batch dim: the copies make it K times
     that, which ONNX Runtime refused until those declarations were dropped."""
@@ -309,6 +329,8 @@ BAD = {
     "bad --input-size": (["{m}", "--crops", "1", "--input-size", "9by9"], "expected HxW"),
     "bad --scales": (["{m}", "--scales", "1.2,big"], "--scales '1.2,big'"),
     "zero scale": (["{m}", "--scales", "0"], "not a positive number"),
+    "huge scale": (["{m}", "--scales", "1e6"], "--scales: 1e+06 is above 16"),
+    "overflowing scale": (["{m}", "--scales", "1e300"], "--scales: 1e+300 is above 16"),
     "shift as wide as the image": (["{m}", "--shift", "8"], "only 8 pixels across"),
     "weights count": (["{m}", "--hflip", "--weights", "1,2,3"], "3 weight(s) for 2 copies"),
     "output without a batch axis": (["{scalar}", "--hflip"], "no batch axis"),
