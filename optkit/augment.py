@@ -367,7 +367,11 @@ def tta(
     began = time.perf_counter()
     combining.check_combine(combine)
     big = (int(input_size[0]), int(input_size[1])) if input_size else None
-    augment = Augmentations(hflip, vflip, shift, directions, pad, crops, big, tuple(scales))
+    if isinstance(shift, bool) or not isinstance(shift, int | np.integer):
+        raise InputError(f"shift: a whole number of pixels, got {shift!r}")
+    if isinstance(scales, str | bytes) or not isinstance(scales, Sequence):
+        raise InputError(f"scales: a list of numbers, got {scales!r}")
+    augment = Augmentations(hflip, vflip, int(shift), directions, pad, crops, big, tuple(scales))
     augment.check()
     from optkit.fusion import load_checked, upgraded
 

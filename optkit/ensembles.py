@@ -17,6 +17,7 @@ and the mismatch. The result is verified on ONNX Runtime against the members run
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,10 @@ def ensemble(
     """
     began = time.perf_counter()
     combining.check_combine(combine)
+    if isinstance(members, str | bytes | os.PathLike) or not isinstance(members, Sequence):
+        raise InputError(
+            f"members: a list of models, got {type(members).__name__} (one model is no ensemble)"
+        )
     if len(members) < 2:
         raise InputError(f"an ensemble needs at least two members, got {len(members)}")
     factors = combining.coefficients(weights, len(members), "members")

@@ -425,3 +425,9 @@ def test_weights_overflowing_on_the_command_line_are_fine(monkeypatch, capsys, f
     )
     assert code == 0, err
     assert json.loads(stdout)["weights"] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("members", [None, "a.onnx", b"x", 3])
+def test_members_that_are_not_a_list_of_models_are_an_input_error(members):
+    with pytest.raises(optkit.InputError, match="members: a list of models"):
+        optkit.ensemble(members)

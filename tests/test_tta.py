@@ -349,3 +349,12 @@ def test_bad_inputs_are_one_line_and_exit_2(monkeypatch, capsys, files, case):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert named.format(**files) in err, err
     assert {p: p.read_bytes() for p in Path(files["dir"]).iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"shift": 1.5}, "shift: a whole number"), ({"scales": 2.0}, "scales: a list of numbers")],
+)
+def test_options_of_the_wrong_type_are_an_input_error(options, message):
+    with pytest.raises(optkit.InputError, match=message):
+        optkit.tta("unused.onnx", **options)
