@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,40 @@ def parse_model_spec(text: str, option: str = "--model") -> ModelSpec:
     if not all(part.isidentifier() for part in where.split(".")):
         raise InputError(f"{label}: {where!r} is not a module name ({usage})")
     return ModelSpec(factory, module=where)
+
+
+def source_file(spec: ModelSpec | str) -> Path | None:
+    """The file of the code `spec` names, found without running any of it: the .py, or the
+    module's source as `import` would find it (the current folder first); None when not found."""
+    import importlib.machinery
+
+    if isinstance(spec, str):
+        where = spec.rsplit(":", 1)[0]
+        if where.endswith(".py"):
+            return Path(where)
+        module: str | None = where
+    else:
+        if spec.file is not None:
+            return spec.file
+        module = spec.module
+    if not module:
+        return None
+    search: list[str] | None = [os.getcwd(), *(p for p in sys.path if p)]
+    found = None
+    for part in module.split("."):
+        if search is None:
+            return None
+        try:
+            found = importlib.machinery.PathFinder.find_spec(part, search)
+        except (ImportError, ValueError, OSError):
+            return None
+        if found is None:
+            return None
+        locations = found.submodule_search_locations
+        search = list(locations) if locations is not None else None
+    if found is None or not found.has_location or not found.origin:
+        return None
+    return Path(found.origin)
 
 
 def parse_model_args(

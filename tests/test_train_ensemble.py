@@ -176,3 +176,17 @@ def test_refusals_are_exit_2_before_any_work(runs, tmp_path, monkeypatch, capsys
     assert "--ensemble" in run_main(monkeypatch, capsys, *cases[1])[2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.seed1.pt"]  # x.seed0.pt not trained
     assert [p.read_bytes() for p in paths] == before
+
+
+def test_a_checkpoint_given_twice_is_refused(runs, tmp_path, monkeypatch, capsys):
+    """The same checkpoint twice (or by a link) is no ensemble: exit 2 naming it, nothing written."""
+    _, paths = runs
+    link = tmp_path / "again.pt"
+    link.symlink_to(paths[0])
+    for second, words in ((paths[0], "given twice"), (link, f"the same file as {paths[0]}")):
+        out = tmp_path / "e.onnx"
+        code, _, err = run_main(monkeypatch, capsys, "export", str(paths[0]), str(second),
+                                "--ensemble", "-o", str(out))  # fmt: skip
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and words in lines[0], err
+        assert str(second) in lines[0] and not out.exists()

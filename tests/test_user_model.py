@@ -110,6 +110,9 @@ def user(tmp_path_factory) -> Path:
     torch.save([1, 2, 3], folder / "list.pt")
     torch.save(model, folder / "whole.pt")  # a pickled module: weights_only refuses it
     (folder / "notes.txt").write_text("not weights\n")
+    torch.save({k: v.to_sparse() if k == "4.weight" else v for k, v in state.items()},
+               folder / "sparse.pt")  # fmt: skip
+    torch.save({k: v.to("meta") for k, v in state.items()}, folder / "meta.pt")
     return folder
 
 
@@ -305,6 +308,8 @@ WRONG_WEIGHTS = [
     ("whole.pt", ["not only tensors", "state_dict()"]),
     ("notes.txt", ["not a readable torch file"]),
     ("absent.pt", ["no such file"]),
+    ("sparse.pt", ["'4.weight' is a sparse_coo (sparse) tensor"]),
+    ("meta.pt", ["'0.weight' is a meta (no data) tensor"]),
 ]
 
 
@@ -346,6 +351,7 @@ def test_model_mistakes_are_exit_2_naming_the_thing(user, photos, tmp_path, monk
         (["--model", f"{file}:small", "--model-arg", "a=1", "--model-arg", "a=2"], "given twice"),
         (["--model", f"{file}:small", "--head", "fc"], "--head fc: the model has no module"),
         (["--model", f"{file}:small", "--head", "1"], "a BatchNorm2d, not a Linear layer"),
+        (["--model", f"{file}:small", "--head", ""], "--head '': give the classifier's module"),
         (["--model", f"{file}:small", "--input-size", "0"], "--input-size 0"),
         (["--model", f"{file}:small", "--input-size", "3x"], "--input-size 3x"),
         (["--model", f"{file}:small", "--arch", "mlp"], "--arch: applies to optkit's own"),
@@ -543,3 +549,81 @@ def test_torchrun_with_a_users_factory_matches_one_process(user, tmp_path):
     for name, weight in one["state"].items():
         torch.testing.assert_close(two["state"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
     assert one["accuracy"] > 0.8 and abs(one["accuracy"] - two["accuracy"]) < 0.01
+
+
+def test_a_module_factorys_source_is_never_an_output(user, photos, tmp_path, monkeypatch, capsys):
+    """--model package.module:factory reads the module's file: train, finetune and export (of a
+    checkpoint recording it) refuse to write over it, as they do a --model file.py."""
+    (tmp_path / "mynets").mkdir()
+    (tmp_path / "mynets" / "__init__.py").write_text("")
+    (tmp_path / "mynets" / "cnn.py").write_text(USER_MODULE)
+    (tmp_path / "flat.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    sources = {p: p.read_bytes() for p in (tmp_path / "flat.py", tmp_path / "mynets" / "cnn.py")}
+    common = ["--data", str(photos), "--input-size", "8", "--epochs", "1"]
+    for module, target in (("flat", "flat.py"), ("mynets.cnn", "mynets/cnn.py")):
+        for command, flag in (("train", "--checkpoint"), ("finetune", "-o")):
+            line = _refused(monkeypatch, capsys, tmp_path / "mynets", command, "--model",
+                            f"{module}:small", *common, flag, target)  # fmt: skip
+            assert "refusing to overwrite" in line and target in line, line
+    code, _, err = run_main(monkeypatch, capsys, "finetune", "--model", "flat:small", *common,
+                            "-o", "tuned.pt")  # fmt: skip
+    assert code == 0, err
+    for args in (["finetune", "tuned.pt", "--data", str(photos), "--epochs", "1", "-o", "flat.py"],
+                 ["export", "tuned.pt", "-o", "flat.py"]):  # fmt: skip
+        line = _refused(monkeypatch, capsys, tmp_path, *args)
+        assert "refusing to overwrite" in line and "flat.py" in line, line
+    assert {p: p.read_bytes() for p in sources} == sources
+
+
+def test_an_input_size_too_large_is_exit_2_naming_it(photos, monkeypatch):
+    """Images too large for memory, or for Pillow, at the --input-size asked: the size is named, not
+    an image file (the images are fine)."""
+    from optkit.torch import data
+
+    with pytest.raises(InputError, match="give a smaller --input-size") as info:
+        data.load_image_folder(photos, (16384, 16384), 3)
+    assert "GB" in str(info.value)
+    monkeypatch.setattr(data, "_check_fits", lambda *args: None)
+    with pytest.raises(InputError, match="beyond what Pillow will make; give a smaller --input"):
+        data.load_image_folder(photos, (16384, 16384), 3)
+
+
+def test_an_empty_class_folder_is_refused_and_hidden_folders_are_no_classes(tmp_path):
+    """A class folder without images would be a class the model never sees: exit 2 naming it. A
+    hidden folder (.ipynb_checkpoints) is not a class."""
+    from PIL import Image
+
+    from optkit.torch.data import load_image_folder
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "c"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            pixels = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    data = load_image_folder(tmp_path)
+    assert data.classes == 2 and data.names == ("a", "c")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("no images here\n")
+    with pytest.raises(InputError, match=r"/b: a class folder with no images"):
+        load_image_folder(tmp_path)
+
+
+def test_resume_takes_the_recorded_image_folder_with_input_size(
+    user, photos, tmp_path, monkeypatch, capsys
+):
+    """--resume with --input-size and no --data: the recorded image folder, not the default digits,
+    decides (the recorded size continues, another is refused naming the checkpoint's)."""
+    run = tmp_path / "run.pt"
+    code, _, err = run_main(monkeypatch, capsys, "train", "--model", f"{user / 'usernet.py'}:small",
+                            "--data", str(photos), "--input-size", "8", "--epochs", "1",
+                            "--checkpoint", str(run))  # fmt: skip
+    assert code == 0, err
+    line = _refused(monkeypatch, capsys, tmp_path, "train", "--checkpoint", str(run), "--resume",
+                    "--epochs", "2", "--input-size", "16")  # fmt: skip
+    assert f"{run} was trained on 8x8 images" in line, line
+    code, out, err = run_main(monkeypatch, capsys, "train", "--checkpoint", str(run), "--resume",
+                              "--epochs", "2", "--input-size", "8")  # fmt: skip
+    assert code == 0 and "epoch   2/2" in out, err

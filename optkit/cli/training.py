@@ -33,6 +33,7 @@ from optkit.modelspec import (
     parse_model_args,
     parse_model_spec,
     parse_preprocessing,
+    source_file,
 )
 from optkit.outputs import check_output
 
@@ -157,6 +158,8 @@ class _ModelOptions:
         self, model: str | None, model_args: tuple[str, ...], weights: Path | None,
         head: str | None, input_size: str | None, preprocessing: str | None,
     ) -> None:  # fmt: skip
+        if head is not None and not head.strip():
+            raise InputError(f"--head {head!r}: give the classifier's module name (e.g. fc)")
         self.text = model
         self.spec: ModelSpec | None = parse_model_spec(model) if model is not None else None
         self.args = parse_model_args(model_args)
@@ -177,7 +180,7 @@ class _ModelOptions:
     @property
     def reads(self) -> tuple[Path, ...]:
         """The files the options read (an output must not replace them)."""
-        files = [self.weights, self.spec.file if self.spec else None]
+        files = [self.weights, source_file(self.spec) if self.spec else None]
         if isinstance(self.preprocessing, Path):
             files.append(self.preprocessing)
         return tuple(f for f in files if f is not None)
@@ -290,8 +293,8 @@ def _factory_reads(arch: Architecture) -> tuple[Path, ...]:
     """The file of the factory a checkpoint records (an output must not replace the user's code)."""
     if arch.factory is None:
         return ()
-    spec = arch.factory.rsplit(":", 1)[0]
-    return (Path(spec),) if spec.endswith(".py") and Path(spec).is_file() else ()
+    found = source_file(arch.factory)
+    return (found,) if found is not None and found.is_file() else ()
 
 
 def _image_shape(arch: Architecture, data_source: str) -> tuple[tuple[int, int] | None, int | None]:
@@ -450,9 +453,9 @@ def train_command(
             if _given(name):
                 raise InputError(f"{flag}: applies to optkit's own architectures; --model builds "
                                  f"the network (leave {flag} out)")  # fmt: skip
-    if user.size is not None and (data_source == "digits" or not Path(data_source).is_dir()):
-        raise InputError(f"--input-size {input_size}: resizes the images of an image folder, and "
-                         f"--data {data_source} is not one")  # fmt: skip
+    resuming = resume and checkpoint.exists() and not _given("data_source")
+    if not resuming:  # resumed, the data is the recorded one: checked once it is known
+        _check_input_size(user, input_size, data_source)
     options: dict[str, Any] = {
         "data_source": data_source, "arch": arch, "activation": activation, "norm": norm,
         "init_scheme": init_scheme, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -470,6 +473,7 @@ def train_command(
         saved = load_checkpoint(checkpoint)
         options = _resumed_options(saved, checkpoint, options)
         _check_resumed_model(saved, checkpoint, user)
+        _check_input_size(user, input_size, options["data_source"])
         check_output(checkpoint, **_data_guard(options["data_source"], also=user.reads),
                      what="--checkpoint")  # fmt: skip
     elif checkpoint.exists():
@@ -482,6 +486,12 @@ def train_command(
     elif resume:
         click.echo(f"--resume: no checkpoint at {checkpoint} yet; training from the start")
     _run_training(saved, checkpoint, resume, user, **options)
+
+
+def _check_input_size(user: _ModelOptions, input_size: str | None, data_source: str) -> None:
+    if user.size is not None and (data_source == "digits" or not Path(data_source).is_dir()):
+        raise InputError(f"--input-size {input_size}: resizes the images of an image folder, and "
+                         f"--data {data_source} is not one")  # fmt: skip
 
 
 def _train_seeds(
@@ -967,6 +977,8 @@ def export_command(
     elif len(checkpoints) < 2:
         raise InputError(f"--ensemble: an ensemble needs two or more checkpoints, "
                          f"{len(checkpoints)} given")  # fmt: skip
+    if as_ensemble:
+        _refuse_repeated(checkpoints)
     check_output(output, reads=list(checkpoints), what="output", model=True)
     options = _ExportOptions(output, checkpoints, data_source, asked, classes, test_fraction, seed)
     if as_ensemble:
@@ -1072,6 +1084,22 @@ def _onnx_scores(proto: Any, feed: Any) -> Any:
     session = make_session(proto)
     (scores,) = session.run(None, {session.get_inputs()[0].name: feed})
     return scores
+
+
+def _refuse_repeated(checkpoints: tuple[Path, ...]) -> None:
+    """InputError naming a checkpoint given twice (by any name: a link or a second path to the
+    same file): an ensemble of a model with itself only weighs it twice."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in checkpoints:
+        try:
+            status = Path(path).stat()
+        except OSError:
+            continue  # loading it names the problem
+        key = (status.st_dev, status.st_ino)
+        if key in seen:
+            same = "given twice" if Path(path) == seen[key] else f"the same file as {seen[key]}"
+            raise InputError(f"{path}: {same}; an ensemble's members are different checkpoints")
+        seen[key] = Path(path)
 
 
 def _export_ensemble(options: _ExportOptions, combine: str, fuse_it: bool) -> None:

@@ -100,7 +100,8 @@ def load_image_folder(
 
     if channels not in (None, 1, 3):
         raise InputError(f"{path}: images can be read as 1 or 3 channels, not {channels}")
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git) are no classes
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{path}: no class sub-folders")
     files: list[tuple[Path, int, str, tuple[int, int]]] = []  # (file, label, mode, (w, h))
@@ -115,6 +116,12 @@ def load_image_folder(
                 raise InputError(f"{file}: not a readable image ({exc})") from None
     if not files:
         raise InputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    empty = sorted(set(range(len(classes))) - {label for _, label, _, _ in files})
+    if empty:
+        raise InputError(
+            f"{classes[empty[0]]}: a class folder with no images ({', '.join(IMAGE_SUFFIXES)}); "
+            "every class needs examples (remove the folder or add images)"
+        )
     if channels is None:
         channels = 1 if all(mode in GRAYSCALE_MODES for _, _, mode, _ in files) else 3
     if size is None:
@@ -126,13 +133,19 @@ def load_image_folder(
                     "give --input-size to resize and center-crop them all"
                 )
         size = (first[1], first[0])
+    _check_fits(path, len(files), channels, size)
     images: list[np.ndarray] = []
     resized = alpha = converted = 0
     for file, _, mode, _ in files:
         try:
             with Image.open(file) as opened:
                 array, did = _read(opened, mode, channels, size)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError:  # the file passed on opening: the size asked is
+            raise InputError(  # what is too large
+                f"{path}: images of {size[0]}x{size[1]} are beyond what Pillow will make; give a "
+                "smaller --input-size"
+            ) from None
+        except (OSError, ValueError) as exc:
             raise InputError(f"{file}: not a readable image ({exc})") from None
         images.append(array)
         resized += did["resized"]
@@ -157,6 +170,23 @@ def load_image_folder(
         notes.append(f"{alpha} images with transparency composited onto white")
     names = tuple(folder.name for folder in classes)
     return Dataset(x, labels, len(classes), str(path), "; ".join(notes), names)
+
+
+def _check_fits(path: Path, n: int, channels: int, size: tuple[int, int]) -> None:
+    """InputError when `n` images of `size` (float32, read then stacked: twice) would take more than
+    half of this machine's memory."""
+    import os
+
+    need = 2 * 4 * n * channels * size[0] * size[1]
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform: no limit known
+        return
+    if need > memory / 2:
+        raise InputError(
+            f"{path}: {n} images of {channels}x{size[0]}x{size[1]} need about {need / 1e9:.1f} GB, "
+            f"more than half of this machine's {memory / 1e9:.0f} GB; give a smaller --input-size"
+        )
 
 
 def _mode(image: Any) -> str:

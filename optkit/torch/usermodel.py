@@ -166,6 +166,16 @@ def read_state_dict(
             raise InputError(
                 f"{label}: not a state_dict: {key!r} holds a {type(value).__name__}, not a tensor"
             )
+        if value.is_meta or value.layout != torch.strided:
+            kind = (
+                "meta (no data)"
+                if value.is_meta
+                else f"{value.layout} (sparse)".replace("torch.", "")
+            )
+            raise InputError(
+                f"{label}: weight {key!r} is a {kind} tensor; save a state_dict of dense "
+                "tensors (model.state_dict() of a model on the CPU or a GPU)"
+            )
     return payload, notes
 
 
