@@ -441,27 +441,16 @@ def tta(
             int_range=int_range,
         )
 
-    if verify_result:
-        outcome = check(working)
-        if isinstance(outcome, str):
-            report.unverified_reason = outcome
-        else:
-            report.verdict = outcome
-    result = working
-    if fuse:
-        from optkit.fusion import fuse as fuse_model
-
-        fused = fuse_model(
-            working, shapes=shapes, seed=seed, int_range=int_range, verify_result=verify_result
-        )
-        report.fused, result = fused.report, fused.model
-        report.nodes = node_count(result)
-        if verify_result:
-            again = check(result)
-            if isinstance(again, Verdict):
-                report.fused_verdict = again
-            elif not report.unverified_reason:
-                report.unverified_reason = f"after fuse: {again}"
+    result = combining.verify_and_fuse(
+        report,
+        working,
+        check,
+        fuse=fuse,
+        verify_result=verify_result,
+        shapes=shapes,
+        seed=seed,
+        int_range=int_range,
+    )
     reads = model_reads(model) if isinstance(model, str | Path) else []
     if isinstance(model, ir.Model) and model.meta.get(io.SOURCE_KEY):
         reads.append(Path(model.meta[io.SOURCE_KEY]))

@@ -30,7 +30,7 @@ import onnx_ir as ir
 from optkit import io, runtime
 from optkit.contract import Exactness
 from optkit.errors import InputError, first_line
-from optkit.graph import Namer
+from optkit.graph import Namer, node_count
 from optkit.inputs import (
     UnsynthesizableInput,
     format_dims,
@@ -482,3 +482,41 @@ class CombinedResult:
             raise InputError(f"{path}: not written: {why}; save(..., force=True) writes it anyway")
         io.save(self.model, path, inputs_read=self.reads)
         self.report.output = str(path)
+
+
+def verify_and_fuse(
+    report: CombinedReport,
+    model: ir.Model,
+    check: Callable[[ir.Model], Verdict | str],
+    *,
+    fuse: bool,
+    verify_result: bool,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    int_range: tuple[int, int],
+) -> ir.Model:
+    """The last steps `ensemble` and `tta` share: `check` the built model (its verdict, or the
+    reason it could not run, goes into `report`), then with `fuse` run `optkit.fuse` on it and
+    `check` the fused model against the same reference again. Returns the model to keep."""
+    if verify_result:
+        outcome = check(model)
+        if isinstance(outcome, str):
+            report.unverified_reason = outcome
+        else:
+            report.verdict = outcome
+    if not fuse:
+        return model
+    from optkit.fusion import fuse as fuse_model
+
+    fused = fuse_model(
+        model, shapes=shapes, seed=seed, int_range=int_range, verify_result=verify_result
+    )
+    report.fused = fused.report
+    report.nodes = node_count(fused.model)
+    if verify_result:
+        again = check(fused.model)
+        if isinstance(again, Verdict):
+            report.fused_verdict = again
+        elif not report.unverified_reason:
+            report.unverified_reason = f"after fuse: {again}"
+    return fused.model

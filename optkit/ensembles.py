@@ -137,24 +137,16 @@ def ensemble(
             int_range=int_range,
         )
 
-    if verify_result:
-        _record(report, check(merged))
-    result = merged
-    if fuse:
-        from optkit.fusion import fuse as fuse_model
-
-        fused = fuse_model(
-            merged, shapes=shapes, seed=seed, int_range=int_range, verify_result=verify_result
-        )
-        report.fused = fused.report
-        result = fused.model
-        report.nodes = node_count(result)
-        if verify_result:
-            outcome = check(result)
-            if isinstance(outcome, Verdict):
-                report.fused_verdict = outcome
-            elif not report.unverified_reason:
-                report.unverified_reason = f"after fuse: {outcome}"
+    result = combining.verify_and_fuse(
+        report,
+        merged,
+        check,
+        fuse=fuse,
+        verify_result=verify_result,
+        shapes=shapes,
+        seed=seed,
+        int_range=int_range,
+    )
     reads = [p for m in members if isinstance(m, str | Path) for p in model_reads(m)]
     reads += [
         Path(m.meta[io.SOURCE_KEY])
@@ -163,13 +155,6 @@ def ensemble(
     ]
     report.seconds = time.perf_counter() - began
     return combining.CombinedResult(result, report, reads)
-
-
-def _record(report: combining.CombinedReport, outcome: Verdict | str) -> None:
-    if isinstance(outcome, str):
-        report.unverified_reason = outcome
-    else:
-        report.verdict = outcome
 
 
 # --- checks --------------------------------------------------------------------------------------
