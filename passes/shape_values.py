@@ -110,6 +110,8 @@ class ShapeValues:
     # --- the rules ------------------------------------------------------------------------------
 
     def _compute(self, value: ir.Value) -> Tracked | None:
+        if value.const_value is not None and value.const_value.size > MAX_ELEMENTS:
+            return None  # a weight (an embedding table read by Gather, say): not read at all
         array, _ = self._policy.array(value)
         if array is not None:
             return _from_array(array)
