@@ -430,25 +430,15 @@ def tta(
         original, input_name, copies, axes, augment.pad, model_size, combine, factors
     )
 
-    def check(candidate: ir.Model) -> Verdict | str:
-        return combining.verify_against(
-            candidate,
-            expected,
-            report.exactness,
-            shapes=shapes,
-            seed=seed,
-            samples=samples,
-            int_range=int_range,
-        )
-
     result = combining.verify_and_fuse(
         report,
         working,
-        check,
+        expected,
         fuse=fuse,
         verify_result=verify_result,
         shapes=shapes,
         seed=seed,
+        samples=samples,
         int_range=int_range,
     )
     reads = model_reads(model) if isinstance(model, str | Path) else []

@@ -487,17 +487,31 @@ class CombinedResult:
 def verify_and_fuse(
     report: CombinedReport,
     model: ir.Model,
-    check: Callable[[ir.Model], Verdict | str],
+    expected: Reference,
     *,
     fuse: bool,
     verify_result: bool,
     shapes: Mapping[str, Sequence[int]] | None,
     seed: int,
+    samples: int,
     int_range: tuple[int, int],
 ) -> ir.Model:
-    """The last steps `ensemble` and `tta` share: `check` the built model (its verdict, or the
-    reason it could not run, goes into `report`), then with `fuse` run `optkit.fuse` on it and
-    `check` the fused model against the same reference again. Returns the model to keep."""
+    """The last steps `ensemble` and `tta` share: verify the built model against `expected` (its
+    verdict, or the reason it could not run, goes into `report`), then with `fuse` run
+    `optkit.fuse` on it and verify the fused model against the same reference again. Returns the
+    model to keep."""
+
+    def check(candidate: ir.Model) -> Verdict | str:
+        return verify_against(
+            candidate,
+            expected,
+            report.exactness,
+            shapes=shapes,
+            seed=seed,
+            samples=samples,
+            int_range=int_range,
+        )
+
     if verify_result:
         outcome = check(model)
         if isinstance(outcome, str):

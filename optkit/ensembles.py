@@ -126,25 +126,15 @@ def ensemble(
     )
     expected = _expected(originals, labels, combine, factors)
 
-    def check(model: ir.Model) -> Verdict | str:
-        return combining.verify_against(
-            model,
-            expected,
-            report.exactness,
-            shapes=shapes,
-            seed=seed,
-            samples=samples,
-            int_range=int_range,
-        )
-
     result = combining.verify_and_fuse(
         report,
         merged,
-        check,
+        expected,
         fuse=fuse,
         verify_result=verify_result,
         shapes=shapes,
         seed=seed,
+        samples=samples,
         int_range=int_range,
     )
     reads = [p for m in members if isinstance(m, str | Path) for p in model_reads(m)]
