@@ -47,17 +47,8 @@ class FoldContext:
     ) -> tuple[np.ndarray | None, ir.DataType, str]:
         """A constant float tensor (of at least `min_rank` dimensions) as float64 with its stored
         dtype, or None and why not."""
-        if value is None:
-            return None, ir.DataType.UNDEFINED, f"{what} is missing"
-        array, why = self.policy.array(value)
-        if array is None:
-            return None, ir.DataType.UNDEFINED, f"{what} is not a constant: {why}"
-        dtype = ir.DataType.from_numpy(array.dtype)
-        if dtype not in FLOAT_TYPES:
-            return None, dtype, f"{what} has element type {dtype.name}, not a float type"
-        if array.ndim < min_rank:
-            return None, dtype, f"{what} has rank {array.ndim}, below {min_rank}"
-        return array.astype(np.float64), dtype, ""
+        array, dtype, why = self.stored_weight(value, what, min_rank)
+        return (None if array is None else array.astype(np.float64)), dtype, why
 
     def stored_weight(
         self, value: ir.Value | None, what: str, min_rank: int = 0
