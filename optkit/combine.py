@@ -39,7 +39,7 @@ from optkit.inputs import (
     second_sizes,
     synthetic_inputs,
 )
-from optkit.verify import Verdict, compare_outputs, pool_samples
+from optkit.verify import Verdict, compare_outputs, pool_samples, verdict_lines
 
 COMBINES = ("mean", "softmax-mean", "vote")
 MIN_OPSET = 11  # OneHot, Equal on floats, Pad / Slice / Resize with tensor inputs
@@ -438,11 +438,7 @@ class CombinedReport:
                 "the numpy reference (each copy transformed in numpy, the model run once per copy)"
             )
         )
-        if self.verdict is not None:
-            lines.append(f"  verification against {reference}: {self.verdict.summary()}")
-            lines += [f"    {note}" for note in self.verdict.notes]
-        else:
-            lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
+        lines += verdict_lines(self.verdict, self.unverified_reason, reference)
         if self.fused is not None:
             f = self.fused
             lines.append(

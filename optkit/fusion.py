@@ -24,7 +24,7 @@ from optkit.outputs import model_reads
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 from optkit.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.shapes import reinfer_shapes, restore_declared_shapes
-from optkit.verify import Verdict, verify_rewrite
+from optkit.verify import Verdict, verdict_lines, verify_rewrite
 
 
 @dataclass
@@ -128,11 +128,7 @@ class FuseReport:
                 f"rolled back {', '.join(self.faulty_passes)}: an optkit bug, please report it "
                 "with the model"
             )
-        if self.verdict is not None:
-            lines.append(f"  verification: {self.verdict.summary()}")
-            lines += [f"    {note}" for note in self.verdict.notes]
-        else:
-            lines.append(f"  verification: NOT RUN ({self.unverified_reason})")
+        lines += verdict_lines(self.verdict, self.unverified_reason)
         lines.append(
             f"  time: {self.seconds:.3f} s" + (f"  -> {self.output}" if self.output else "")
         )

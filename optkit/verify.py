@@ -205,6 +205,15 @@ class Verdict:
         }
 
 
+def verdict_lines(verdict: Verdict | None, unverified_reason: str, against: str = "") -> list[str]:
+    """A report's verification lines: the verdict's summary (`against` what, when said) and its
+    notes, or why verification did not run."""
+    if verdict is None:
+        return [f"  verification: NOT RUN ({unverified_reason})"]
+    label = f"verification against {against}" if against else "verification"
+    return [f"  {label}: {verdict.summary()}", *(f"    {note}" for note in verdict.notes)]
+
+
 def compare_arrays(
     name: str,
     reference: Any,
