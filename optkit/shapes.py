@@ -19,16 +19,16 @@ from optkit.io import skeleton_proto
 logger = logging.getLogger(__name__)
 
 
-def infer_shapes(model: ir.Model, *, again: bool = False) -> None:
+def infer_shapes(model: ir.Model) -> None:
     """Fill in missing tensor types and shapes of node outputs; best effort, never raises.
 
     Does nothing when every node output already has both (rewrites copy them to new values), or
-    when the ones without are those the last inference could not fill either (inference would
-    only leave them unfilled again, at the cost of a run per pass that asks for shapes), unless
-    `again`: the caller made values constant that inference can now read.
+    when the ones without are those the last inference could not fill either, from the same
+    initializers (inference would only leave them unfilled again, at the cost of a run per pass
+    that asks for shapes; a fold that made a new constant may let it say more).
     """
     missing = _unshaped(model)
-    if not missing or (model.meta.get(_UNINFERABLE) == (missing, _constants(model)) and not again):
+    if not missing or model.meta.get(_UNINFERABLE) == (missing, _constants(model)):
         return
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton_proto(model), data_prop=True)

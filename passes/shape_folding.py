@@ -56,7 +56,7 @@ class FoldShapes(RewritePass):
             # what it makes, which can make the next stage's dims static: infer again downstream
             # of it and take another round.
             _forget_shapes_after(changed)
-            infer_shapes(model, again=True)
+            infer_shapes(model)
         return applied + declined
 
 
