@@ -11,8 +11,6 @@ optkit.testing.assert_equivalent("model.onnx", result.model)  # AssertionError: 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from optkit.errors import InputError, OptkitError, VerificationError
@@ -20,7 +18,8 @@ from optkit.errors import InputError, OptkitError, VerificationError
 if TYPE_CHECKING:
     from optkit import testing
     from optkit.augment import tta
-    from optkit.contract import (
+    from optkit.check.verify import Nondeterministic, Unverifiable, Verdict, verify
+    from optkit.core.contract import (
         Exactness,
         PassOptions,
         PassReport,
@@ -29,11 +28,10 @@ if TYPE_CHECKING:
         Site,
         Tolerance,
     )
+    from optkit.core.pipeline import Pipeline, PipelineReport
     from optkit.ensembles import ensemble
     from optkit.fusion import FuseReport, FuseResult, fuse
     from optkit.io import load, save, to_proto
-    from optkit.pipeline import Pipeline, PipelineReport
-    from optkit.verify import Nondeterministic, Unverifiable, Verdict, verify
 
 # The rest of the API is imported on first use (PEP 562): `import optkit` costs what optkit.errors
 # costs, and onnx, onnx_ir (with sympy) and onnxruntime load when a name that needs them is used.
@@ -42,12 +40,14 @@ _LAZY = {
     "testing": "optkit.testing",
     **dict.fromkeys(
         ("Exactness", "PassOptions", "PassReport", "PassSpec", "RewritePass", "Site", "Tolerance"),
-        "optkit.contract",
+        "optkit.core.contract",
     ),
     **dict.fromkeys(("FuseReport", "FuseResult", "fuse"), "optkit.fusion"),
     **dict.fromkeys(("load", "save", "to_proto"), "optkit.io"),
-    **dict.fromkeys(("Pipeline", "PipelineReport"), "optkit.pipeline"),
-    **dict.fromkeys(("Nondeterministic", "Unverifiable", "Verdict", "verify"), "optkit.verify"),
+    **dict.fromkeys(("Pipeline", "PipelineReport"), "optkit.core.pipeline"),
+    **dict.fromkeys(
+        ("Nondeterministic", "Unverifiable", "Verdict", "verify"), "optkit.check.verify"
+    ),
     "ensemble": "optkit.ensembles",
     "tta": "optkit.augment",
 }
@@ -72,20 +72,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(types.ModuleType):
-    """optkit's module type: `optkit.verify` stays the function when the submodule of that name is
-    first imported (the import system sets a submodule on its package, which the eager imports of
-    old overwrote right after; nothing does now)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and name != "testing" and isinstance(value, types.ModuleType):
-            value = getattr(value, name)  # the submodule optkit.verify -> its function verify
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __version__ = "0.1.0"

@@ -36,13 +36,13 @@ import onnx_ir as ir
 
 from optkit import combine as combining
 from optkit import io
-from optkit.contract import Exactness
+from optkit.check.inputs import format_dims, runtime_inputs
+from optkit.check.verify import Verdict, verify_rewrite
+from optkit.core.contract import Exactness
+from optkit.core.graph import Namer, iter_graphs, node_count, opset_version
 from optkit.errors import InputError, InternalError, VerificationError
-from optkit.graph import Namer, iter_graphs, node_count, opset_version
-from optkit.inputs import format_dims, runtime_inputs
-from optkit.outputs import model_reads
+from optkit.io.outputs import model_reads
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec
-from optkit.verify import Verdict, verify_rewrite
 
 TTA_KEY = "optkit.tta"
 PADS = ("zero", "edge")
@@ -373,7 +373,7 @@ def tta(
         raise InputError(f"scales: a list of numbers, got {scales!r}")
     augment = Augmentations(hflip, vflip, int(shift), directions, pad, crops, big, tuple(scales))
     augment.check()
-    from optkit.fusion import load_checked, upgraded
+    from optkit.io.validation import load_checked, upgraded
 
     label = io.describe(model)
     original = load_checked(model, label)
@@ -580,7 +580,7 @@ def _forget_dynamic_shapes(model: ir.Model) -> None:
 
 
 def _check(model: ir.Model) -> None:
-    from optkit.fusion import check_model
+    from optkit.io.validation import check_model
 
     try:
         check_model(model, "the TTA model")

@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit import io, runtime
-from optkit.contract import Exactness
-from optkit.errors import InputError, first_line
-from optkit.graph import Namer, node_count
-from optkit.inputs import (
+from optkit import io
+from optkit.check import runtime
+from optkit.check.inputs import (
     UnsynthesizableInput,
     format_dims,
     random_array,
@@ -39,7 +37,10 @@ from optkit.inputs import (
     second_sizes,
     synthetic_inputs,
 )
-from optkit.verify import Verdict, compare_outputs, pool_samples, verdict_lines
+from optkit.check.verify import Verdict, compare_outputs, pool_samples, verdict_lines
+from optkit.core.contract import Exactness
+from optkit.core.graph import Namer, node_count
+from optkit.errors import InputError, first_line
 
 COMBINES = ("mean", "softmax-mean", "vote")
 MIN_OPSET = 11  # OneHot, Equal on floats, Pad / Slice / Resize with tensor inputs

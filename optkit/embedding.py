@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit import io, runtime
-from optkit.contract import Exactness
+from optkit import io
+from optkit.check import runtime
+from optkit.check.inputs import runtime_inputs, synthetic_inputs
+from optkit.check.verify import Verdict, compare_outputs
+from optkit.core.contract import Exactness
+from optkit.core.graph import Namer, add_initializer
 from optkit.errors import InputError
-from optkit.graph import Namer, add_initializer
-from optkit.inputs import runtime_inputs, synthetic_inputs
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
-from optkit.verify import Verdict, compare_outputs
 
 RAW_TYPES = {
     "uint8": ir.DataType.UINT8,

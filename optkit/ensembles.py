@@ -28,14 +28,14 @@ import onnx_ir as ir
 
 from optkit import combine as combining
 from optkit import io
-from optkit.contract import Exactness
+from optkit.check.inputs import format_dims, runtime_inputs
+from optkit.check.verify import Verdict, verify_rewrite
+from optkit.core.contract import Exactness
+from optkit.core.graph import Namer, iter_graphs, node_count, opset_version
+from optkit.core.pipeline import Pipeline
 from optkit.errors import InputError, InternalError, VerificationError
-from optkit.graph import Namer, iter_graphs, node_count, opset_version
-from optkit.inputs import format_dims, runtime_inputs
-from optkit.outputs import model_reads
-from optkit.pipeline import Pipeline
+from optkit.io.outputs import model_reads
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec
-from optkit.verify import Verdict, verify_rewrite
 
 ENSEMBLE_KEY = "optkit.ensemble"  # metadata: the members, the combination and the weights
 
@@ -70,7 +70,7 @@ def ensemble(
     if len(members) < 2:
         raise InputError(f"an ensemble needs at least two members, got {len(members)}")
     factors = combining.coefficients(weights, len(members), "members")
-    from optkit.fusion import load_checked
+    from optkit.io.validation import load_checked
 
     labels = [f"member {i + 1} ({io.describe(m)})" for i, m in enumerate(members)]
     originals = [load_checked(m, label) for m, label in zip(members, labels, strict=True)]
@@ -247,7 +247,7 @@ def _converted(
     models: Sequence[ir.Model], labels: Sequence[str], target: int
 ) -> tuple[list[ir.Model], list[str]]:
     """Each member at `target` (copies; onnx's version converter), each conversion verified."""
-    from optkit.fusion import upgraded
+    from optkit.io.validation import upgraded
 
     result, notes = [], []
     for model, label in zip(models, labels, strict=True):
@@ -416,7 +416,7 @@ def _share(model: ir.Model) -> dict[str, int]:
 
 
 def _check(model: ir.Model) -> None:
-    from optkit.fusion import check_model
+    from optkit.io.validation import check_model
 
     try:
         check_model(model, "the combined model")

@@ -8,8 +8,8 @@ from typing import Any
 import onnx_ir as ir
 
 from optkit import io
-from optkit.graph import all_nodes, count_ops, iter_graphs, node_label
-from optkit.inputs import runtime_inputs
+from optkit.check.inputs import runtime_inputs
+from optkit.core.graph import all_nodes, count_ops, iter_graphs, node_label
 
 
 def _describe(value: ir.Value) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def _describe(value: ir.Value) -> dict[str, Any]:
 def activation_usage(model: ir.Model) -> list[dict[str, Any]]:
     """Every activation in the model, in graph order: its kind and parameters, the node computing
     its output, and whether one op computes it or a decomposed chain of `nodes` primitives."""
-    from optkit.passes.activation_forms import find_activations
+    from optkit.passes.forms.activations import find_activations
 
     return [
         {
@@ -55,7 +55,8 @@ def format_activation_usage(usage: list[dict[str, Any]]) -> list[str]:
 def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, Any]:
     """Opsets, signature, op histogram, parameters, BatchNorm count and, with `dry_run`, every site
     `fuse` would rewrite or decline (nothing is written)."""
-    from optkit.fusion import fuse, load_checked
+    from optkit.fusion import fuse
+    from optkit.io.validation import load_checked
 
     model = load_checked(source, copy=False)
     histogram = Counter(

@@ -22,19 +22,19 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit.contract import Exactness
-from optkit.errors import InputError
-from optkit.graph import (
+from optkit.core.contract import Exactness
+from optkit.core.graph import (
     Namer,
     add_initializer,
     node_label,
     opset_version,
     replace_nodes,
 )
-from optkit.passes.activation_forms import find_activations
+from optkit.core.shapes import infer_shapes
+from optkit.errors import InputError
 from optkit.passes.canonicalize import MIN_OPSET, RUNTIME_MAX_OPSET, SLOWER_ON_RUNTIME, attribute
-from optkit.passes.pattern import Match
-from optkit.shapes import infer_shapes
+from optkit.passes.forms.activations import find_activations
+from optkit.passes.forms.pattern import Match
 
 # --- float64 reference functions, by kind ------------------------------------------------------
 

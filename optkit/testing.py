@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from optkit import io
-from optkit.contract import Exactness, Tolerance
-from optkit.verify import Feeds, Verdict, verify
+from optkit.check.verify import Feeds, Verdict, verify
+from optkit.core.contract import Exactness, Tolerance
 
 
 def assert_equivalent(
@@ -39,7 +39,7 @@ def assert_equivalent(
     the options are `optkit.verify`'s. The message is the per-output table of `optkit verify`
     (`Verdict.format_table`). Returns the verdict when it passes. A verification that cannot
     conclude anything (nothing to compare, a reference that is not deterministic) raises its
-    `optkit.verify.Unverifiable` (an `InputError`), never passes.
+    `optkit.check.verify.Unverifiable` (an `InputError`), never passes.
     """
     verdict = verify(
         reference,

@@ -20,10 +20,10 @@ from onnx import helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, channel_errors, make_model
-from optkit.contract import Exactness, tolerance_for
+from optkit.check.inputs import synthetic_inputs
+from optkit.core.contract import Exactness, tolerance_for
 from optkit.demo import demo_model
 from optkit.errors import InternalError, OptkitError
-from optkit.inputs import synthetic_inputs
 from optkit.inspection import inspect_model
 
 
@@ -249,7 +249,7 @@ def _same_outputs(path: Path, result: optkit.FuseResult, count) -> None:
         if exactness is Exactness.BITWISE:
             assert np.array_equal(np.isnan(want), np.isnan(have)), f"{path}: NaNs moved"
             assert np.array_equal(want[~finite & ~np.isnan(want)], have[~finite & ~np.isnan(want)])
-        # reassociate (optkit.contract.Exactness): the inputs are finite, so a non-finite original
+        # reassociate (optkit.core.contract.Exactness): the inputs are finite, so a non-finite original
         # output overflowed on the way (inf, or NaN by inf - inf), and the rewrite may give the
         # finite value there; never a non-finite one where the original is finite, except at the
         # edge of the dtype's range

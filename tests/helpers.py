@@ -17,7 +17,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import optkit
-from optkit.contract import PassOptions
+from optkit.core.contract import PassOptions
 
 F32 = onnx.TensorProto.FLOAT
 
@@ -112,7 +112,7 @@ def channel_errors(
 ) -> tuple[bool, float]:
     """(within tolerance, max abs error) over the `finite` elements, each judged against its
     channel's largest magnitude (axis 1; the element itself for rank 0 and 1), never below 10% of
-    the output's largest: the rule of optkit.verify.tolerance_scale, written again here so that a
+    the output's largest: the rule of optkit.check.verify.tolerance_scale, written again here so that a
     bug in optkit's comparison cannot hide one in a rewrite."""
     a = np.where(finite, want, 0).astype(np.float64)
     b = np.where(finite, got, 0).astype(np.float64)

@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 
 import optkit
 from helpers import channel_errors
-from optkit.contract import Exactness, tolerance_for
+from optkit.core.contract import Exactness, tolerance_for
 from optkit.errors import InternalError, OptkitError
 
 F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -354,7 +354,7 @@ def _unless_closer_to_float64(
 ) -> str:
     """'' when the fused output is at least as close as the original's to the original computed in
     float64 (the rewrite kept precision the original lost: fp16 LayerNorm statistics, say)."""
-    from optkit.reference64 import outputs64
+    from optkit.check.reference64 import outputs64
 
     truth = outputs64(optkit.load(model), feeds, rounding_ops=True)  # Where(x < 0, 0, x)
     if truth is None or len(truth) != 1 or truth[0].shape != want.shape:
@@ -383,7 +383,7 @@ def _unless_fp16_conditioning(
     a moved fp16 rounding into a 1% change."""
     from onnx.reference import ReferenceEvaluator
 
-    from optkit.reference64 import outputs64
+    from optkit.check.reference64 import outputs64
 
     truth = outputs64(optkit.load(model), feeds, rounding_ops=True)  # Where(x < 0, 0, x)
     try:

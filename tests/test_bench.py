@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 from helpers import F32, bn_node, bn_params, make_model, run_main
-from optkit.bench import bench, plan_shapes
+from optkit.check.bench import bench, plan_shapes
 from optkit.errors import InputError
 
 FAST = ("--runs", "2", "--warmup", "0")

@@ -9,7 +9,7 @@ import torch
 
 import optkit
 from helpers import ort_outputs
-from optkit.contract import PassOptions
+from optkit.core.contract import PassOptions
 from optkit.models import (
     ACTIVATIONS,
     MLP,

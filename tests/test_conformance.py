@@ -18,7 +18,7 @@ import pytest
 
 import optkit
 from helpers import ort_outputs
-from optkit.contract import tolerance_for
+from optkit.core.contract import tolerance_for
 
 CHUNKS = 6
 

@@ -12,9 +12,9 @@ import onnx_ir as ir
 import pytest
 
 import optkit
-from optkit.graph import FLOAT_TYPES
-from optkit.passes import fold_support
-from optkit.passes.fold_support import FoldOverflow, scaled
+from optkit.core.graph import FLOAT_TYPES
+from optkit.passes.fold import support as fold_support
+from optkit.passes.fold.support import FoldOverflow, scaled
 
 DTYPES = [ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE]
 

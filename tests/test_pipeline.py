@@ -9,9 +9,9 @@ from onnx import helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model
-from optkit.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.check.verify import verify_rewrite
+from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.passes import DEFAULT_PASSES
-from optkit.verify import verify_rewrite
 
 
 class NegateOutput(RewritePass):

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from helpers import F32, make_model
-from optkit import runtime
+from optkit.check import runtime
+from optkit.check.inputs import parse_shape, synthetic_inputs
 from optkit.errors import InputError
-from optkit.inputs import parse_shape, synthetic_inputs
 
 
 def test_cpu_provider():

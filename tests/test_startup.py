@@ -97,14 +97,14 @@ def test_the_lazy_subcommands_are_the_commands_they_name():
 # Where each public name lives (the eager imports optkit/__init__.py had before start-up went lazy)
 HOMES = {
     "optkit.augment": ["tta"],
-    "optkit.contract": ["Exactness", "PassOptions", "PassReport", "PassSpec", "RewritePass",
+    "optkit.core.contract": ["Exactness", "PassOptions", "PassReport", "PassSpec", "RewritePass",
                         "Site", "Tolerance"],
     "optkit.ensembles": ["ensemble"],
     "optkit.errors": ["InputError", "OptkitError", "VerificationError"],
     "optkit.fusion": ["FuseReport", "FuseResult", "fuse"],
     "optkit.io": ["load", "save", "to_proto"],
-    "optkit.pipeline": ["Pipeline", "PipelineReport"],
-    "optkit.verify": ["Nondeterministic", "Unverifiable", "Verdict", "verify"],
+    "optkit.core.pipeline": ["Pipeline", "PipelineReport"],
+    "optkit.check.verify": ["Nondeterministic", "Unverifiable", "Verdict", "verify"],
 }  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_the_public_api_loads_on_first_use_and_is_the_same_objects():
 
 
 def test_verify_stays_the_function_when_its_module_is_imported_first():
-    code = "import optkit, optkit.fusion, optkit.verify; print(callable(optkit.verify))"
+    code = "import optkit, optkit.fusion, optkit.check.verify; print(callable(optkit.verify))"
     assert _python(code).strip() == "True"
 
 
@@ -137,14 +137,15 @@ def test_onnxruntime_and_torch_load_only_when_used():
     # the PyTorch side
     loaded = _loaded_after("import optkit\nfor name in optkit.__all__: getattr(optkit, name)")
     assert "onnx_ir" in loaded and "onnxruntime" not in loaded and "torch" not in loaded
-    loaded = _loaded_after("from optkit import runtime\nruntime.session_options('all')")
+    loaded = _loaded_after("from optkit.check import runtime\nruntime.session_options('all')")
     assert "onnxruntime" in loaded
 
 
 def test_the_cli_choices_are_the_librarys():
     import onnxruntime as ort
 
-    from optkit import preprocessing, runtime
+    from optkit import preprocessing
+    from optkit.check import runtime
     from optkit.cli import preprocess
 
     assert (preprocess.DTYPES, preprocess.LAYOUTS, preprocess.MODES) == (

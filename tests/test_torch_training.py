@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from helpers import run_main
+from optkit.check.runtime import make_session
 from optkit.errors import InputError, VerificationError
-from optkit.runtime import make_session
 from optkit.torch.data import digits, fit_preprocessing, load_data, preprocess, split, subset
 from optkit.torch.export import check_against_torch, export_checked
 from optkit.torch.train import (

@@ -64,7 +64,7 @@ def test_seeds_print_each_accuracy_and_their_mean(tmp_path, monkeypatch, capsys)
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    from optkit.runtime import make_session
+    from optkit.check.runtime import make_session
 
     session = make_session(onnx.load(str(path)))
     return session.run(None, {session.get_inputs()[0].name: x})[0]

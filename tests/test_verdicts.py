@@ -14,9 +14,9 @@ from onnx import helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
-from optkit.contract import Exactness
+from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.core.contract import Exactness
 from optkit.errors import InputError
-from optkit.verify import compare_arrays, compare_outputs
 
 I64 = onnx.TensorProto.INT64
 
@@ -158,7 +158,7 @@ def _relu_model(extra: list, inits: dict, output: str = "y") -> onnx.ModelProto:
 
 def test_dynamic_dims_are_verified_at_a_second_size():
     """A rewrite right only at the default 16 x 16 (as one computed from a stale declaration)."""
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     before = optkit.load(_relu_model([helper.make_node("Identity", ["r"], ["y"])], {}))
     only_at_16 = [
@@ -183,7 +183,7 @@ def test_dynamic_dims_are_verified_at_a_second_size():
 def test_a_model_dynamic_in_name_only_is_verified_at_its_one_size_and_says_so():
     reshape = [helper.make_node("Reshape", ["r", "target"], ["y"])]
     model = optkit.load(_relu_model(reshape, {"target": np.array([1, 768], np.int64)}))
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     verdict = verify_rewrite(model, model, Exactness.BITWISE)
     assert isinstance(verdict, optkit.Verdict) and verdict.ok
@@ -322,7 +322,7 @@ def test_a_fold_more_accurate_than_its_original_passes_on_the_float64_reference(
 
 def test_a_bitwise_claim_is_checked_on_nan_and_inf_inputs():
     """Where(x > 0, x, 0) and Relu agree on every finite input and differ on NaN."""
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     where = [helper.make_node("Greater", ["x", "zero"], ["positive"]),
              helper.make_node("Where", ["positive", "x", "zero"], ["y"])]  # fmt: skip
@@ -431,7 +431,7 @@ def test_sibling_bodies_keep_their_own_declared_input_shapes(tmp_path):
 def test_the_float64_judge_stays_out_of_models_that_round_on_purpose():
     """A Cast to float16 and back overflows at 1e5 * x: the widened 'truth' skipped it and passed a
     candidate that dropped the round trip."""
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     def model(round_trip: bool) -> onnx.ModelProto:
         nodes = [helper.make_node("Mul", ["x", "k"], ["s"])]
@@ -451,7 +451,7 @@ def test_the_float64_judge_stays_out_of_models_that_round_on_purpose():
 
 def test_a_bitwise_claim_sees_the_sign_of_zero():
     """x + 0 turns -0.0 into +0.0; Identity keeps -0.0: 1 / y is +inf against -inf."""
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     add = [helper.make_node("Add", ["x", "zeros"], ["y"])]
     before = optkit.load(make_model(add, [("x", F32, [2, 4])], [("y", F32, [2, 4])],
@@ -467,7 +467,7 @@ def test_a_float64_reference_never_excuses_an_inf_of_the_other_sign():
     """LeakyRelu alpha 0.0 vs -0.0 give zeros of other signs, so 1 / y is -inf in one and +inf in
     the other for x < 0 (what a CSE comparing attributes with == made of them). The float64 arbiter,
     there for cancellation in reassociated sums, passed it; it must not."""
-    from optkit.verify import verify_rewrite
+    from optkit.check.verify import verify_rewrite
 
     def model(alpha_b: float) -> onnx.ModelProto:
         nodes = [

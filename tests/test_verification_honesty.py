@@ -18,12 +18,8 @@ from onnx import helper, numpy_helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
-from optkit.cli.common import default_output
-from optkit.contract import Exactness
-from optkit.inputs import check_shapes
-from optkit.preprocessing import METADATA_KEY, PreprocessSpec
-from optkit.testing import assert_equivalent
-from optkit.verify import (
+from optkit.check.inputs import check_shapes
+from optkit.check.verify import (
     Nondeterministic,
     Unverifiable,
     Verdict,
@@ -31,6 +27,10 @@ from optkit.verify import (
     nondeterministic_nodes,
     verify_rewrite,
 )
+from optkit.cli.common import default_output
+from optkit.core.contract import Exactness
+from optkit.preprocessing import METADATA_KEY, PreprocessSpec
+from optkit.testing import assert_equivalent
 
 
 def conv_bn(rng, batch="N") -> onnx.ModelProto:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optkit.contract import Exactness, tolerance_for
-from optkit.verify import compare_arrays, compare_outputs
+from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.core.contract import Exactness, tolerance_for
 
 
 def test_identical_arrays_pass_bitwise():
@@ -70,7 +70,7 @@ def test_synthetic_inputs_of_4_bit_and_undefined_types():
     """4-bit integers are synthesized in range; an undefined element type is refused clearly."""
     import onnx_ir as ir
 
-    from optkit.inputs import UnsynthesizableInput, random_array
+    from optkit.check.inputs import UnsynthesizableInput, random_array
 
     rng = np.random.default_rng(0)
     values = random_array(rng, ir.DataType.UINT4, (4, 4), (0, 100))

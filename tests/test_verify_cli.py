@@ -13,10 +13,10 @@ import torch
 
 import optkit
 from helpers import F32, make_model, run_main
-from optkit.contract import Exactness, Tolerance
+from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.core.contract import Exactness, Tolerance
 from optkit.models import ZOO, randomize_batchnorm
 from optkit.torch import export_onnx
-from optkit.verify import compare_arrays, compare_outputs
 
 
 def test_metrics_against_hand_computed_values():

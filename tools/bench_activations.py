@@ -5,7 +5,7 @@ transformer-style block before vs after `optkit fuse`, as ratios measured in one
 
 Each decomposed graph is exported by torch at opset 17 (the form torch emits below the op's opset,
 or the formula written out), converted to opset 24 with onnx's version converter (the baseline),
-then fused by `optkit fuse`; both models run alternately (`optkit.bench`), at ORT's optimization
+then fused by `optkit fuse`; both models run alternately (`optkit.check.bench`), at ORT's optimization
 levels `disable` (what the graph itself costs) and `all` (after ORT's own fusions). Ratio: fused
 median latency / decomposed median latency (below 1: the fused op is faster). Single forms are fused
 with `--all-canonical` (so the forms `fuse` keeps by default show why); the models with the defaults.
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 import optkit
-from optkit.bench import bench
-from optkit.contract import PassOptions
-from optkit.fusion import upgraded
+from optkit.check.bench import bench
+from optkit.core.contract import PassOptions
+from optkit.io.validation import upgraded
 from optkit.models import CANONICALIZE_ZOO
 from optkit.torch import export_onnx
 

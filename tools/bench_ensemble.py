@@ -39,8 +39,8 @@ import torch
 
 import optkit
 import optkit.augment
-from optkit import runtime
 from optkit.augment import tta
+from optkit.check import runtime
 from optkit.ensembles import ensemble
 from optkit.torch import export_checked
 from optkit.torch.data import digits, fit_preprocessing, preprocess, split

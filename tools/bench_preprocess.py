@@ -42,7 +42,8 @@ import torch
 from onnx import TensorProto, helper
 
 import optkit
-from optkit import io, runtime
+from optkit import io
+from optkit.check import runtime
 from optkit.embedding import embed
 from optkit.models import ZOO, randomize_batchnorm
 from optkit.models.reference import resnet18

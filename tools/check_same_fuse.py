@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,6 +130,8 @@ def unpack(commit: str | None, folder: Path) -> Path:
     if commit is None:
         for name in ("optkit", "passes", "models", "pyproject.toml"):
             path = ROOT / name
+            if not path.exists():
+                continue
             if path.is_dir():
                 shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
@@ -184,7 +187,9 @@ def main() -> int:
             results[side] = fuse_all(importable, corpus, work / side / "out")
             print(f"{side} ({commit or 'working tree'}): fused {len(results[side])}", flush=True)
         count = len(results["old"])
-        differ = [name for name in results["old"] if results["old"][name] != results["new"].get(name)]
+        differ = [
+            name for name in results["old"] if results["old"][name] != results["new"].get(name)
+        ]
         for name in differ:
             print(f"DIFFERS {name}: old {results['old'][name]} new {results['new'].get(name)}")
         written = sum(1 for r in results["old"].values() if r["files"])

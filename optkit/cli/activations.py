@@ -23,7 +23,7 @@ from optkit.cli.common import (
 from optkit.errors import InputError, OptkitError, first_line
 
 if TYPE_CHECKING:
-    from optkit.verify import Verdict
+    from optkit.check.verify import Verdict
 
 
 @click.command("activations")
@@ -128,9 +128,9 @@ def swap_command(
       optkit swap cnn.onnx --map Relu=LeakyRelu:0.01 --allow-lossy --data val.npz --labels y.npy
     """
     from optkit import io
-    from optkit.inputs import load_samples, parse_int_range
+    from optkit.check.inputs import load_samples, parse_int_range
+    from optkit.check.verify import verify
     from optkit.swap import parse_rule, swap
-    from optkit.verify import verify
 
     if catalogue:
         click.echo("\n".join(_catalogue_lines()))

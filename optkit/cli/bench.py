@@ -82,7 +82,7 @@ def bench_command(
       optkit bench model.optkit.onnx --baseline model.onnx
       optkit bench model.onnx --batch 8 --threads 1 --optimization disable --json
     """
-    from optkit.bench import bench
+    from optkit.check.bench import bench
 
     parsed = shape_map(shapes)
     load_model(model)

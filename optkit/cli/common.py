@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from optkit.contract import Tolerance
+from optkit.check.runtime import OPTIMIZATION_LEVELS
+from optkit.core.contract import Tolerance
 from optkit.errors import InputError
-from optkit.outputs import check_output, model_reads
-from optkit.runtime import OPTIMIZATION_LEVELS
+from optkit.io.outputs import check_output, model_reads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,7 +103,7 @@ def default_output(path: Path) -> Path:
 def guard_output(
     output: Path, source: Path | None, *reads: Path, model: bool = True, what: str = "output"
 ) -> Path:
-    """The output contract (`optkit.outputs.check_output`) for a command reading `source` (a model
+    """The output contract (`optkit.io.outputs.check_output`) for a command reading `source` (a model
     when `model`, whose external data files count as read too) and `reads`; before any work."""
 
     def listed() -> list[Path]:
@@ -116,7 +116,7 @@ def guard_output(
 
 def shape_map(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     """``--shape NAME=DxD...`` options by input name; one input given twice is an InputError."""
-    from optkit.inputs import parse_shape
+    from optkit.check.inputs import parse_shape
 
     shapes: dict[str, tuple[int, ...]] = {}
     for text in values:
@@ -147,7 +147,7 @@ def tolerances(values: tuple[str, ...]) -> tuple[Tolerance | None, dict[str, Tol
 
 def load_model(path: Path) -> ir.Model:
     """A model file, loaded (weights stay on disk) and run through the checker; InputError if not."""
-    from optkit.fusion import load_checked
+    from optkit.io.validation import load_checked
 
     return load_checked(path, copy=False)
 

@@ -166,9 +166,9 @@ def ensemble_command(
       optkit ensemble a.onnx b.onnx c.onnx -o abc.onnx --combine softmax-mean
       optkit ensemble a.onnx b.onnx -o ab.onnx --combine vote --weights 2,1 --fuse
     """
+    from optkit.check.inputs import parse_int_range
     from optkit.ensembles import ensemble
-    from optkit.inputs import parse_int_range
-    from optkit.outputs import model_reads
+    from optkit.io.outputs import model_reads
 
     reads = [p for member in members for p in model_reads(member)]
     guard_output(output, None, *reads)
@@ -267,7 +267,7 @@ def tta_command(
       optkit tta net.onnx --crops 5 --input-size 40x40 -o net.crops.onnx
     """
     from optkit.augment import tta
-    from optkit.inputs import parse_int_range
+    from optkit.check.inputs import parse_int_range
 
     stem = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.name
     out = guard_output(output or model.with_name(f"{stem}.tta.onnx"), model)

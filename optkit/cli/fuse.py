@@ -23,7 +23,7 @@ from optkit.cli.common import (
     split_names,
 )
 from optkit.cli.render import print_report
-from optkit.contract import PassOptions
+from optkit.core.contract import PassOptions
 from optkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def fuse_command(
       optkit fuse model.onnx --skip constants --verify-each
       optkit fuse bert.onnx --upgrade-opset 20      # Gelu needs opset 20
     """
-    from optkit.inputs import parse_int_range
+    from optkit.check.inputs import parse_int_range
 
     out = guard_output(output or default_output(model), model)
     shard_bytes = parse_size(shard_size) if shard_size is not None else None

@@ -19,9 +19,9 @@ from optkit.cli.common import (
     shape_map,
     shape_option,
 )
-from optkit.contract import Exactness
+from optkit.core.contract import Exactness
 from optkit.errors import InputError
-from optkit.outputs import write_text
+from optkit.io.outputs import write_text
 
 if TYPE_CHECKING:
     from optkit.preprocessing import fit
@@ -217,9 +217,10 @@ def embed_command(
     embedded model must match bit for bit, the folded one within the fp32 tolerance.
     """
     from optkit import io
+    from optkit.check.inputs import runtime_inputs
     from optkit.embedding import embed, verify_preprocessing
-    from optkit.fusion import check_input, fuse
-    from optkit.inputs import runtime_inputs
+    from optkit.fusion import fuse
+    from optkit.io.validation import check_input
     from optkit.preprocessing import PreprocessSpec
 
     out = guard_output(

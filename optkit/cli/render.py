@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from optkit.check.verify import Verdict
     from optkit.fusion import FuseResult
-    from optkit.verify import Verdict
 
 
 def print_report(result: FuseResult, as_json: bool, verbose: bool) -> None:

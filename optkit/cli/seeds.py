@@ -132,7 +132,7 @@ def write_ensemble(
                 f"note: {path} records another data set or split than {paths[0]}; measured on "
                 f"{paths[0]}'s test split, which may hold examples {path} trained on"
             )
-    from optkit.runtime import make_session
+    from optkit.check.runtime import make_session
 
     session = make_session(result.to_proto())
     (scores,) = session.run(None, {session.get_inputs()[0].name: test.feed})
@@ -148,7 +148,7 @@ def write_ensemble(
 def _accuracy(proto: Any, feed: Any, labels: Any) -> float:
     import numpy as np
 
-    from optkit.runtime import make_session
+    from optkit.check.runtime import make_session
 
     session = make_session(proto)
     (scores,) = session.run(None, {session.get_inputs()[0].name: feed})

@@ -3,7 +3,7 @@
 torch is imported inside the commands, so the ONNX side's CLI works without the `torch` extra.
 
 Every user mistake is exit 2 with one line: option values are checked by click types (an option
-error is reported as one line by `optkit.cli.main`), outputs by `optkit.outputs.check_output` before any
+error is reported as one line by `optkit.cli.main`), outputs by `optkit.io.outputs.check_output` before any
 work, and the rest (data, checkpoints, classes) before anything is written.
 
 `train` and `finetune` take the user's own network with `--model package.module:factory` (or
@@ -26,7 +26,7 @@ from click.core import ParameterSource
 from optkit.cli.common import COUNT, FRACTION, POSITIVE, SEED, NonEmptyPath, choice
 from optkit.cli.seeds import COMBINE_CHOICES, parse_seeds, seed_path
 from optkit.errors import InputError
-from optkit.modelspec import (
+from optkit.io.modelspec import (
     ModelSpec,
     format_args,
     parse_input_size,
@@ -35,7 +35,7 @@ from optkit.modelspec import (
     parse_preprocessing,
     source_file,
 )
-from optkit.outputs import check_output
+from optkit.io.outputs import check_output
 
 if TYPE_CHECKING:
     from torch import nn
@@ -1079,7 +1079,7 @@ def _export_one(
 
 def _onnx_scores(proto: Any, feed: Any) -> Any:
     """The model's output on ONNX Runtime for `feed`."""
-    from optkit.runtime import make_session
+    from optkit.check.runtime import make_session
 
     session = make_session(proto)
     (scores,) = session.run(None, {session.get_inputs()[0].name: feed})

@@ -21,7 +21,7 @@ from optkit.cli.common import (
     tolerances,
 )
 from optkit.cli.render import format_verdict
-from optkit.contract import Exactness
+from optkit.core.contract import Exactness
 from optkit.errors import InputError, OptkitError, first_line
 
 
@@ -123,9 +123,9 @@ def verify_command(
       optkit verify model.onnx fused.onnx --data val.npz --labels val_labels.npy
       optkit verify model.onnx model.onnx --provider cuda --reference-provider cpu
     """
-    from optkit.bisect import bisect
-    from optkit.inputs import load_samples, parse_int_range
-    from optkit.verify import prepare_feeds, preprocessing_adapter, verify
+    from optkit.check.bisect import bisect
+    from optkit.check.inputs import load_samples, parse_int_range
+    from optkit.check.verify import prepare_feeds, preprocessing_adapter, verify
 
     model = load_model(reference)
     other = load_model(candidate)

@@ -127,7 +127,7 @@ def _ort_error(
 ) -> float:
     """Max abs difference of the model's output on ORT from `want`; VerificationError beyond
     `atol` scaled by the output's size."""
-    from optkit import runtime
+    from optkit.check import runtime
 
     session = runtime.make_session(proto)
     (got,) = session.run(None, {session.get_inputs()[0].name: x})

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from optkit.io.outputs import check_output
 from optkit.models.layers import Maxout
-from optkit.outputs import check_output
 
 ACTIVATION_TYPES = (
     nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, Maxout,

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from optkit.errors import InputError, first_line
-from optkit.outputs import check_output
+from optkit.io.outputs import check_output
 from optkit.preprocessing import PreprocessSpec
 from optkit.torch.data import Dataset
 from optkit.torch.usermodel import find_head, replace_head, stage_units, trainable_units
@@ -207,7 +207,7 @@ class Architecture:
 
     def describe(self) -> str:
         """One line: what the model is."""
-        from optkit.modelspec import format_args
+        from optkit.io.modelspec import format_args
 
         c, h, w = self.input_shape
         if self.factory is not None:
@@ -669,7 +669,7 @@ def _freeze_frozen_batchnorms(model: nn.Module) -> None:
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Atomically: a temporary file in the same folder, then a rename. Always the current format.
     InputError, before writing, when `path` is a directory, in a folder that does not exist, or the
-    data file the checkpoint records it was trained on (`optkit.outputs.check_output`)."""
+    data file the checkpoint records it was trained on (`optkit.io.outputs.check_output`)."""
     data_file = checkpoint.data.source if checkpoint.data is not None else ""
     reads = [data_file] if data_file not in ("", "digits") and Path(data_file).is_file() else []
     check_output(path, reads=reads, what="checkpoint")

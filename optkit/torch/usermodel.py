@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from optkit.errors import InputError, first_line
-from optkit.modelspec import ModelSpec, format_args, parse_model_spec
+from optkit.io.modelspec import ModelSpec, format_args, parse_model_spec
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "state", "net", "weights")
 _SHOWN = 6  # keys named per kind in an error

@@ -16,7 +16,7 @@ from torch import nn
 
 import optkit
 from helpers import F32, assert_same_outputs, make_model, ort_outputs
-from optkit.contract import PassOptions
+from optkit.core.contract import PassOptions
 from optkit.models import CANONICALIZE_ZOO
 from optkit.passes.canonicalize import RUNTIME_TYPES
 from optkit.torch import export_onnx

@@ -17,7 +17,7 @@ from torch import nn
 
 import optkit
 from helpers import F32, assert_same_outputs, make_model
-from optkit.contract import PassOptions
+from optkit.core.contract import PassOptions
 
 ALL = PassOptions(all_canonical=True)
 
@@ -67,7 +67,8 @@ def test_legacy_export_fuses(shape, dynamic, opset, upgrade):
     assert result.report.state == "equivalent"
     with torch.no_grad():
         want = module(sample).numpy()
-    got = optkit.runtime.run(optkit.runtime.make_session(result.model), {"x": sample.numpy()})["y"]
+    session = optkit.check.runtime.make_session(result.model)
+    got = optkit.check.runtime.run(session, {"x": sample.numpy()})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

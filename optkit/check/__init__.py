@@ -1,0 +1,4 @@
+"""Checks on ONNX Runtime: sessions with typed providers and levels (`runtime`), inputs made or read
+(`inputs`), output comparison and verdicts (`verify`), the float64 arbiter (`reference64`),
+bisection across a rewrite (`bisect`), latency (`bench`).
+"""

@@ -1,0 +1,1093 @@
+"""Accuracy equivalence: run two models on the same inputs on ONNX Runtime and compare every output.
+
+Graph optimizations are off in both sessions by default, so that ORT's own fusions cannot hide a wrong
+rewrite. Each output is judged by the tolerance its element type gets at the given exactness level
+(`optkit.core.contract.tolerance_for`), unless the caller sets one for it: bitwise rewrites must agree
+exactly, integer outputs always exactly. With several samples, each output is compared over all of
+them at once (concatenated along the first axis).
+
+A verdict never passes what it did not check: inputs with no elements, or outputs that are all empty,
+are "nothing to compare" (`Unverifiable`, an InputError), and so is an original that disagrees with
+itself on the same inputs (`Nondeterministic`: training-mode Dropout, random ops). A candidate with
+preprocessing embedded by `optkit preprocess` is fed raw inputs and the reference `apply(spec, raw)`.
+`bool(verdict)` is `verdict.ok`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from optkit import io
+from optkit.check import runtime
+from optkit.check.inputs import (
+    MAX_SYNTHETIC_ELEMENTS,
+    UnsynthesizableInput,
+    check_nonempty_shapes,
+    check_shapes,
+    empty_inputs,
+    format_dims,
+    input_shape,
+    named_sizes,
+    random_array,
+    runtime_inputs,
+    second_sizes,
+    synthetic_inputs,
+    with_special_values,
+)
+from optkit.core.contract import Exactness, Tolerance, tolerance_for
+from optkit.core.graph import (
+    RANDOM_OPS,
+    ConstantPolicy,
+    attr_int,
+    node_label,
+    nodes_with_functions,
+    opset_version,
+)
+from optkit.errors import InputError, OptkitError, first_line
+from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
+
+NAN = float("nan")
+Feeds = Mapping[str, np.ndarray]
+
+
+class Unverifiable(InputError):
+    """Verification cannot conclude anything: nothing to compare (inputs with no elements, outputs
+    all empty), or an original that is not deterministic. Never a pass, never a difference."""
+
+
+class Nondeterministic(Unverifiable):
+    """The original gives different outputs on two runs on the same inputs."""
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """How one output of the rewritten model compares with the original's.
+
+    Error statistics are NaN where the comparison stopped early (`problem` says why); `size` is the
+    reference output's element count (0: empty in both, nothing compared). For outputs
+    shaped (rows, classes), `top1_agreement` is the share of rows whose arg-max agrees and
+    `top5_agreement` the share whose reference arg-max is among the candidate's five largest.
+    """
+
+    name: str
+    dtype: str
+    tolerance: Tolerance
+    ok: bool
+    problem: str = ""
+    max_abs_error: float = NAN
+    max_rel_error: float = NAN
+    mean_abs_error: float = NAN
+    cosine: float = NAN
+    reference_max_abs: float = NAN
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    size: int | None = None  # elements of the reference output (None: not an array)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "ok": self.ok,
+            "elements": self.size,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "mean_abs_error": self.mean_abs_error,
+            "cosine": self.cosine,
+            "reference_max_abs": self.reference_max_abs,
+            "top1_agreement": self.top1_agreement,
+            "top5_agreement": self.top5_agreement,
+            "rtol": self.tolerance.rtol,
+            "atol": self.tolerance.atol,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Classifier accuracy of both models against labels, and how often they agree."""
+
+    output: str
+    reference: float
+    candidate: float
+    agreement: float
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of comparing two models on the same inputs.
+
+    `ok` is True only when something was compared and every output agreed; `bool(verdict)` is
+    `verdict.ok`. `problem` says why a verdict that compared nothing is not ok; `notes` say how the
+    inputs were fed (e.g. raw inputs to a model with embedded preprocessing) and how outputs were
+    matched when their names differ.
+    """
+
+    ok: bool
+    exactness: Exactness
+    outputs: list[OutputComparison] = field(default_factory=list)
+    samples: int = 1
+    accuracy: Accuracy | None = None
+    problem: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((o.max_abs_error for o in self.outputs), default=0.0)
+
+    def summary(self) -> str:
+        state = "equivalent" if self.ok else "NOT equivalent"
+        if self.problem:
+            return f"{state} ({self.exactness.value}): {self.problem}"
+        parts = [f"{o.name}: max abs err {o.max_abs_error:.3g}" for o in self.outputs]
+        bad = [f"{o.name}: {o.problem or 'beyond tolerance'}" for o in self.outputs if not o.ok]
+        return f"{state} ({self.exactness.value}) " + "; ".join(bad or parts)
+
+    def format_table(self, reference: str = "reference", candidate: str = "candidate") -> str:
+        """The per-output table `optkit verify` prints (and `optkit.testing.assert_equivalent`
+        raises): errors, cosine, top-1 / top-5 agreement, tolerance and verdict of each output."""
+        state = "equivalent" if self.ok else "NOT equivalent"
+        lines = [
+            f"{candidate} vs {reference}: {state} ({self.exactness.value}, "
+            f"{self.samples} sample{'s' if self.samples != 1 else ''})",
+            *(f"  {note}" for note in self.notes),
+        ]
+        if self.problem:
+            lines.append(f"  NO: {self.problem}")
+        lines.append(
+            f"  {'output':<20} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'mean abs':>10} "
+            f"{'cosine':>9} {'top-1':>6} {'top-5':>6}  {'rtol, atol':<16} ok"
+        )
+
+        def pct(value: float | None) -> str:
+            return "" if value is None else f"{value:.0%}"
+
+        for o in self.outputs:
+            if not o.ok:
+                verdict = "NO: " + (o.problem or "beyond tolerance")
+            else:
+                verdict = "yes (empty in both)" if o.size == 0 else "yes"
+            lines.append(
+                f"  {o.name[:20]:<20} {o.dtype:<8} {o.max_abs_error:10.3g} "
+                f"{o.max_rel_error:10.3g} {o.mean_abs_error:10.3g} {o.cosine:9.6f} "
+                f"{pct(o.top1_agreement):>6} {pct(o.top5_agreement):>6}  "
+                f"{f'{o.tolerance.rtol:g}, {o.tolerance.atol:g}':<16} {verdict}"
+            )
+        if self.accuracy is not None:
+            a = self.accuracy
+            lines.append(
+                f"  accuracy on {a.count} labels ({a.output}): reference {a.reference:.2%}, "
+                f"candidate {a.candidate:.2%}, agreement {a.agreement:.2%}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "exactness": self.exactness.value,
+            "samples": self.samples,
+            "problem": self.problem,
+            "notes": list(self.notes),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+        }
+
+
+def verdict_lines(verdict: Verdict | None, unverified_reason: str, against: str = "") -> list[str]:
+    """A report's verification lines: the verdict's summary (`against` what, when said) and its
+    notes, or why verification did not run."""
+    if verdict is None:
+        return [f"  verification: NOT RUN ({unverified_reason})"]
+    label = f"verification against {against}" if against else "verification"
+    return [f"  {label}: {verdict.summary()}", *(f"    {note}" for note in verdict.notes)]
+
+
+def compare_arrays(
+    name: str,
+    reference: Any,
+    candidate: Any,
+    exactness: Exactness,
+    tolerance: Tolerance | None = None,
+) -> OutputComparison:
+    """Compare one output; NaN and inf must appear at the same places in both.
+
+    Integer, bool and string outputs, and every output of a bitwise rewrite, must match exactly (in
+    their own dtype: int64 values are never rounded through float64). A float output passes when
+    every element satisfies ``|a - b| <= atol + rtol * scale``, `tolerance` defaulting to
+    `tolerance_for(exactness, dtype)`, where `scale` is the largest reference magnitude in the
+    element's channel (its index along axis 1) for outputs of rank 2 and more, and the element's own
+    reference magnitude for rank 0 and 1, never below 10% of the output's largest magnitude (see
+    `tolerance_scale`). So a wrong small channel next to large ones fails, while a channel whose
+    values cross zero is judged by its own size.
+    """
+    ref, got = np.asarray(reference), np.asarray(candidate)
+    tolerance = tolerance or tolerance_for(exactness, ref.dtype.name)
+    outcome = functools.partial(OutputComparison, name, ref.dtype.name, tolerance, size=ref.size)
+    if ref.shape != got.shape:
+        return outcome(False, f"shape {got.shape} != {ref.shape}")
+    if ref.dtype != got.dtype:
+        return outcome(False, f"dtype {got.dtype} != {ref.dtype}")
+    if ref.dtype.kind not in "fiub":
+        same = bool(np.array_equal(ref, got))
+        return outcome(same, "" if same else "values differ")
+    if ref.dtype.kind in "iub":
+        return _compare_exactly(ref, got, outcome)
+    a, b = ref.astype(np.float64), got.astype(np.float64)
+    if not (
+        np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[np.isinf(a)], b[np.isinf(a)])
+    ):
+        return outcome(False, "NaN/inf positions differ")
+    finite = np.isfinite(a)
+    if not np.all(np.isfinite(b[finite])):
+        return outcome(False, "non-finite values where the original is finite")
+    if not finite.any():
+        return outcome(True, max_abs_error=0.0)
+    a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
+    diff = np.abs(a - b)
+    ref_max, max_abs = float(np.max(np.abs(a))), float(diff.max())
+    if exactness is Exactness.BITWISE:
+        same_bits = _same_bits(ref, got)
+        ok = max_abs == 0.0 and same_bits
+        problem = "" if ok else "values differ (bitwise rewrite)"
+        if max_abs == 0.0 and not same_bits:
+            problem = "values differ in their bits (the sign of a zero; bitwise rewrite)"
+    else:
+        ok, problem = _within(diff, a, tolerance)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    with np.errstate(over="ignore", divide="ignore"):  # inf where the reference is 0: honest
+        max_rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)))
+    top1, top5 = _agreement(ref, got) if np.all(finite) else (None, None)
+    return outcome(
+        ok,
+        problem,
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        mean_abs_error=float(diff[finite].mean()),
+        cosine=float(np.dot(a.ravel(), b.ravel()) / norm) if norm > 0 else float(max_abs == 0),
+        reference_max_abs=ref_max,
+        top1_agreement=top1,
+        top5_agreement=top5,
+    )
+
+
+SCALE_FLOOR = 0.1
+"""The smallest scale an element is judged at, as a share of the output's largest magnitude.
+
+A reassociated sum errs by up to about eps * sum(|terms|), and where its terms cancel that is far
+above the value itself (a feature of a batch-1 Gemm at -0.06 from terms of size ~80); the floor
+stands in for the terms' size. A wrong channel 10 times smaller than the largest still fails."""
+
+
+def _same_bits(ref: np.ndarray, got: np.ndarray) -> bool:
+    """The same bit patterns wherever the reference is not NaN (NaN payloads may differ):
+    -0.0 and +0.0 are different outputs (1 / y tells them apart)."""
+    keep = ~np.isnan(ref)
+    unsigned = np.dtype(f"u{ref.dtype.itemsize}")
+    return bool(np.array_equal(ref[keep].view(unsigned), got[keep].view(unsigned)))
+
+
+def tolerance_scale(reference: np.ndarray) -> np.ndarray:
+    """The magnitude each element's error is measured against (broadcastable to `reference`, which
+    holds finite float64 values): the largest ``|reference|`` in the element's channel (index along
+    axis 1) for rank >= 2, the element's own ``|reference|`` for rank 0 and 1; never below
+    `SCALE_FLOOR` times the output's largest magnitude."""
+    magnitude = np.abs(reference)
+    floor = SCALE_FLOOR * float(magnitude.max(initial=0.0))
+    if reference.ndim < 2:
+        return np.maximum(magnitude, floor)
+    others = tuple(axis for axis in range(reference.ndim) if axis != 1)
+    return np.maximum(np.max(magnitude, axis=others, keepdims=True), floor)
+
+
+def _within(diff: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> tuple[bool, str]:
+    """Whether every error is within ``atol + rtol * scale``; if not, where the worst one is."""
+    allowed = tolerance.atol + tolerance.rtol * tolerance_scale(reference)
+    excess = diff - allowed
+    if not np.any(excess > 0):
+        return True, ""
+    worst = np.unravel_index(int(np.argmax(diff / np.maximum(allowed, 1e-300))), diff.shape)
+    where = f"at index {tuple(int(i) for i in worst)}" if diff.ndim else "at the scalar"
+    channel = f" (channel {int(worst[1])})" if diff.ndim >= 2 else ""
+    allowed_there = np.broadcast_to(allowed, diff.shape)[worst]
+    return False, (
+        f"beyond tolerance {where}{channel}: |a - b| = {float(diff[worst]):.3g} > "
+        f"{float(allowed_there):.3g} allowed, reference {float(reference[worst]):.6g}"
+    )
+
+
+def _compare_exactly(
+    ref: np.ndarray, got: np.ndarray, outcome: functools.partial[OutputComparison]
+) -> OutputComparison:
+    """Integers and bools: equal in their own dtype; the error statistics in exact integers."""
+    differs = ref != got
+    if not differs.any():
+        return outcome(True, max_abs_error=0.0, max_rel_error=0.0, mean_abs_error=0.0, cosine=1.0)
+    pairs = zip(ref[differs].tolist(), got[differs].tolist(), strict=True)
+    max_abs = max(abs(int(x) - int(y)) for x, y in pairs)
+    return outcome(
+        False,
+        f"values differ at {int(differs.sum())} of {ref.size} elements (integers compare exactly)",
+        max_abs_error=float(max_abs),
+    )
+
+
+def _agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float | None, float | None]:
+    """Top-1 and top-5 agreement for (rows, classes) float outputs; None for other shapes."""
+    if ref.ndim != 2 or ref.shape[1] < 2 or ref.dtype.kind != "f":
+        return None, None
+    expected = np.argmax(ref, axis=1)
+    top1 = float(np.mean(expected == np.argmax(got, axis=1)))
+    if ref.shape[1] < 5:
+        return top1, None
+    best5 = np.argsort(-got, axis=1, kind="stable")[:, :5]
+    return top1, float(np.mean(np.any(best5 == expected[:, None], axis=1)))
+
+
+def compare_outputs(
+    reference: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    exactness: Exactness,
+    tolerances: Mapping[str, Tolerance] | None = None,
+) -> Verdict:
+    """Match outputs by name, then by position for the names that differ.
+
+    A verdict that compared nothing (every output empty in both models, or no tensor at all) is not
+    ok, and its `problem` says so; empty outputs next to non-empty ones are fine.
+    """
+    tolerances = tolerances or {}
+    unknown = sorted(set(tolerances) - set(reference))
+    if unknown:
+        raise InputError(
+            f"tolerance given for unknown output(s) {', '.join(unknown)}; outputs are "
+            f"{', '.join(reference)}"
+        )
+    pairs, notes = match_outputs(reference, candidate)
+    comparisons: list[OutputComparison] = []
+    for name, other in pairs:
+        comparisons.extend(
+            _compare_nested(
+                name, reference[name], candidate[other], exactness, tolerances.get(name)
+            )
+        )
+    ok = all(c.ok for c in comparisons)
+    problem = ""
+    if ok and all(c.size == 0 for c in comparisons):
+        empty = ", ".join(
+            f"'{name}' {format_dims(np.shape(v))}"
+            for name, v in reference.items()
+            if isinstance(v, np.ndarray)
+        )
+        problem = (
+            f"nothing to compare: every output is empty in both models ({empty})"
+            if comparisons
+            else "nothing to compare: no output holds a tensor"
+        )
+    return Verdict(ok and not problem, exactness, comparisons, problem=problem, notes=notes)
+
+
+def match_outputs(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any]
+) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """Pairs (reference output, candidate output) and a note on how they were matched.
+
+    By name when both models have the same output names; otherwise by position, but only when the
+    counts agree, no name of one model sits at another position in the other, and the outputs at
+    each position are of the same kind and element type. Anything else is an InputError: a
+    comparison that guessed would compare one output twice and another never.
+    """
+    ref_names, cand_names = list(reference), list(candidate)
+    if len(ref_names) != len(cand_names):
+        raise InputError(
+            f"the models have {len(ref_names)} and {len(cand_names)} outputs "
+            f"({', '.join(ref_names)} vs {', '.join(cand_names)}); nothing to match them by"
+        )
+    if set(ref_names) == set(cand_names):
+        return [(name, name) for name in ref_names], ()
+    for position, (mine, theirs) in enumerate(zip(ref_names, cand_names, strict=True)):
+        if mine != theirs and (mine in candidate or theirs in reference):
+            raise InputError(
+                f"outputs match neither by name nor by position: output {position} is '{mine}' in "
+                f"the reference and '{theirs}' in the candidate, and "
+                f"'{mine if mine in candidate else theirs}' is another output of the other model"
+            )
+        kinds = (_kind(reference[mine]), _kind(candidate[theirs]))
+        if kinds[0] != kinds[1]:
+            raise InputError(
+                f"outputs differ in name and type at position {position}: '{mine}' {kinds[0]} in "
+                f"the reference, '{theirs}' {kinds[1]} in the candidate; nothing to match them by"
+            )
+    renamed = [f"'{a}' ~ '{b}'" for a, b in zip(ref_names, cand_names, strict=True) if a != b]
+    return list(zip(ref_names, cand_names, strict=True)), (
+        f"outputs matched by position (names differ: {', '.join(renamed)})",
+    )
+
+
+def _kind(value: Any) -> str:
+    """An output's kind for matching: the element type of a tensor, 'sequence' or 'optional'."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.name
+    if isinstance(value, PerSample):
+        return _kind(value[0]) if value else "tensor"
+    return "sequence" if isinstance(value, list) else "optional"
+
+
+def _compare_nested(
+    name: str, ref: Any, got: Any, exactness: Exactness, tolerance: Tolerance | None
+) -> list[OutputComparison]:
+    """Sequence outputs come back as lists, optional ones as None: compare them element by element."""
+    mismatch = functools.partial(
+        OutputComparison, name, "none", tolerance_for(exactness, "none"), False
+    )
+    if isinstance(ref, PerSample) or isinstance(got, PerSample):
+        if not (isinstance(ref, PerSample) and isinstance(got, PerSample)):
+            varies = "reference" if isinstance(ref, PerSample) else "candidate"
+            return [mismatch(f"the shape varies from sample to sample in the {varies} only")]
+        return [
+            compare_arrays(f"{name} (sample {i})", r, g, exactness, tolerance)
+            for i, (r, g) in enumerate(zip(ref, got, strict=True))
+        ]
+    if isinstance(ref, list) or isinstance(got, list):
+        if not (isinstance(ref, list) and isinstance(got, list)) or len(ref) != len(got):
+            return [mismatch("sequence lengths or kinds differ")]
+        return [
+            c
+            for i, (r, g) in enumerate(zip(ref, got, strict=True))
+            for c in _compare_nested(f"{name}[{i}]", r, g, exactness, tolerance)
+        ]
+    if ref is None and got is None:
+        return []
+    if ref is None or got is None:
+        return [mismatch("optional presence differs")]
+    return [compare_arrays(name, ref, got, exactness, tolerance)]
+
+
+class PerSample(list):
+    """One output's arrays, a sample each: its shape changed from sample to sample (a data-dependent
+    shape, as NonZero's), so the samples are compared one by one rather than pooled."""
+
+
+def pool_samples(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Outputs of several runs as one: arrays of the same shape in every run concatenated along
+    their first axis (scalars stacked); arrays whose shape varies kept per run (`PerSample`);
+    sequence and optional outputs kept per run as a list."""
+    pooled: dict[str, Any] = {}
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        if all(isinstance(v, np.ndarray) for v in values):
+            if len({v.shape for v in values}) > 1:
+                pooled[name] = PerSample(values)
+            else:
+                pooled[name] = np.concatenate(values) if values[0].ndim else np.stack(values)
+        else:
+            pooled[name] = values
+    return pooled
+
+
+def accuracy(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any], labels: np.ndarray
+) -> Accuracy:
+    """Top-1 accuracy of both models on `labels` (one class per row of the first classifier-shaped
+    output), and their agreement."""
+    by_position = list(candidate.values())
+    for index, (name, ref) in enumerate(reference.items()):
+        if isinstance(ref, np.ndarray) and ref.ndim == 2 and ref.shape[1] > 1:
+            got = candidate[name] if name in candidate else by_position[index]
+            flat = np.asarray(labels).reshape(-1)
+            if flat.shape[0] != ref.shape[0]:
+                raise InputError(
+                    f"labels: {flat.shape[0]} labels for {ref.shape[0]} rows of output '{name}'"
+                )
+            want, mine = np.argmax(ref, axis=1), np.argmax(got, axis=1)
+            return Accuracy(
+                name,
+                float(np.mean(want == flat)),
+                float(np.mean(mine == flat)),
+                float(np.mean(want == mine)),
+                int(flat.shape[0]),
+            )
+    raise InputError("labels given, but no output is shaped (rows, classes)")
+
+
+def nondeterministic_nodes(model: ir.Model) -> list[str]:
+    """The nodes (subgraphs included) that may make two runs on the same inputs differ: random ops,
+    and Dropout in training mode (or with a training_mode computed at run time), as
+    ``node 'name' Op ...`` for messages. A static scan: no run, cost linear in the node count."""
+    policy = ConstantPolicy(model, freeze_initializer_inputs=True)  # defaults are what runs get
+    opset = opset_version(model)
+    found = []
+    for node, function in nodes_with_functions(model):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        where = f" in function {function.domain}::{function.name}" if function else ""
+        label = f"node '{node_label(node)}' {node.op_type}{where}"
+        if node.op_type in RANDOM_OPS:
+            found.append(label)
+        elif node.op_type == "Dropout":
+            mode = _dropout_mode(node, opset, policy)
+            if mode:
+                found.append(f"{label} {mode}")
+    return found
+
+
+def _dropout_mode(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
+    """How a Dropout may be random ('' when it is the identity it is at inference)."""
+    if opset < 7:
+        return "in training mode (is_test=0)" if attr_int(node, "is_test", 0) == 0 else ""
+    if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
+        return ""
+    mode, _ = policy.array(node.inputs[2])
+    if mode is None:
+        return "with a training_mode fed or computed at run time"
+    if mode.size == 0 or not bool(mode.reshape(-1)[0]):
+        return ""
+    ratio, _ = policy.array(node.inputs[1]) if node.inputs[1] is not None else (None, "")
+    if ratio is not None and ratio.size and float(ratio.reshape(-1)[0]) == 0.0:
+        return ""  # training mode, but drops nothing
+    return "in training mode"
+
+
+def _check_deterministic(
+    again: Mapping[str, Any],
+    first: Mapping[str, Any],
+    exactness: Exactness,
+    tolerances: Mapping[str, Tolerance] | None,
+    suspects: Sequence[str],
+    role: str,
+) -> None:
+    """Raise `Nondeterministic` when a second run of the original on the same sample (`again`)
+    disagrees with the first (`first`) beyond the tolerance the verification itself uses."""
+    verdict = compare_outputs(first, again, exactness, tolerances)
+    if verdict.ok or verdict.problem:
+        return
+    if suspects:
+        named = ", ".join(suspects[:3]) + (
+            f" and {len(suspects) - 3} more" if len(suspects) > 3 else ""
+        )
+        why = f" ({named})"
+    else:
+        bad = next(o for o in verdict.outputs if not o.ok)
+        why = f" (output '{bad.name}': {bad.problem}, max abs err {bad.max_abs_error:.3g})"
+    raise Nondeterministic(
+        f"the {role} is not deterministic{why}: two runs on the same inputs differ; "
+        "nothing can be verified"
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessingAdapter:
+    """One model has `optkit preprocess`'s preprocessing embedded (its input `input_name` takes the
+    raw tensor), the other does not: the raw side is fed raw inputs, the other `apply(spec, raw)`."""
+
+    spec: PreprocessSpec
+    input_name: str
+    raw_side: str  # "candidate" or "reference"
+
+    @property
+    def note(self) -> str:
+        other = "reference" if self.raw_side == "candidate" else "candidate"
+        return (
+            f"{self.raw_side} takes raw input (embedded preprocessing): {other} fed "
+            f"apply(spec, raw) for input '{self.input_name}'"
+        )
+
+    def preprocessed(self, raw: Feeds) -> dict[str, np.ndarray]:
+        return {**raw, self.input_name: apply(self.spec, raw[self.input_name])}
+
+    def feeds(self, raw: Sequence[Feeds]) -> tuple[list[Feeds], list[Feeds]]:
+        """(reference feeds, candidate feeds) for raw samples."""
+        done: list[Feeds] = [self.preprocessed(sample) for sample in raw]
+        return (list(raw), done) if self.raw_side == "reference" else (done, list(raw))
+
+
+def preprocessing_adapter(reference: ir.Model, candidate: ir.Model) -> PreprocessingAdapter | None:
+    """The adapter when exactly one of the models records a preprocessing spec in its metadata
+    (`optkit.preprocessing`, written by `optkit preprocess`); None otherwise."""
+    specs = [m.metadata_props.get(METADATA_KEY) for m in (reference, candidate)]
+    if (specs[0] is None) == (specs[1] is None):
+        return None
+    side = "candidate" if specs[1] is not None else "reference"
+    raw_model, other = (candidate, reference) if side == "candidate" else (reference, candidate)
+    text = specs[1] if side == "candidate" else specs[0]
+    assert text is not None
+    spec = PreprocessSpec.from_json(text, f"the {side}'s metadata '{METADATA_KEY}'")
+    theirs = {v.name: v for v in runtime_inputs(other)}
+    raw_dtype = np.dtype(spec.dtype)
+
+    def dtype(value: ir.Value) -> np.dtype | None:
+        if not isinstance(value.type, ir.TensorType):
+            return None
+        try:
+            return np.dtype(value.type.dtype.numpy())
+        except TypeError:
+            return None
+
+    fits = [
+        v
+        for v in runtime_inputs(raw_model)
+        if v.name in theirs and dtype(v) == raw_dtype and dtype(theirs[v.name]) == np.float32
+    ]
+    if len(fits) > 1:  # several could take it: the one whose type or shape the embedding changed
+        fits = [
+            v
+            for v in fits
+            if dtype(v) != dtype(theirs[v.name]) or str(v.shape) != str(theirs[v.name].shape)
+        ]
+    if len(fits) != 1:
+        raise InputError(
+            f"the {side} records embedded preprocessing ({spec.dtype} {spec.layout} raw input), "
+            "but no single input of it matches a float32 input of the other model by name"
+        )
+    assert fits[0].name is not None
+    return PreprocessingAdapter(spec, fits[0].name, side)
+
+
+def verify(
+    before: io.ModelSource,
+    after: io.ModelSource,
+    inputs: Feeds | Sequence[Feeds] | None = None,
+    *,
+    exactness: Exactness = Exactness.REASSOCIATE,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    samples: int = 1,
+    int_range: tuple[int, int] = (0, 10),
+    labels: np.ndarray | None = None,
+    provider: str = "cpu",
+    reference_provider: str | None = None,
+    optimization: str = "disable",
+) -> Verdict:
+    """Run `before` and `after` on ORT and compare all outputs over every sample.
+
+    Models are paths, ModelProtos, onnx_ir Models, serialized bytes or `torch.onnx.ONNXProgram`s.
+    `inputs` is one feed dict or a list of them; by default `samples` seeded synthetic ones.
+    `reference_provider` runs `before` on another execution provider (CUDA against CPU, say).
+    When `after` has preprocessing embedded by `optkit preprocess` and `before` has not (or the
+    other way round), the raw side is fed raw inputs (synthesized from, and `inputs` and `shapes`
+    checked against, its signature; uint8 over 0..255) and the other the same after
+    `apply(spec, raw)`; `Verdict.notes` says so.
+
+    Raises `Unverifiable` (an InputError) when there is nothing to compare (an input or every
+    output holds no elements) and `Nondeterministic` when `before` disagrees with itself on the same
+    inputs. Cost: a random op or training-mode Dropout found by a static scan of `before` costs one
+    extra run of it on the first sample, in the same session; a failed comparison costs one fresh
+    session and run of `before`, so that a difference is only reported when the original repeats
+    itself; a clean pass costs nothing extra. A verdict is never ok on nothing.
+    """
+    from optkit.io.validation import load_checked
+
+    reference_name, candidate_name = io.describe(before), io.describe(after)
+    before_model = load_checked(before, reference_name, copy=False)
+    after_model = (
+        after if isinstance(after, ir.Model) else load_checked(after, candidate_name, copy=False)
+    )
+    reference_feeds, candidate_feeds, adapter = prepare_feeds(
+        before_model,
+        after_model,
+        inputs,
+        shapes=shapes,
+        seed=seed,
+        samples=samples,
+        int_range=int_range,
+    )
+    reference_runnable = _runnable(before, before_model)
+    reference_provider = reference_provider or provider
+    session, reference_runs = _run_all(
+        reference_runnable, reference_name, reference_feeds, reference_provider, optimization
+    )
+    first = reference_runs[0]
+    suspects = nondeterministic_nodes(before_model)
+
+    def check_stable(again: Mapping[str, Any]) -> None:
+        try:
+            _check_deterministic(again, first, exactness, tolerances, suspects, "reference")
+        except Nondeterministic as exc:
+            raise Nondeterministic(f"{reference_name}: {exc}") from None
+
+    if suspects:  # the same session: a seeded random op repeats its draws in a fresh one
+        check_stable(runtime.run(session, reference_feeds[0]))
+    del session  # one model's session in memory at a time
+    reference = pool_samples(reference_runs)
+    del reference_runs
+    try:
+        _, candidate_runs = _run_all(
+            _runnable(after, after_model), candidate_name, candidate_feeds, provider, optimization
+        )
+    except CannotRun as exc:  # the candidate does not run where the reference does: it differs
+        failure = OutputComparison(
+            "<model>", "none", tolerance_for(exactness, "none"), False, str(exc)
+        )
+        return Verdict(False, exactness, [failure], len(reference_feeds))
+    candidate = pool_samples(candidate_runs)
+    del candidate_runs
+    verdict = compare_outputs(reference, candidate, exactness, tolerances)
+    if verdict.problem:
+        raise Unverifiable(f"{candidate_name} vs {reference_name}: {verdict.problem}")
+    if not verdict.ok and not suspects:  # a difference only counts when the reference repeats
+        _, again = _run_all(
+            reference_runnable,
+            reference_name,
+            reference_feeds[:1],
+            reference_provider,
+            optimization,
+        )
+        check_stable(again[0])
+    score = accuracy(reference, candidate, labels) if labels is not None else None
+    notes = (
+        ((adapter.note,) if adapter else ())
+        + verdict.notes
+        + _provider_notes(provider, reference_provider)
+    )
+    return Verdict(verdict.ok, exactness, verdict.outputs, len(reference_feeds), score, notes=notes)
+
+
+def prepare_feeds(
+    reference: ir.Model,
+    candidate: ir.Model,
+    inputs: Feeds | Sequence[Feeds] | None = None,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    samples: int = 1,
+    int_range: tuple[int, int] = (0, 10),
+) -> tuple[list[Feeds], list[Feeds], PreprocessingAdapter | None]:
+    """The samples `verify` feeds each model: (reference feeds, candidate feeds, adapter).
+
+    Without an adapter both get the same feeds: `inputs`, or `samples` seeded synthetic ones. With
+    one (`preprocessing_adapter`), the raw side gets raw samples and the other `apply(spec, raw)`.
+    Raises `Unverifiable` when a sample has an input with no elements.
+    """
+    adapter = preprocessing_adapter(reference, candidate)
+    raw_model = candidate if adapter and adapter.raw_side == "candidate" else reference
+    raw_uint8 = adapter.input_name if adapter and adapter.spec.dtype == "uint8" else None
+    if adapter is None and inputs is None:
+        shapes = shapes_for_both(reference, candidate, shapes or {})
+    feeds = _samples(raw_model, inputs, shapes, seed, samples, int_range, raw_uint8)
+    _refuse_empty(feeds, shapes or {}, given=inputs is not None)
+    if adapter is None:
+        return feeds, feeds, None
+    return (*adapter.feeds(feeds), adapter)
+
+
+def shapes_for_both(
+    reference: ir.Model, candidate: ir.Model, shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    """`shapes` checked against the candidate too (a contradiction is an InputError naming it), and
+    completed where the reference leaves a dim dynamic that the candidate fixes (a dynamic-batch
+    original against its static-batch export): the synthetic inputs must fit both models."""
+    try:
+        check_shapes(candidate, {k: v for k, v in shapes.items() if k in _input_names(candidate)})
+    except InputError as exc:
+        raise InputError(f"the candidate: {exc}") from None
+    result = {name: tuple(dims) for name, dims in shapes.items()}
+    sizes = named_sizes(reference, shapes)
+    theirs = {v.name: v for v in runtime_inputs(candidate)}
+    for value in runtime_inputs(reference):
+        other = theirs.get(value.name)
+        if value.name in result or other is None or value.shape is None or other.shape is None:
+            continue
+        if len(value.shape) != len(other.shape):
+            continue
+        dims = list(input_shape(value, None, sizes))
+        fixed = [(axis, d) for axis, d in enumerate(other.shape) if isinstance(d, int)]
+        if any(not isinstance(value.shape[axis], int) for axis, _ in fixed):
+            for axis, size in fixed:
+                dims[axis] = size
+            assert value.name is not None
+            result[value.name] = tuple(dims)
+    return result
+
+
+def _input_names(model: ir.Model) -> set[str]:
+    return {v.name or "" for v in runtime_inputs(model)}
+
+
+def _runnable(source: io.ModelSource, model: ir.Model) -> ir.Model | str | os.PathLike:
+    """What to hand ORT: a path as a path (external data read from disk), else the loaded model."""
+    return source if isinstance(source, str | os.PathLike) else model
+
+
+def _refuse_empty(
+    samples: Sequence[Feeds], shapes: Mapping[str, Sequence[int]], *, given: bool
+) -> None:
+    """Raise when a sample has an input with no elements: whatever the outputs, nothing was fed."""
+    if not samples:
+        raise Unverifiable("no input samples given: nothing to compare")
+    for sample in samples:
+        empty = empty_inputs(sample)
+        if not empty:
+            continue
+        if given:
+            raise Unverifiable(
+                f"input {empty[0]} of the given inputs holds no elements: nothing to compare"
+            )
+        try:
+            check_nonempty_shapes({k: v for k, v in shapes.items() if k in sample})
+        except InputError as exc:  # the user's --shape: say which
+            raise Unverifiable(str(exc)) from None
+        raise Unverifiable(
+            f"input {empty[0]} holds no elements as the model declares it: nothing to compare"
+        )
+
+
+def _samples(
+    model: ir.Model,
+    inputs: Feeds | Sequence[Feeds] | None,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    count: int,
+    int_range: tuple[int, int],
+    raw_uint8: str | None = None,
+) -> list[Feeds]:
+    if inputs is None:
+        made: list[Feeds] = []
+        for i in range(max(1, count)):
+            sample = synthetic_inputs(model, shapes, seed=seed + i, int_range=int_range)
+            per_sample = sum(int(np.size(a)) for a in sample.values())
+            if i == 0 and count * per_sample > MAX_SYNTHETIC_ELEMENTS:
+                raise InputError(
+                    f"--samples {count}: {count:,} samples of {per_sample:,} input elements each "
+                    f"are over the {MAX_SYNTHETIC_ELEMENTS:,} elements optkit synthesizes; give at "
+                    f"most {max(1, MAX_SYNTHETIC_ELEMENTS // max(per_sample, 1)):,} samples"
+                )
+            if raw_uint8 is not None:  # raw pixels: the whole uint8 range, as deployed
+                rng = np.random.default_rng(seed + i)
+                shape = sample[raw_uint8].shape
+                sample[raw_uint8] = random_array(rng, ir.DataType.UINT8, shape, (0, 256))
+            made.append(sample)
+        return made
+    if isinstance(inputs, Mapping):
+        return [inputs]
+    return list(inputs)
+
+
+def _run_all(
+    model: ir.Model | str | os.PathLike,
+    name: str,
+    feeds: Sequence[Feeds],
+    provider: str,
+    optimization: str,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The session and its outputs on each sample."""
+    try:
+        session = runtime.make_session(model, provider=provider, optimization=optimization)
+        return session, [runtime.run(session, sample) for sample in feeds]
+    except OptkitError:
+        raise
+    except Exception as exc:  # ORT rejects the model or an input
+        shown = "the model" if name.startswith("<") else name
+        raise CannotRun(f"ONNX Runtime cannot run {shown}: {first_line(exc)}") from None
+
+
+def _provider_notes(provider: str, reference_provider: str) -> tuple[str, ...]:
+    """What `auto` chose, when it is asked for: the run says where it ran."""
+    notes = []
+    for role, asked in (("candidate", provider), ("reference", reference_provider)):
+        if asked == "auto":
+            chosen = runtime.resolve_provider("auto")[0]
+            fallback = " (no CUDA execution provider here)" if "CUDA" not in chosen else ""
+            notes.append(f"--provider auto ran the {role} on {chosen}{fallback}")
+    return tuple(notes)
+
+
+class CannotRun(InputError):
+    """ONNX Runtime rejects a model or its inputs: bad input for the reference (nothing to compare
+    against), a failed verification for the candidate."""
+
+
+def verify_rewrite(
+    before: ir.Model,
+    after: ir.Model,
+    exactness: Exactness,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    int_range: tuple[int, int] = (0, 10),
+) -> Verdict | str:
+    """Like `verify`, for a model and its rewrite: a string says why nothing can be concluded (the
+    original cannot run on ONNX Runtime, no inputs can be made for it, its inputs or outputs hold no
+    elements, or it is not deterministic); a rewrite that fails to run is a failed verdict. The
+    returned Verdict is never ok on nothing. A zero dimension in `shapes` raises InputError.
+
+    Dynamic dims that `shapes` leaves to a default are verified at two sizes (`second_sizes`: the
+    defaults, then batch 2 and 9, 7, ... for the others). Where the original itself does not run
+    at the second sizes (a model whose dims are dynamic in name only) the verdict stands on the
+    first and its notes say so.
+    """
+    first = _verify_rewrite_at(before, after, exactness, shapes, seed, int_range)
+    second = second_sizes(before, shapes or {})
+    if not isinstance(first, Verdict) or not first.ok or second is None:
+        return first
+    sizes = ", ".join(f"{name}={format_dims(dims)}" for name, dims in second.items())
+    again = _verify_rewrite_at(before, after, exactness, second, seed + 1, int_range)
+    if isinstance(again, str):
+        note = f"dynamic dims checked at one size only: at {sizes} {again}"
+        return replace(first, notes=(*first.notes, note))
+    outputs = [replace(o, name=f"{o.name} at {sizes}") for o in again.outputs]
+    return replace(
+        first,
+        ok=again.ok,
+        outputs=[*first.outputs, *outputs],
+        samples=first.samples + again.samples,
+        notes=(
+            *first.notes,
+            *again.notes,
+            f"dynamic dims checked at two sizes: defaults and {sizes}",
+        ),
+    )
+
+
+def _verify_rewrite_at(
+    before: ir.Model,
+    after: ir.Model,
+    exactness: Exactness,
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    int_range: tuple[int, int],
+) -> Verdict | str:
+    """One run of `verify_rewrite` at `shapes`."""
+    check_nonempty_shapes(shapes or {})
+    try:
+        feeds = synthetic_inputs(before, shapes, seed=seed, int_range=int_range)
+    except UnsynthesizableInput as exc:
+        return f"no inputs to run it on: {exc}"
+    try:
+        _refuse_empty([feeds], shapes or {}, given=False)
+    except Unverifiable as exc:
+        return str(exc)
+    try:
+        session = runtime.make_session(before)
+        reference = runtime.run(session, feeds)
+        suspects = nondeterministic_nodes(before)
+        again = runtime.run(session, feeds) if suspects else None
+        del session  # one model's session in memory at a time
+    except InputError:
+        raise
+    except Exception as exc:  # ORT rejects the original: nothing to compare against
+        return f"ONNX Runtime cannot run the original model: {first_line(exc)}"
+    try:
+        if again is not None:
+            _check_deterministic(again, reference, exactness, None, suspects, "original")
+    except Nondeterministic as exc:
+        return str(exc)
+    try:
+        candidate = runtime.run(runtime.make_session(after), feeds)
+    except Exception as exc:
+        problem = f"rewritten model fails on ONNX Runtime: {first_line(exc)}"
+        failure = OutputComparison(
+            "<model>", "none", tolerance_for(exactness, "none"), False, problem
+        )
+        return Verdict(False, exactness, [failure])
+    verdict = compare_outputs(reference, candidate, exactness)
+    if verdict.problem:
+        return verdict.problem
+    if not verdict.ok and not suspects:  # a difference only counts when the original repeats
+        try:
+            again = runtime.run(runtime.make_session(before), feeds)
+            _check_deterministic(again, reference, exactness, None, suspects, "original")
+        except Nondeterministic as exc:
+            return str(exc)
+    if not verdict.ok and exactness is not Exactness.BITWISE:  # a bitwise claim has no excuse
+        return _arbitrate(verdict, before, feeds, reference, candidate, exactness)
+    if not verdict.ok:
+        return verdict
+    if exactness is Exactness.BITWISE:
+        return _bitwise_on_special_values(verdict, before, after, feeds, seed)
+    return verdict
+
+
+def _arbitrate(
+    verdict: Verdict,
+    before: ir.Model,
+    feeds: Feeds,
+    reference: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    exactness: Exactness,
+) -> Verdict:
+    """The models disagree: which is closer to the original computed in float64? A candidate within
+    tolerance of that truth passes (the original lost precision the rewrite did not: cancellation
+    of large constants in float32); otherwise the verdict stands, with both distances in its notes."""
+    from optkit.check.reference64 import outputs64
+
+    if _non_finite_differs(reference, candidate):
+        return replace(
+            verdict,
+            notes=(*verdict.notes, "the rewrite gives inf or NaN where the original differs"),
+        )
+    truth_list = outputs64(before, feeds)
+    if truth_list is None or len(truth_list) != len(reference):
+        return replace(
+            verdict, notes=(*verdict.notes, "no float64 reference to say which is closer")
+        )
+    truth: dict[str, Any] = {}
+    for (name, ours), exact in zip(reference.items(), truth_list, strict=True):
+        if not isinstance(ours, np.ndarray) or ours.shape != exact.shape:
+            return verdict
+        truth[name] = exact.astype(ours.dtype) if ours.dtype.kind == "f" else exact
+    against_truth = compare_outputs(truth, candidate, exactness)
+    original_off = compare_outputs(truth, dict(reference), exactness)
+    distances = (
+        f"float64 reference: the rewrite is {against_truth.max_abs_error:.3g} off it, the "
+        f"original {original_off.max_abs_error:.3g}"
+    )
+    if against_truth.ok:
+        return replace(
+            against_truth,
+            notes=(*verdict.notes, f"{distances}: the rewrite is the more accurate, and passes"),
+        )
+    return replace(verdict, notes=(*verdict.notes, distances))
+
+
+def _non_finite_differs(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:
+    """The candidate is inf or NaN somewhere the reference holds something else (another sign of
+    inf, say): no float64 reference excuses that (the rewrite's licence is the other way round:
+    finite where the original overflowed)."""
+    for name, ours in reference.items():
+        theirs = candidate.get(name)
+        if not isinstance(ours, np.ndarray) or not isinstance(theirs, np.ndarray):
+            continue
+        if ours.dtype.kind != "f" or ours.shape != theirs.shape:
+            continue
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(theirs) & ~((theirs == ours) | (np.isnan(theirs) & np.isnan(ours)))
+        if bad.any():
+            return True
+    return False
+
+
+def _bitwise_on_special_values(
+    verdict: Verdict, before: ir.Model, after: ir.Model, feeds: Feeds, seed: int
+) -> Verdict:
+    """A bitwise claim holds for every input: run both models once more with NaN, +-inf, -0 and
+    values near the float range in every float input. Where the original does not run on them, the
+    verdict stands on the ordinary inputs, and its notes say so."""
+    special = with_special_values(feeds, seed)
+    if special is None:
+        return verdict
+    try:
+        want = runtime.run(runtime.make_session(before), special)
+    except Exception:
+        return replace(verdict, notes=(*verdict.notes, "special values: the original does not run"))
+    try:
+        got = runtime.run(runtime.make_session(after), special)
+    except Exception as exc:
+        problem = f"rewritten model fails on NaN / inf inputs: {first_line(exc)}"
+        failure = OutputComparison("<model>", "none", tolerance_for(Exactness.BITWISE, "none"),
+                                   False, problem)  # fmt: skip
+        return Verdict(False, Exactness.BITWISE, [*verdict.outputs, failure])
+    again = compare_outputs(want, got, Exactness.BITWISE)
+    outputs = [replace(o, name=f"{o.name} (NaN / inf inputs)") for o in again.outputs]
+    return replace(verdict, ok=again.ok, outputs=[*verdict.outputs, *outputs])
