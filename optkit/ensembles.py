@@ -398,12 +398,10 @@ def _combine(
 
 def _share(model: ir.Model) -> dict[str, int]:
     """Share identical initializers and merge identical nodes (bitwise passes); hits per pass."""
-    from optkit.passes.cleanup import (
-        DeduplicateInitializers,
-        EliminateCommonSubexpressions,
-        RemoveUnused,
-        TopologicalSort,
-    )
+    from optkit.passes.cse import EliminateCommonSubexpressions
+    from optkit.passes.dedupe import DeduplicateInitializers
+    from optkit.passes.toposort import TopologicalSort
+    from optkit.passes.unused import RemoveUnused
 
     passes = (
         DeduplicateInitializers(),

@@ -32,9 +32,10 @@ from optkit.core.graph import (
 )
 from optkit.core.shapes import infer_shapes
 from optkit.errors import InputError
-from optkit.passes.canonicalize import MIN_OPSET, RUNTIME_MAX_OPSET, SLOWER_ON_RUNTIME, attribute
+from optkit.passes.canonicalize import attribute
 from optkit.passes.forms.activations import find_activations
 from optkit.passes.forms.pattern import Match
+from optkit.passes.forms.runtime_support import MIN_OPSET, RUNTIME_MAX_OPSET, SLOWER_ON_RUNTIME
 
 # --- float64 reference functions, by kind ------------------------------------------------------
 

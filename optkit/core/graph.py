@@ -276,3 +276,30 @@ def dims_after_batch(shape: ir.Shape | None) -> list[int] | None:
         return None
     dims = [d for d in list(shape)[1:] if isinstance(d, int)]
     return dims if len(dims) == len(shape) - 1 else None
+
+
+def bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
+    """Make every reader of `output` read `source` and delete `node`; '' on success, else why not.
+
+    When `output` is a graph output, `source` takes its name, which is only sound when `source` is
+    produced inside the same graph and is not itself a graph input, initializer or output.
+    """
+    graph = node.graph
+    assert graph is not None
+    takes_name = output.is_graph_output()
+    if takes_name:
+        if source.is_graph_input() or source.is_initializer():
+            return "connects a graph input or initializer straight to a graph output"
+        if source.is_graph_output():
+            return "both its input and its output are graph outputs"
+        if source.graph is not graph:
+            return "its input comes from an enclosing graph"
+    if source.type is None:
+        source.type = output.type
+    if source.shape is None:
+        source.shape = output.shape
+    ir.convenience.replace_all_uses_with(output, source, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    if takes_name:  # only the output's name is the signature (a source that is a graph output
+        source.name = output.name  # read by a dead Identity keeps its own)
+    return ""

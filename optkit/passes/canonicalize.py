@@ -1,7 +1,8 @@
-"""Canonicalize: each decomposed activation or normalization becomes its one ONNX op.
+"""The canonicalizing sweep shared by the `activations` and `norms` passes: each decomposed
+activation or normalization becomes its one ONNX op.
 
-`activations` fuses the forms in `activation_forms` (GELU, Swish, HardSwish, Mish, ELU, ...),
-`norms` those in `normalization_forms` (LayerNormalization, GroupNormalization). Both are
+`activations` fuses the forms in `forms.activations` (GELU, Swish, HardSwish, Mish, ELU, ...),
+`norms` those in `forms.normalizations` (LayerNormalization, GroupNormalization). Both are
 reassociating: the fused op computes the same function, its kernel rounds differently from the
 chain of primitives (for PRelu -> LeakyRelu and the Max / Clip / Where forms of Relu and LeakyRelu
 the result is bit-for-bit the same). A form is fused only where:
@@ -10,8 +11,8 @@ the result is bit-for-bit the same). A form is fused only where:
   LayerNormalization 17, GroupNormalization 21); below it the site is declined and names the opset
   to upgrade to (`optkit fuse --upgrade-opset N`);
 - no value inside the form is read from outside it;
-- ONNX Runtime's CPU provider has a kernel for the op at the input's element type (`RUNTIME_TYPES`),
-  so the result still runs where the original ran.
+- ONNX Runtime's CPU provider has a kernel for the op at the input's element type
+  (`forms.runtime_support.RUNTIME_TYPES`), so the result still runs where the original ran.
 
 Nothing outside the default domain is emitted. Forms are looked for from the end of each graph to its
 start, so the largest form around a node is found before the forms inside it, and the sweep repeats
@@ -25,7 +26,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.core.contract import PassOptions, RewritePass, Site
 from optkit.core.graph import (
     ConstantPolicy,
     Namer,
@@ -38,28 +39,14 @@ from optkit.core.shapes import ShapesOnDemand
 from optkit.passes.forms import activations as activation_forms
 from optkit.passes.forms import normalizations as normalization_forms
 from optkit.passes.forms.pattern import Match, Reader, forms_from_the_end, private
+from optkit.passes.forms.runtime_support import (
+    MIN_OPSET,
+    RUNTIME_MAX_OPSET,
+    RUNTIME_TYPES,
+    SLOWER_ON_RUNTIME,
+)
 
 MAX_ROUNDS = 4
-MIN_OPSET = activation_forms.MIN_OPSET | normalization_forms.MIN_OPSET
-
-# Element types at which ONNX Runtime (1.32, CPU provider) runs each op these passes emit; checked
-# against ONNX Runtime by tests/passes/test_canonicalize.py. Other types are left decomposed.
-_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
-EMITTED = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Softplus", "HardSigmoid", "HardSwish", "Mish",
-           "Gelu", "Swish", "LayerNormalization", "GroupNormalization")  # fmt: skip
-RUNTIME_TYPES: dict[str, frozenset[ir.DataType]] = {op: _FLOATS for op in EMITTED} | {
-    "Celu": frozenset({ir.DataType.FLOAT}),
-}
-
-# Ops ONNX Runtime (1.32, CPU) runs only up to some opset of the model (Swish's kernel is for 24 only).
-RUNTIME_MAX_OPSET: dict[str, int] = {"Swish": 24}
-
-# Ops ONNX Runtime's CPU provider runs slower than the primitives they replace (tools/
-# bench_activations.py: Swish 1.2-1.8x Sigmoid+Mul, which ORT fuses itself; Softplus 4x
-# Log(Exp(x)+1); GroupNormalization-21 1.9x the Reshape/InstanceNormalization chain). They are fused
-# only with `all_canonical`, for runtimes that want the canonical op, or where the form already
-# contains the op (torch's Where(x > 20, x, Softplus(x)) loses two nodes and nothing else).
-SLOWER_ON_RUNTIME = frozenset({"Swish", "Softplus", "GroupNormalization"})
 
 Recognizer = Callable[[ir.Node, Reader], "Match | str | None"]
 
@@ -93,24 +80,6 @@ class Canonicalize(RewritePass):
             if not done:
                 break
         return applied + list(declined.values())
-
-
-class CanonicalizeActivations(Canonicalize):
-    spec = PassSpec(
-        "activations",
-        Exactness.REASSOCIATE,
-        "fuse decomposed activations (GELU, Swish, HardSwish, Mish, ELU, ...) into their ONNX op",
-    )
-    recognize = staticmethod(activation_forms.recognize)
-
-
-class CanonicalizeNormalization(Canonicalize):
-    spec = PassSpec(
-        "norms",
-        Exactness.REASSOCIATE,
-        "fuse decomposed LayerNorm and GroupNorm into LayerNormalization / GroupNormalization",
-    )
-    recognize = staticmethod(normalization_forms.recognize)
 
 
 def decomposed_forms(model: ir.Model) -> dict[int, str]:

@@ -48,6 +48,7 @@ from optkit.core.graph import (
     add_initializer,
     attr_int,
     attr_ints,
+    bypass,
     consumers_reason,
     iter_graphs,
     node_label,
@@ -56,7 +57,6 @@ from optkit.core.graph import (
     sole_consumer,
 )
 from optkit.core.shapes import ShapesOnDemand
-from optkit.passes.cleanup import _bypass
 
 MAX_SWEEPS = 16
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -247,7 +247,7 @@ def _declined(rule: str, node: ir.Node, reason: str) -> Site:
 
 def _remove_noop(rule: str, node: ir.Node, source: ir.Value) -> Site:
     label = node_label(node)
-    reason = _bypass(node, source, node.outputs[0])
+    reason = bypass(node, source, node.outputs[0])
     if reason:
         return Site(rule, label, False, f"a no-op, kept: {reason}")
     return Site(rule, label, True, removed=(label,))
@@ -275,7 +275,7 @@ def _collapse(rule: str, first: ir.Node, second: ir.Node, source: ir.Value, ctx:
     """second(first(x)) = x: readers of the pair's output read x. Where x cannot take the place of a
     graph output, one Identity keeps the signature."""
     removed = (node_label(first), node_label(second))
-    if not _bypass(second, source, second.outputs[0]):
+    if not bypass(second, source, second.outputs[0]):
         ctx.graph.remove(first, safe=True)
         return _applied(rule, second, removed, ())
     identity = _new_node(ctx, "Identity", [source], [], second.name)

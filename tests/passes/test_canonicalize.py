@@ -18,7 +18,7 @@ import optkit
 from helpers import F32, assert_same_outputs, make_model, ort_outputs
 from optkit.core.contract import PassOptions
 from optkit.models import CANONICALIZE_ZOO
-from optkit.passes.canonicalize import RUNTIME_TYPES
+from optkit.passes.forms.runtime_support import RUNTIME_TYPES
 from optkit.torch import export_onnx
 
 DECOMPOSED = {"Erf", "Tanh", "Sigmoid", "Exp", "Log", "Where", "Max", "Min", "Pow", "Sqrt",
@@ -317,7 +317,7 @@ def test_float16_fuses_and_float64_stays_decomposed_where_ort_has_no_kernel():
 @pytest.mark.parametrize("op", sorted(RUNTIME_TYPES))
 def test_the_runtime_type_table_holds_on_onnx_runtime(op):
     """Every (op, element type) the passes may emit runs on ONNX Runtime's CPU provider."""
-    from optkit.passes.canonicalize import MIN_OPSET
+    from optkit.passes.forms.runtime_support import MIN_OPSET
 
     for dtype in RUNTIME_TYPES[op]:
         np_type = {"FLOAT": np.float32, "FLOAT16": np.float16}[dtype.name]

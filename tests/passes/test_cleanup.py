@@ -9,7 +9,7 @@ from onnx import helper
 
 from helpers import F32, assert_same_outputs, fold, make_model, op_types, ort_outputs, sites
 from optkit import PassOptions
-from optkit.passes.cleanup import TopologicalSort
+from optkit.passes.toposort import TopologicalSort
 
 
 def test_identity_chain_removed_and_output_name_kept(rng):
