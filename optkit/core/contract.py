@@ -80,6 +80,31 @@ class PassSpec:
 
 
 @dataclass(frozen=True)
+class Decline:
+    """"Not here, because `reason`": the one value a rule, a check, a verification step or a command
+    returns instead of its result when it does nothing.
+
+    A rule returns `Plan | Decline`, a check `Decline | None` (None: nothing stands in the way), and
+    callers test `isinstance(x, Decline)` or `is None`; a Decline is a value, never an exception,
+    and never an empty string that means "fine". `reason` is in words a user can act on; a site
+    declined for it carries the same text (`Site.reason`).
+    """
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            raise ValueError("a Decline needs a reason")
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def prefixed(self, context: str) -> Decline:
+        """The same decline with `context` before its reason ("conv+bn: " + reason)."""
+        return Decline(f"{context}{self.reason}")
+
+
+@dataclass(frozen=True)
 class Site:
     """One match a rule looked at.
 
