@@ -38,7 +38,7 @@ from optkit import combine as combining
 from optkit import io
 from optkit.check.inputs import format_dims, runtime_inputs
 from optkit.check.verify import Verdict, verify_rewrite
-from optkit.core.contract import Exactness
+from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import Namer, iter_graphs, node_count, opset_version
 from optkit.errors import InputError, InternalError, VerificationError
 from optkit.io.outputs import model_reads
@@ -402,7 +402,7 @@ def tta(
     outputs = list(working.graph.outputs)
     for value in outputs:
         why = combining.combinable(combine, value) or _batch_major(value)
-        if why:
+        if why is not None:
             raise InputError(f"{label}: {why}")
     input_name = x.name or ""
     _rewrite(working, x, axes, rank, augment, copies, combine, factors, model_size, crop)
@@ -519,15 +519,16 @@ def _check_sizes(
             raise InputError(f"--shift {augment.shift}: the image is only {dim} pixels across")
 
 
-def _batch_major(value: ir.Value) -> str:
+def _batch_major(value: ir.Value) -> Decline | None:
+    """Why TTA cannot split `value` along its first axis into the copies (None when it can)."""
     if value.shape is None or len(value.shape) == 0:
-        return f"output '{value.name}' has no batch axis (its shape is unknown or scalar)"
+        return Decline(f"output '{value.name}' has no batch axis (its shape is unknown or scalar)")
     if isinstance(value.shape[0], int):
-        return (
+        return Decline(
             f"output '{value.name}' has a static first dim ({value.shape[0]}); TTA splits the "
             "copies along the batch axis"
         )
-    return ""
+    return None
 
 
 def _rewrite(

@@ -38,8 +38,8 @@ from optkit.check.inputs import (
     synthetic_inputs,
 )
 from optkit.check.verify import Verdict, compare_outputs, pool_samples, verdict_lines
-from optkit.core.contract import Exactness
-from optkit.core.graph import Namer, node_count
+from optkit.core.contract import Decline, Exactness
+from optkit.core.graph import FLOAT_TYPES, Namer, add_initializer, node_count
 from optkit.errors import InputError, first_line
 
 COMBINES = ("mean", "softmax-mean", "vote")
@@ -92,18 +92,22 @@ def parse_weights(text: str) -> list[float]:
         raise InputError(f"--weights '{text}': expected numbers separated by commas") from None
 
 
-def combinable(combine: str, value: ir.Value) -> str:
-    """Why an output cannot be combined this way ('' when it can)."""
+def combinable(combine: str, value: ir.Value) -> Decline | None:
+    """Why an output cannot be combined this way (None when it can)."""
     dtype = value.type.dtype if isinstance(value.type, ir.TensorType) else None
     if dtype not in FLOAT_DTYPES:
         kind = dtype.name if dtype is not None else "not a tensor"
-        return f"output '{value.name}' is {kind}; --combine {combine} needs float outputs"
+        return Decline(f"output '{value.name}' is {kind}; --combine {combine} needs float outputs")
     if combine == "vote" and (value.shape is None or len(value.shape) != 2):
         shape = "of unknown rank" if value.shape is None else f"of rank {len(value.shape)}"
-        return f"output '{value.name}' is {shape}; --combine vote needs (rows, classes) outputs"
+        return Decline(
+            f"output '{value.name}' is {shape}; --combine vote needs (rows, classes) outputs"
+        )
     if combine == "softmax-mean" and value.shape is not None and len(value.shape) == 0:
-        return f"output '{value.name}' is a scalar; --combine softmax-mean needs an axis of classes"
-    return ""
+        return Decline(
+            f"output '{value.name}' is a scalar; --combine softmax-mean needs an axis of classes"
+        )
+    return None
 
 
 # --- numpy ---------------------------------------------------------------------------------------
@@ -165,16 +169,12 @@ class Builder:
         return self.op(op_type, inputs, **attributes)[0]
 
     def const(self, label: str, array: np.ndarray | float | int, dtype: ir.DataType) -> ir.Value:
-        data = np.asarray(array, dtype=dtype.numpy())  # a scalar stays rank 0
-        name = self.namer.fresh(f"{self.prefix}/{label}")
-        value = ir.Value(
-            name=name,
-            const_value=ir.Tensor(data, dtype=dtype, name=name),
-            type=ir.TensorType(dtype),
-            shape=ir.Shape(data.shape),
-        )
-        self.graph.register_initializer(value)
-        return value
+        """A new initializer (a scalar stays rank 0); floats are rounded once to `dtype` by
+        `add_initializer`, which refuses an overflow."""
+        data = np.asarray(array)
+        if FLOAT_TYPES.get(dtype) is None:
+            data = data.astype(dtype.numpy())
+        return add_initializer(self.graph, self.namer, f"{self.prefix}/{label}", data, dtype)
 
     def ints(self, label: str, values: Sequence[int]) -> ir.Value:
         return self.const(label, np.asarray(values, np.int64), ir.DataType.INT64)
@@ -304,9 +304,9 @@ def verify_against(
     seed: int = 0,
     samples: int = 2,
     int_range: tuple[int, int] = (0, 10),
-) -> Verdict | str:
+) -> Verdict | Decline:
     """`model` on ONNX Runtime against `expected` (a numpy reference) on `samples` seeded inputs,
-    and again at second sizes of the dynamic dims `shapes` leaves to a default. A string says why
+    and again at second sizes of the dynamic dims `shapes` leaves to a default. A Decline says why
     nothing could be compared (no inputs can be made, the model or a reference model does not
     run); a Verdict is never ok on nothing."""
     shapes = dict(shapes or {})
@@ -319,7 +319,7 @@ def verify_against(
     try:
         got_run = session_runner(model, "the combined model")
     except InputError as exc:
-        return str(exc)
+        return Decline(str(exc))
     verdict: Verdict | None = None
     for index, (sizes, suffix) in enumerate(runs):
         try:
@@ -328,18 +328,18 @@ def verify_against(
                 for k in range(max(1, samples))
             ]
         except UnsynthesizableInput as exc:
-            return f"no inputs to run it on: {exc}"
+            return Decline(f"no inputs to run it on: {exc}")
         try:
             want = pool_samples([expected(f) for f in feeds])
         except InputError as exc:
-            return str(exc)
+            return Decline(str(exc))
         try:
             got = pool_samples([got_run(f) for f in feeds])
         except InputError as exc:
-            return str(exc)
+            return Decline(str(exc))
         again = compare_outputs(want, got, exactness)
         if again.problem:
-            return again.problem
+            return Decline(again.problem)
         outputs = [
             replace(o, name=f"{o.name} at {suffix}" if suffix else o.name) for o in again.outputs
         ]
@@ -498,7 +498,7 @@ def verify_and_fuse(
     `optkit.fuse` on it and verify the fused model against the same reference again. Returns the
     model to keep."""
 
-    def check(candidate: ir.Model) -> Verdict | str:
+    def check(candidate: ir.Model) -> Verdict | Decline:
         return verify_against(
             candidate,
             expected,
@@ -511,8 +511,8 @@ def verify_and_fuse(
 
     if verify_result:
         outcome = check(model)
-        if isinstance(outcome, str):
-            report.unverified_reason = outcome
+        if isinstance(outcome, Decline):
+            report.unverified_reason = str(outcome)
         else:
             report.verdict = outcome
     if not fuse:

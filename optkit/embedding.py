@@ -20,7 +20,7 @@ from optkit.check import runtime
 from optkit.check.inputs import runtime_inputs, synthetic_inputs
 from optkit.check.verify import Verdict, compare_outputs
 from optkit.core.contract import Exactness
-from optkit.core.graph import Namer, add_initializer
+from optkit.core.graph import Namer, add_initializer, replace_input
 from optkit.errors import InputError
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec, apply
 
@@ -104,9 +104,7 @@ def embed(model: io.ModelLike, spec: PreprocessSpec, input_name: str | None = No
         x = add("MatMul", [x, constant("projection", projection)])
     for node in nodes:
         graph.append(node)
-    ir.convenience.replace_all_uses_with(target, x)
-    position = list(graph.inputs).index(target)
-    graph.inputs[position] = raw
+    replace_input(graph, target, raw, x)
     x.name, raw.name = namer.fresh(f"{name}_preprocessed"), name
     x.type, x.shape = target.type, target.shape
     graph.sort()

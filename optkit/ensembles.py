@@ -30,8 +30,8 @@ from optkit import combine as combining
 from optkit import io
 from optkit.check.inputs import format_dims, runtime_inputs
 from optkit.check.verify import Verdict, verify_rewrite
-from optkit.core.contract import Exactness
-from optkit.core.graph import Namer, iter_graphs, node_count, opset_version
+from optkit.core.contract import Decline, Exactness
+from optkit.core.graph import Namer, is_default_domain, iter_graphs, node_count, opset_version
 from optkit.core.pipeline import Pipeline
 from optkit.errors import InputError, InternalError, VerificationError
 from optkit.io.outputs import model_reads
@@ -78,7 +78,8 @@ def ensemble(
     target = _target_opset(originals, labels, opset)
     converted, details = _converted(originals, labels, target)
     imports = _imports(converted, labels, target)
-    spec, preprocessing = _preprocessing(originals, labels)
+    preprocessing = _preprocessing(originals, labels)
+    spec = preprocessing if isinstance(preprocessing, PreprocessSpec) else None
     inputs = [v.name or "" for v in runtime_inputs(originals[0])]
     readers_before = sum(_readers(m, inputs) for m in converted)
     merged = _merge(converted, imports)
@@ -90,7 +91,7 @@ def ensemble(
         f"shared: {shared['dedupe']} initializer(s) of identical contents, "
         f"{shared['cse']} identical node(s) merged"
     )
-    if preprocessing == "shared":
+    if spec is not None:
         after = _readers(merged, inputs)
         details.append(
             f"embedded preprocessing identical in every member: hoisted once ({readers_before} -> "
@@ -99,7 +100,7 @@ def ensemble(
             else f"embedded preprocessing identical in every member, but not merged ({after} "
             "nodes read the input)"
         )
-    elif preprocessing:
+    elif isinstance(preprocessing, Decline):
         details.append(f"embedded preprocessing kept per member: {preprocessing}")
     merged.metadata_props.clear()
     if spec is not None:
@@ -178,7 +179,7 @@ def check_members(models: Sequence[ir.Model], labels: Sequence[str], combine: st
     outputs0 = list(first.graph.outputs)
     for value in outputs0:
         why = combining.combinable(combine, value)
-        if why:
+        if why is not None:
             raise InputError(f"{name0}: {why}")
     for model, label in zip(models[1:], labels[1:], strict=True):
         inputs = runtime_inputs(model)
@@ -273,7 +274,7 @@ def _imports(models: Sequence[ir.Model], labels: Sequence[str], target: int) -> 
     owner: dict[str, str] = {}
     for model, label in zip(models, labels, strict=True):
         for domain, version in model.opset_imports.items():
-            if domain in ("", "ai.onnx"):
+            if is_default_domain(domain):
                 continue
             if domain in imports and imports[domain] != version:
                 raise InputError(
@@ -286,22 +287,23 @@ def _imports(models: Sequence[ir.Model], labels: Sequence[str], target: int) -> 
 
 def _preprocessing(
     models: Sequence[ir.Model], labels: Sequence[str]
-) -> tuple[PreprocessSpec | None, str]:
-    """(the spec every member shares, "shared") or (None, which members embed what; "" if none)."""
+) -> PreprocessSpec | Decline | None:
+    """The spec every member embeds; None when none embeds one; else why it is not shared (which
+    members embed what)."""
     specs = []
     for model, label in zip(models, labels, strict=True):
         text = model.metadata_props.get(METADATA_KEY)
         what = f"{label}: metadata '{METADATA_KEY}'"
         specs.append(PreprocessSpec.from_json(text, what) if text is not None else None)
     if all(s is None for s in specs):
-        return None, ""
+        return None
     if all(s is not None and s == specs[0] for s in specs):
-        return specs[0], "shared"
+        return specs[0]
     kinds = [
         f"{label.split(' (')[0]} {'none' if s is None else f'{s.dtype} {s.layout}'}"
         for label, s in zip(labels, specs, strict=True)
     ]
-    return None, ", ".join(kinds)
+    return Decline(", ".join(kinds))
 
 
 def _readers(model: ir.Model, names: Sequence[str]) -> int:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from optkit import io
 from optkit.check.inputs import check_nonempty_shapes, check_shapes
 from optkit.check.verify import Verdict, verdict_lines, verify_rewrite
-from optkit.core.contract import Exactness, PassOptions
+from optkit.core.contract import Decline, Exactness, PassOptions
 from optkit.core.graph import count_ops, node_count, opset_version
 from optkit.core.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.core.shapes import reinfer_shapes, restore_declared_shapes
@@ -250,11 +250,14 @@ def fuse(
     verifier: Verifier | None = None
     if verify_each:
 
-        def verifier(before: ir.Model, after: ir.Model, exactness: Exactness) -> tuple[bool, str]:
+        def verifier(before: ir.Model, after: ir.Model, exactness: Exactness) -> Decline | None:
+            """Why the pass's rewrite is rolled back: a failed verdict (nothing concluded: it stands)."""
             verdict = verify_rewrite(
                 before, after, exactness, shapes=shapes, seed=seed, int_range=int_range
             )
-            return (True, "") if isinstance(verdict, str) else (verdict.ok, verdict.summary())
+            if isinstance(verdict, Decline) or verdict.ok:
+                return None
+            return Decline(verdict.summary())
 
     pipeline = Pipeline(
         select_passes(passes, skip),
@@ -289,8 +292,8 @@ def fuse(
             seed=seed,
             int_range=int_range,
         )
-        if isinstance(outcome, str):
-            report.unverified_reason = outcome
+        if isinstance(outcome, Decline):
+            report.unverified_reason = str(outcome)
         else:
             report.verdict = outcome
     else:

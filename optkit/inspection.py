@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.check.inputs import runtime_inputs
-from optkit.core.graph import all_nodes, count_ops, iter_graphs, node_label
+from optkit.core.graph import all_nodes, count_ops, is_default_domain, iter_graphs, node_label
 
 
 def _describe(value: ir.Value) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def inspect_model(source: io.ModelLike, *, dry_run: bool = True) -> dict[str, An
 
     model = load_checked(source, copy=False)
     histogram = Counter(
-        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        n.op_type if is_default_domain(n.domain) else f"{n.domain}::{n.op_type}"
         for n in all_nodes(model)
     )
     parameters = 0

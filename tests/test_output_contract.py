@@ -21,7 +21,7 @@ import pytest
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
 from optkit.errors import InputError
-from optkit.io import external_locations
+from optkit.io.external_data import external_locations
 
 
 def _proto(rng: np.random.Generator) -> onnx.ModelProto:

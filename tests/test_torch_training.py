@@ -24,12 +24,10 @@ from optkit.torch.train import (
     TrainConfig,
     build_model,
     evaluate,
-    fit_stage_classifier,
     load_checkpoint,
-    prepare_transfer,
-    stage_names,
     train,
 )
+from optkit.torch.transfer import fit_stage_classifier, prepare_transfer, stage_names
 
 
 @pytest.fixture(scope="module")

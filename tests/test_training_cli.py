@@ -174,12 +174,12 @@ def test_choices_list_themselves_and_take_any_case(inputs, tmp_path, monkeypatch
 def test_the_cli_choices_are_the_librarys():
     from optkit.cli import training
     from optkit.models import ACTIVATIONS, NORMS
-    from optkit.torch import init, train
+    from optkit.torch import init, train, transfer
 
     assert training.ACTIVATIONS == ACTIVATIONS and training.NORMS == NORMS
     assert training.INIT_SCHEMES == init.SCHEMES and training.ARCHITECTURES == train.ARCHITECTURES
     assert training.OPTIMIZERS == train.OPTIMIZERS and training.SCHEDULES == train.SCHEDULES
-    assert set(training.STRATEGIES) == set(train.STRATEGIES)
+    assert set(training.STRATEGIES) == set(transfer.STRATEGIES)
 
 
 FORBIDDEN = [

@@ -508,7 +508,8 @@ def test_frozen_batchnorms_of_a_resnet_stay_in_eval_mode(photos):
     """last-k on a ResNet-18 layout trains layer4 and fc; the BatchNorms before them keep their
     running statistics while layer4's move."""
     from optkit.models.reference import resnet18
-    from optkit.torch.train import TrainConfig, prepare_transfer, train
+    from optkit.torch.train import TrainConfig, train
+    from optkit.torch.transfer import prepare_transfer
 
     raw = load_data(str(photos), (32, 32))
     spec = fit_preprocessing(raw)

@@ -73,6 +73,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from optkit.core.graph import DEFAULT_DOMAINS
+
 TOOLS = ["optkit", "onnxsim", "onnxslim", "onnxscript"]
 LEVELS = ["disable", "all"]
 BATCHES = (1, 3)  # a dynamic batch dim at the first and second input shape
@@ -285,7 +287,7 @@ def non_constant_nodes(graph: onnx.GraphProto) -> int:
     """Nodes whose op_type is not Constant, in `graph` and every subgraph."""
     count = 0
     for node in graph.node:
-        count += node.op_type != "Constant" or node.domain not in ("", "ai.onnx")
+        count += node.op_type != "Constant" or node.domain not in DEFAULT_DOMAINS
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 count += non_constant_nodes(attr.g)

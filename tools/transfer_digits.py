@@ -19,15 +19,8 @@ import numpy as np
 import torch
 
 from optkit.torch.data import digits, fit_preprocessing, preprocess, split, subset
-from optkit.torch.train import (
-    Architecture,
-    TrainConfig,
-    build_model,
-    evaluate,
-    fit_stage_classifier,
-    prepare_transfer,
-    train,
-)
+from optkit.torch.train import Architecture, TrainConfig, build_model, evaluate, train
+from optkit.torch.transfer import fit_stage_classifier, prepare_transfer
 
 
 def main() -> None:

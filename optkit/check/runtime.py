@@ -8,6 +8,7 @@ silent fallback.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import tempfile
@@ -28,50 +29,93 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+class Provider(str, enum.Enum):
+    """Where a session runs, as optkit's options name it: AUTO is CUDA where onnxruntime-gpu and a
+    GPU are present, else CPU."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"
+
+    def __str__(self) -> str:  # the option's spelling in messages, not 'Provider.CPU'
+        return self.value
 
 
-def resolve_provider(provider: str) -> list[str]:
-    """ORT provider list for 'cpu', 'cuda' or 'auto'."""
+class ExecutionProvider(str, enum.Enum):
+    """ONNX Runtime's names of the execution providers optkit runs on."""
+
+    CPU = "CPUExecutionProvider"
+    CUDA = "CUDAExecutionProvider"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def resolve_provider(provider: Provider | str) -> list[str]:
+    """ORT provider list for 'cpu', 'cuda' or 'auto' (CUDA runs with CPU as ORT's fallback for the
+    ops CUDA lacks)."""
+    try:
+        asked = Provider(provider)
+    except ValueError:
+        known = [p.value for p in Provider]
+        raise InputError(
+            f"unknown provider '{provider}' (choose {', '.join(known[:-1])} or {known[-1]})"
+        ) from None
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if provider == "auto":
-        if PROVIDERS["cuda"] in available:
-            return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
+    cpu, cuda = ExecutionProvider.CPU.value, ExecutionProvider.CUDA.value
+    if asked is Provider.AUTO:
+        if cuda in available:
+            return [cuda, cpu]
         logger.info("CUDA execution provider not available; running on CPU")
-        return [PROVIDERS["cpu"]]
-    if provider not in PROVIDERS:
-        raise InputError(f"unknown provider '{provider}' (choose cpu, cuda or auto)")
-    if PROVIDERS[provider] not in available:
+        return [cpu]
+    wanted = ExecutionProvider[asked.name].value
+    if wanted not in available:
         raise InputError(
-            f"provider '{provider}' is not available in this onnxruntime "
+            f"provider '{asked.value}' is not available in this onnxruntime "
             f"(available: {', '.join(available)}); install onnxruntime-gpu on a machine with a GPU"
         )
-    return [PROVIDERS[provider]] if provider == "cpu" else [PROVIDERS[provider], PROVIDERS["cpu"]]
+    return [cpu] if asked is Provider.CPU else [wanted, cpu]
 
 
-# optkit's names for ORT's graph optimization levels: the members of ort.GraphOptimizationLevel
-OPTIMIZATION_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
+class OptimizationLevel(str, enum.Enum):
+    """optkit's names for ORT's graph optimization levels (`ort_name`: the member of
+    ort.GraphOptimizationLevel each one sets)."""
+
+    DISABLE = "disable"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ort_name(self) -> str:
+        """ORT_DISABLE_ALL for DISABLE, ORT_ENABLE_<NAME> for the others."""
+        return "ORT_DISABLE_ALL" if self is OptimizationLevel.DISABLE else f"ORT_ENABLE_{self.name}"
 
 
-def session_options(optimization: str = "disable", threads: int = 0) -> ort.SessionOptions:
+# Each level's name -> its ort.GraphOptimizationLevel member's name, in the order of the levels.
+OPTIMIZATION_LEVELS = {level.value: level.ort_name for level in OptimizationLevel}
+
+
+def session_options(
+    optimization: OptimizationLevel | str = OptimizationLevel.DISABLE, threads: int = 0
+) -> ort.SessionOptions:
     """Session options: ORT graph optimization level by name, intra-op threads (0: ORT's default)."""
-    if optimization not in OPTIMIZATION_LEVELS:
+    try:
+        level = OptimizationLevel(optimization)
+    except ValueError:
         raise InputError(
             f"unknown optimization level '{optimization}' (choose {', '.join(OPTIMIZATION_LEVELS)})"
-        )
+        ) from None
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(
-        ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization]
-    )
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level.ort_name)
     options.intra_op_num_threads = threads
     # ORT raises what fails; its own error log (severity 3) would be a second line on stderr
     options.log_severity_level = 4
@@ -81,8 +125,8 @@ def session_options(optimization: str = "disable", threads: int = 0) -> ort.Sess
 def make_session(
     model: ir.Model | onnx.ModelProto | str | os.PathLike,
     *,
-    provider: str = "cpu",
-    optimization: str = "disable",
+    provider: Provider | str = Provider.CPU,
+    optimization: OptimizationLevel | str = OptimizationLevel.DISABLE,
     threads: int = 0,
 ) -> ort.InferenceSession:
     """An ORT session for `model` (graph optimizations off unless `optimization` says otherwise).

@@ -41,11 +41,12 @@ from optkit.check.inputs import (
     synthetic_inputs,
     with_special_values,
 )
-from optkit.core.contract import Exactness, Tolerance, tolerance_for
+from optkit.core.contract import Decline, Exactness, Tolerance, tolerance_for
 from optkit.core.graph import (
     RANDOM_OPS,
     ConstantPolicy,
     attr_int,
+    is_default_domain,
     node_label,
     nodes_with_functions,
     opset_version,
@@ -265,7 +266,8 @@ def compare_arrays(
         if max_abs == 0.0 and not same_bits:
             problem = "values differ in their bits (the sign of a zero; bitwise rewrite)"
     else:
-        ok, problem = _within(diff, a, tolerance)
+        beyond = _within(diff, a, tolerance)
+        ok, problem = beyond is None, "" if beyond is None else str(beyond)
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     with np.errstate(over="ignore", divide="ignore"):  # inf where the reference is 0: honest
         max_rel = float(np.max(diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)))
@@ -312,17 +314,17 @@ def tolerance_scale(reference: np.ndarray) -> np.ndarray:
     return np.maximum(np.max(magnitude, axis=others, keepdims=True), floor)
 
 
-def _within(diff: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> tuple[bool, str]:
-    """Whether every error is within ``atol + rtol * scale``; if not, where the worst one is."""
+def _within(diff: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> Decline | None:
+    """None when every error is within ``atol + rtol * scale``; else where the worst one is."""
     allowed = tolerance.atol + tolerance.rtol * tolerance_scale(reference)
     excess = diff - allowed
     if not np.any(excess > 0):
-        return True, ""
+        return None
     worst = np.unravel_index(int(np.argmax(diff / np.maximum(allowed, 1e-300))), diff.shape)
     where = f"at index {tuple(int(i) for i in worst)}" if diff.ndim else "at the scalar"
     channel = f" (channel {int(worst[1])})" if diff.ndim >= 2 else ""
     allowed_there = np.broadcast_to(allowed, diff.shape)[worst]
-    return False, (
+    return Decline(
         f"beyond tolerance {where}{channel}: |a - b| = {float(diff[worst]):.3g} > "
         f"{float(allowed_there):.3g} allowed, reference {float(reference[worst]):.6g}"
     )
@@ -529,7 +531,7 @@ def nondeterministic_nodes(model: ir.Model) -> list[str]:
     opset = opset_version(model)
     found = []
     for node, function in nodes_with_functions(model):
-        if node.domain not in ("", "ai.onnx"):
+        if not is_default_domain(node.domain):
             continue
         where = f" in function {function.domain}::{function.name}" if function else ""
         label = f"node '{node_label(node)}' {node.op_type}{where}"
@@ -537,25 +539,25 @@ def nondeterministic_nodes(model: ir.Model) -> list[str]:
             found.append(label)
         elif node.op_type == "Dropout":
             mode = _dropout_mode(node, opset, policy)
-            if mode:
+            if mode is not None:
                 found.append(f"{label} {mode}")
     return found
 
 
-def _dropout_mode(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
-    """How a Dropout may be random ('' when it is the identity it is at inference)."""
+def _dropout_mode(node: ir.Node, opset: int, policy: ConstantPolicy) -> str | None:
+    """How a Dropout may be random (None when it is the identity it is at inference)."""
     if opset < 7:
-        return "in training mode (is_test=0)" if attr_int(node, "is_test", 0) == 0 else ""
+        return "in training mode (is_test=0)" if attr_int(node, "is_test", 0) == 0 else None
     if opset < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
-        return ""
-    mode, _ = policy.array(node.inputs[2])
+        return None
+    mode = policy.contents(node.inputs[2])
     if mode is None:
         return "with a training_mode fed or computed at run time"
     if mode.size == 0 or not bool(mode.reshape(-1)[0]):
-        return ""
-    ratio, _ = policy.array(node.inputs[1]) if node.inputs[1] is not None else (None, "")
+        return None
+    ratio = policy.contents(node.inputs[1])
     if ratio is not None and ratio.size and float(ratio.reshape(-1)[0]) == 0.0:
-        return ""  # training mode, but drops nothing
+        return None  # training mode, but drops nothing
     return "in training mode"
 
 
@@ -896,8 +898,8 @@ def _provider_notes(provider: str, reference_provider: str) -> tuple[str, ...]:
     """What `auto` chose, when it is asked for: the run says where it ran."""
     notes = []
     for role, asked in (("candidate", provider), ("reference", reference_provider)):
-        if asked == "auto":
-            chosen = runtime.resolve_provider("auto")[0]
+        if asked == runtime.Provider.AUTO:
+            chosen = runtime.resolve_provider(runtime.Provider.AUTO)[0]
             fallback = " (no CUDA execution provider here)" if "CUDA" not in chosen else ""
             notes.append(f"--provider auto ran the {role} on {chosen}{fallback}")
     return tuple(notes)
@@ -916,8 +918,8 @@ def verify_rewrite(
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     int_range: tuple[int, int] = (0, 10),
-) -> Verdict | str:
-    """Like `verify`, for a model and its rewrite: a string says why nothing can be concluded (the
+) -> Verdict | Decline:
+    """Like `verify`, for a model and its rewrite: a Decline says why nothing can be concluded (the
     original cannot run on ONNX Runtime, no inputs can be made for it, its inputs or outputs hold no
     elements, or it is not deterministic); a rewrite that fails to run is a failed verdict. The
     returned Verdict is never ok on nothing. A zero dimension in `shapes` raises InputError.
@@ -933,7 +935,7 @@ def verify_rewrite(
         return first
     sizes = ", ".join(f"{name}={format_dims(dims)}" for name, dims in second.items())
     again = _verify_rewrite_at(before, after, exactness, second, seed + 1, int_range)
-    if isinstance(again, str):
+    if isinstance(again, Decline):
         note = f"dynamic dims checked at one size only: at {sizes} {again}"
         return replace(first, notes=(*first.notes, note))
     outputs = [replace(o, name=f"{o.name} at {sizes}") for o in again.outputs]
@@ -957,17 +959,17 @@ def _verify_rewrite_at(
     shapes: Mapping[str, Sequence[int]] | None,
     seed: int,
     int_range: tuple[int, int],
-) -> Verdict | str:
+) -> Verdict | Decline:
     """One run of `verify_rewrite` at `shapes`."""
     check_nonempty_shapes(shapes or {})
     try:
         feeds = synthetic_inputs(before, shapes, seed=seed, int_range=int_range)
     except UnsynthesizableInput as exc:
-        return f"no inputs to run it on: {exc}"
+        return Decline(f"no inputs to run it on: {exc}")
     try:
         _refuse_empty([feeds], shapes or {}, given=False)
     except Unverifiable as exc:
-        return str(exc)
+        return Decline(str(exc))
     try:
         session = runtime.make_session(before)
         reference = runtime.run(session, feeds)
@@ -977,12 +979,12 @@ def _verify_rewrite_at(
     except InputError:
         raise
     except Exception as exc:  # ORT rejects the original: nothing to compare against
-        return f"ONNX Runtime cannot run the original model: {first_line(exc)}"
+        return Decline(f"ONNX Runtime cannot run the original model: {first_line(exc)}")
     try:
         if again is not None:
             _check_deterministic(again, reference, exactness, None, suspects, "original")
     except Nondeterministic as exc:
-        return str(exc)
+        return Decline(str(exc))
     try:
         candidate = runtime.run(runtime.make_session(after), feeds)
     except Exception as exc:
@@ -993,13 +995,13 @@ def _verify_rewrite_at(
         return Verdict(False, exactness, [failure])
     verdict = compare_outputs(reference, candidate, exactness)
     if verdict.problem:
-        return verdict.problem
+        return Decline(verdict.problem)
     if not verdict.ok and not suspects:  # a difference only counts when the original repeats
         try:
             again = runtime.run(runtime.make_session(before), feeds)
             _check_deterministic(again, reference, exactness, None, suspects, "original")
         except Nondeterministic as exc:
-            return str(exc)
+            return Decline(str(exc))
     if not verdict.ok and exactness is not Exactness.BITWISE:  # a bitwise claim has no excuse
         return _arbitrate(verdict, before, feeds, reference, candidate, exactness)
     if not verdict.ok:

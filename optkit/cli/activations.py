@@ -15,12 +15,12 @@ from optkit.cli.common import (
     NON_NEGATIVE_NUMBER,
     NonEmptyPath,
     guard_output,
-    load_labels,
     load_model,
     shape_map,
     shape_option,
 )
 from optkit.errors import InputError, OptkitError, first_line
+from optkit.io.run_inputs import load_labels
 
 if TYPE_CHECKING:
     from optkit.check.verify import Verdict

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from optkit.check.runtime import OPTIMIZATION_LEVELS
+from optkit.check.runtime import OptimizationLevel, Provider
 from optkit.core.contract import Tolerance
 from optkit.errors import InputError
 from optkit.io.outputs import check_output, model_reads
 
 if TYPE_CHECKING:
-    import numpy as np
     import onnx_ir as ir
 
 # Only click and optkit's light modules are imported at the top of the command line's modules;
@@ -189,17 +188,5 @@ class NonEmptyPath(click.Path):
 COUNT = click.IntRange(min=1)  # runs, samples, batches: at least one
 NON_NEGATIVE = click.IntRange(min=0)  # seeds, limits, warm-up runs
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy and torch both take
-provider_choice = choice(["cpu", "cuda", "auto"])
-optimization_choice = choice(OPTIMIZATION_LEVELS)
-
-
-def load_labels(path: Path) -> np.ndarray:
-    import numpy as np
-
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-    if labels.dtype.kind not in "iu":
-        raise InputError(f"{path}: labels must be integer class ids, found {labels.dtype.name}")
-    return labels
+provider_choice = choice([p.value for p in Provider])
+optimization_choice = choice([level.value for level in OptimizationLevel])

@@ -13,7 +13,6 @@ from optkit.cli.common import (
     NonEmptyPath,
     choice,
     input_options,
-    load_labels,
     load_model,
     optimization_choice,
     provider_choice,
@@ -23,6 +22,7 @@ from optkit.cli.common import (
 from optkit.cli.render import format_verdict
 from optkit.core.contract import Exactness
 from optkit.errors import InputError, OptkitError, first_line
+from optkit.io.run_inputs import load_labels
 
 
 @click.command("verify")

@@ -81,7 +81,7 @@ class PassSpec:
 
 @dataclass(frozen=True)
 class Decline:
-    """"Not here, because `reason`": the one value a rule, a check, a verification step or a command
+    """The one "not here, because `reason`" value a rule, a check, a verification step or a command
     returns instead of its result when it does nothing.
 
     A rule returns `Plan | Decline`, a check `Decline | None` (None: nothing stands in the way), and

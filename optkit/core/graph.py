@@ -14,6 +14,8 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from optkit.core.contract import Decline
+
 # Element types whose folds optkit computes (in float64, rounded once to this type).
 FLOAT_TYPES: dict[ir.DataType, np.dtype] = {
     ir.DataType.FLOAT: np.dtype(np.float32),
@@ -31,7 +33,7 @@ def iter_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
     """`graph` and every subgraph below it (If / Loop / Scan bodies), outermost first."""
     yield graph
     for node in list(graph):
-        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW:
+        if is_default_domain(node.domain) and node.op_type not in CONTROL_FLOW:
             continue
         for attr in node.attributes.values():
             if attr.type == ir.AttributeType.GRAPH:
@@ -65,7 +67,13 @@ RANDOM_OPS = frozenset(
 
 
 def count_ops(model: ir.Model, op_type: str, domain: str = "") -> int:
-    return sum(1 for n in all_nodes(model) if n.op_type == op_type and n.domain == domain)
+    """How many nodes of `model` (subgraphs included) run `op_type` of `domain`."""
+    default = is_default_domain(domain)
+    return sum(
+        1
+        for n in all_nodes(model)
+        if n.op_type == op_type and (is_default_domain(n.domain) if default else n.domain == domain)
+    )
 
 
 def node_count(model: ir.Model) -> int:
@@ -75,7 +83,7 @@ def node_count(model: ir.Model) -> int:
 def opset_version(model: ir.Model, domain: str = "") -> int:
     """The model's opset for `domain` ('' and 'ai.onnx' are the same domain)."""
     imports = model.opset_imports
-    if domain == "":
+    if is_default_domain(domain):
         return imports.get("", imports.get("ai.onnx", 1))
     return imports.get(domain, 1)
 
@@ -125,16 +133,16 @@ class ConstantPolicy:
     def __init__(self, model: ir.Model, *, freeze_initializer_inputs: bool = False) -> None:
         self.inputs_are_overridable = model.ir_version >= 4 and not freeze_initializer_inputs
 
-    def array(self, value: ir.Value | None) -> tuple[np.ndarray | None, str]:
-        """The value's constant contents, or None and the reason it is not a usable constant."""
+    def array(self, value: ir.Value | None) -> np.ndarray | Decline:
+        """The value's constant contents, or a Decline saying why it is not a usable constant."""
         if value is None:
-            return None, "input is missing"
+            return Decline("input is missing")
         label = value.name or "<unnamed>"
         if value.is_graph_input():
             if not value.is_initializer():
-                return None, f"'{label}' is a graph input, not a constant"
+                return Decline(f"'{label}' is a graph input, not a constant")
             if self.inputs_are_overridable:
-                return None, (
+                return Decline(
                     f"'{label}' is an initializer that is also a graph input (overridable at run "
                     "time); pass --freeze-initializer-inputs to fold it"
                 )
@@ -143,11 +151,13 @@ class ConstantPolicy:
         except ValueError:
             tensor = None
         if tensor is None:
-            return None, f"'{label}' is computed at run time, not a constant"
-        return tensor.numpy(), ""
+            return Decline(f"'{label}' is computed at run time, not a constant")
+        return tensor.numpy()
 
-    def is_constant(self, value: ir.Value | None) -> bool:
-        return value is None or self.array(value)[0] is not None
+    def contents(self, value: ir.Value | None) -> np.ndarray | None:
+        """`array` for callers that need no reason: the contents, or None when not a constant."""
+        array = self.array(value)
+        return None if isinstance(array, Decline) else array
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -179,6 +189,43 @@ class Namer:
 # --- mutation ---------------------------------------------------------------------------------
 
 
+class InitializerOverflow(ValueError):
+    """Finite values that round to infinity in the element type of the initializer made of them (a
+    fold declines on it: `rounded`)."""
+
+
+def overflow_error(array: np.ndarray, dtype: ir.DataType) -> InitializerOverflow:
+    """The error for `array` (float64, the values before rounding) overflowing `dtype`, naming the
+    largest finite magnitude."""
+    peak = float(np.max(np.abs(array[np.isfinite(array)])))
+    return InitializerOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
+
+
+def round_to(array: np.ndarray, dtype: ir.DataType, *, copy: bool = True) -> np.ndarray:
+    """`array` rounded once to `dtype` (a new array unless `copy=False` and it already has that
+    type; non-float dtypes: `array` as given). Raises `InitializerOverflow` when a finite value
+    rounds to infinity: an initializer never holds an infinity its source values did not."""
+    np_dtype = FLOAT_TYPES.get(dtype)
+    if np_dtype is None:
+        return array
+    array = np.asarray(array)
+    if array.dtype == np_dtype:  # nothing to round: no value can become infinite
+        return array.astype(np_dtype, copy=copy)
+    with np.errstate(over="ignore"):
+        out = array.astype(np_dtype)
+    if np.any(np.isinf(out) & np.isfinite(array)):
+        raise overflow_error(array, dtype)
+    return out
+
+
+def rounded(array: np.ndarray, dtype: ir.DataType) -> np.ndarray | Decline:
+    """`round_to` for a rule's plan: the rounded array, or a Decline naming the overflow."""
+    try:
+        return round_to(array, dtype)
+    except InitializerOverflow as exc:
+        return Decline(str(exc))
+
+
 def add_initializer(
     graph: ir.Graph,
     namer: Namer,
@@ -188,14 +235,13 @@ def add_initializer(
     *,
     copy: bool = True,
 ) -> ir.Value:
-    """Register `array` (cast to `dtype`) as a new initializer of `graph`; never overwrites one.
+    """Register `array` (rounded once to `dtype`: `round_to`) as a new initializer of `graph`;
+    never overwrites one. Raises `InitializerOverflow` (registering nothing) where a finite value
+    would round to infinity; rules check with `rounded` while planning, before any mutation.
 
     A float array is copied unless `copy=False` (the caller made it for this initializer and
     hands it over: it is then kept as is when it already has `dtype`'s type and is contiguous)."""
-    np_dtype = FLOAT_TYPES.get(dtype)
-    data = np.ascontiguousarray(
-        array.astype(np_dtype, copy=copy) if np_dtype is not None else array
-    )
+    data = np.ascontiguousarray(round_to(array, dtype, copy=copy))
     data = data.reshape(np.shape(array))  # ascontiguousarray makes a rank-0 array rank 1
     name = namer.fresh(base_name)
     value = ir.Value(
@@ -226,18 +272,18 @@ def defining_graph(value: ir.Value) -> ir.Graph | None:
     return producer.graph if producer is not None else value.graph
 
 
-def consumers_reason(value: ir.Value, what: str) -> str:
-    """Why `value` cannot be absorbed: it has other readers, is a graph output, or is read inside a
-    subgraph body."""
+def consumers_reason(value: ir.Value, what: str) -> Decline:
+    """Why `value` cannot be absorbed (`sole_consumer` found none): it has other readers, is a graph
+    output, or is read inside a subgraph body."""
     if value.is_graph_output():
-        return f"{what} '{value.name}' is a graph output"
+        return Decline(f"{what} '{value.name}' is a graph output")
     uses = list(value.uses())
     if len(uses) == 1 and uses[0].node.graph is not defining_graph(value):
-        return (
+        return Decline(
             f"{what} '{value.name}' is read inside a subgraph (If / Loop / Scan body) from the outer "
             "scope; folds stay within one graph"
         )
-    return f"{what} '{value.name}' has {len(uses)} consumers"
+    return Decline(f"{what} '{value.name}' has {len(uses)} consumers")
 
 
 def unused_outputs(node: ir.Node, start: int) -> bool:
@@ -278,8 +324,9 @@ def dims_after_batch(shape: ir.Shape | None) -> list[int] | None:
     return dims if len(dims) == len(shape) - 1 else None
 
 
-def bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
-    """Make every reader of `output` read `source` and delete `node`; '' on success, else why not.
+def bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> Decline | None:
+    """Make every reader of `output` read `source` and delete `node`; None on success, else why not
+    (checked before anything changes).
 
     When `output` is a graph output, `source` takes its name, which is only sound when `source` is
     produced inside the same graph and is not itself a graph input, initializer or output.
@@ -289,11 +336,11 @@ def bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
     takes_name = output.is_graph_output()
     if takes_name:
         if source.is_graph_input() or source.is_initializer():
-            return "connects a graph input or initializer straight to a graph output"
+            return Decline("connects a graph input or initializer straight to a graph output")
         if source.is_graph_output():
-            return "both its input and its output are graph outputs"
+            return Decline("both its input and its output are graph outputs")
         if source.graph is not graph:
-            return "its input comes from an enclosing graph"
+            return Decline("its input comes from an enclosing graph")
     if source.type is None:
         source.type = output.type
     if source.shape is None:
@@ -302,4 +349,42 @@ def bypass(node: ir.Node, source: ir.Value, output: ir.Value) -> str:
     graph.remove(node, safe=True)
     if takes_name:  # only the output's name is the signature (a source that is a graph output
         source.name = output.name  # read by a dead Identity keeps its own)
-    return ""
+    return None
+
+
+DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})  # two spellings of ONNX's default operator set
+
+
+def is_default_domain(domain: str) -> bool:
+    """Whether `domain` names ONNX's default operator set ('' or 'ai.onnx': the same ops)."""
+    return domain in DEFAULT_DOMAINS
+
+
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """`node`'s input `index`, or None when the node has fewer inputs or that optional one is
+    left out (ONNX writes an omitted optional input as an empty name)."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def reroute(node: ir.Node, replacements: Sequence[ir.Value], *, take_names: bool = False) -> None:
+    """Make every reader of `node`'s output i read `replacements[i]`, then delete `node`.
+
+    No output of `node` may be a graph output (the outputs' names are the signature: callers keep
+    such nodes). With `take_names`, each replacement then takes the name of the output it stands
+    in for, where that output has one (a folded initializer keeps the tensor's name)."""
+    graph = node.graph
+    assert graph is not None
+    names = [out.name for out in node.outputs]
+    ir.convenience.replace_all_uses_with(list(node.outputs), list(replacements))
+    graph.remove(node, safe=True)
+    if take_names:
+        for value, name in zip(replacements, names, strict=True):
+            if name:
+                value.name = name
+
+
+def replace_input(graph: ir.Graph, old: ir.Value, new: ir.Value, readers_read: ir.Value) -> None:
+    """Graph input `old` becomes `new`, at the same position; every node that read `old` reads
+    `readers_read` instead (a value the caller computes from `new` with nodes it has added)."""
+    ir.convenience.replace_all_uses_with(old, readers_read)
+    graph.inputs[list(graph.inputs).index(old)] = new

@@ -14,13 +14,13 @@ from typing import Any
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from optkit.core.contract import Exactness, PassOptions, PassReport, RewritePass
+from optkit.core.contract import Decline, Exactness, PassOptions, PassReport, RewritePass
 from optkit.errors import InternalError, OptkitError, first_line
 
 logger = logging.getLogger(__name__)
 
-# verifier(before, after, exactness) -> (ok, message)
-Verifier = Callable[[ir.Model, ir.Model, Exactness], tuple[bool, str]]
+# verifier(before, after, exactness): None when the rewrite stands, else why it is rolled back
+Verifier = Callable[[ir.Model, ir.Model, Exactness], Decline | None]
 
 _ORDER = [Exactness.BITWISE, Exactness.REASSOCIATE, Exactness.APPROXIMATE, Exactness.LOSSY]
 
@@ -142,11 +142,11 @@ class Pipeline:
         kept = list(report.sites)
         report.sites.extend(sites)
         if changed and snapshot is not None and self.verifier is not None:
-            ok, message = self.verifier(snapshot, model, rewrite.spec.exactness)
-            if not ok:
-                logger.warning("pass %s rolled back: %s", rewrite.spec.name, message)
+            failed = self.verifier(snapshot, model, rewrite.spec.exactness)
+            if failed is not None:
+                logger.warning("pass %s rolled back: %s", rewrite.spec.name, failed)
                 report.rolled_back = True
-                report.rollback_reason = message
+                report.rollback_reason = str(failed)
                 report.sites = kept + [s for s in sites if not s.applied]
                 return snapshot, False
         return model, changed

@@ -2,7 +2,7 @@
 
 Only tensor types are merged, and only into values that have none: merging every inferred type (as
 onnx_ir 1.1's ShapeInferencePass does) turned sequence-typed values into tensors and broke models.
-Weights are not serialized for it (`io.skeleton_proto`).
+Weights are not serialized for it (`core.skeleton.skeleton_proto`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
-from optkit.core.graph import CONTROL_FLOW, iter_graphs
-from optkit.io import skeleton_proto
+from optkit.core.graph import CONTROL_FLOW, is_default_domain, iter_graphs
+from optkit.core.skeleton import skeleton_proto
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and its subgraphs in the order `optkit.core.graph.iter_graphs` walks the IR model."""
     yield graph
     for node in graph.node:
-        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW:
+        if is_default_domain(node.domain) and node.op_type not in CONTROL_FLOW:
             continue
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:

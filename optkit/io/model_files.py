@@ -9,11 +9,9 @@ write external data over a file that tensors of the model still read from.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +21,12 @@ import onnx_ir as ir
 
 from optkit.core.graph import iter_graphs
 from optkit.errors import InputError, first_line
+from optkit.io.external_data import (
+    check_external_data,
+    external_data_paths,
+    shard_pattern,
+    stored_tensors,
+)
 from optkit.io.outputs import check_output
 
 ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
@@ -121,7 +125,7 @@ def _load_bytes(data: bytes) -> ir.Model:
     if not proto.HasField("graph") or proto.ir_version == 0:  # any bytes parse as some proto
         raise InputError(f"{what}: not a readable ONNX model (no graph or no IR version)")
     _check_header(proto, what)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph)):
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in stored_tensors(proto.graph)):
         raise InputError(
             f"{what}: the model keeps tensors in external data, which bytes cannot carry; "
             "load it from its path"
@@ -145,106 +149,9 @@ def _deserialize(proto: onnx.ModelProto, what: str) -> ir.Model:
         raise InputError(f"{what}: malformed ONNX model ({first_line(exc)})") from None
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor a graph stores (initializers, sparse ones, Constant values), subgraphs included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _tensors(sub)
-
-
-def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse, before any of it is read, external data that is not a plain file inside the model's
-    folder (absolute locations, `..`, symbolic links anywhere on the way) or that is shorter than the
-    tensor it claims to hold."""
-    folder = path.parent.resolve()
-    for tensor in _tensors(proto.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        where = f"{path}: tensor '{tensor.name}'"
-        location = info.get("location", "")
-        if not location:
-            raise InputError(f"{where}: external data without a location")
-        relative = Path(location)
-        if relative.is_absolute() or ".." in relative.parts or relative.drive:
-            raise InputError(
-                f"{where}: external data location '{location}' leaves the model's folder"
-            )
-        current = folder
-        for part in relative.parts:
-            current = current / part
-            if current.is_symlink():
-                raise InputError(f"{where}: external data location '{location}' is a symbolic link")
-        if not current.is_file():
-            raise InputError(f"{where}: external data file '{location}' does not exist")
-        try:
-            offset = int(info.get("offset", "0"))
-            length = int(info["length"]) if "length" in info else None
-        except ValueError:
-            raise InputError(f"{where}: external data offset or length is not a number") from None
-        size = current.stat().st_size
-        needed = _tensor_bytes(tensor)
-        if offset < 0 or (length is not None and length < 0):
-            raise InputError(f"{where}: negative external data offset or length")
-        if length is not None and needed is not None and length != needed:
-            raise InputError(
-                f"{where}: external data length {length} bytes, but its shape and type need {needed}"
-            )
-        claimed = length if length is not None else needed
-        if claimed is not None and offset + claimed > size:
-            raise InputError(
-                f"{where}: claims bytes {offset}..{offset + claimed} of '{location}', "
-                f"which has {size}"
-            )
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes the tensor's shape and type need (sub-byte types packed); None for types of no fixed
-    width (strings) and unknown ones."""
-    if any(d < 0 for d in tensor.dims):
-        return None
-    try:
-        bits = ir.DataType(tensor.data_type).bitwidth
-    except (ValueError, TypeError):
-        return None
-    return (math.prod(tensor.dims) * bits + 7) // 8
-
-
-def external_locations(proto: onnx.ModelProto) -> list[str]:
-    """The external data locations the tensors of `proto` name (relative to its folder), in order."""
-    locations: list[str] = []
-    for tensor in _tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location" and entry.value not in locations:
-                    locations.append(entry.value)
-    return locations
-
-
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as an `onnx.ModelProto` (materializes external data in memory)."""
     return ir.to_proto(model)
-
-
-def external_data_paths(model: ir.Model) -> set[Path]:
-    """Resolved paths of every external-data file the model's tensors read from."""
-    paths: set[Path] = set()
-    for graph in iter_graphs(model.graph):
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                paths.add(Path(tensor.path).resolve())
-    return paths
 
 
 def initializer_bytes(model: ir.Model) -> int:
@@ -351,13 +258,6 @@ def _save_with_data(
             old.unlink()
 
 
-def shard_pattern(name: str) -> re.Pattern[str]:
-    """The names onnx_ir gives the shards of external data `name` (model-00001-of-00003.data)."""
-    example = ir.external_data._get_shard_filename(name, 1, 2)
-    prefix, _, ext = example.partition("-00001-of-00002")
-    return re.compile(rf"{re.escape(prefix)}-\d+-of-\d+{re.escape(ext)}")
-
-
 def _umask() -> int:
     """The process umask, read without changing it (os.umask would race with other threads)."""
     try:
@@ -368,40 +268,3 @@ def _umask() -> int:
     except OSError:
         pass
     return 0o022
-
-
-def skeleton_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as a proto without the bytes of its large or external tensors, for the checker and
-    shape inference (which read types and shapes, not weights).
-
-    Large initializers of the main graph are serialized as graph inputs of the same name, type and
-    shape instead; the model is restored, initializer order included, before this returns. Small
-    tensors keep their data: shape arithmetic may read them.
-    """
-    graph = model.graph
-    order = list(graph.initializers.values())
-    inputs = list(graph.inputs)
-    for value in order:
-        tensor = value.const_value
-        if tensor is None or not (
-            isinstance(tensor, ir.ExternalTensor) or tensor.nbytes > _SKELETON_BYTES
-        ):
-            continue
-        if value.type is None:
-            value.type = ir.TensorType(tensor.dtype)
-        if value.shape is None:
-            value.shape = ir.Shape(tensor.shape.numpy())  # a tensor's shape is static
-        graph.initializers.pop(value.name or "")
-        if not value.is_graph_input():
-            graph.inputs.append(value)
-    try:
-        return ir.serde.serialize_model(model)
-    finally:
-        graph.inputs.clear()
-        graph.inputs.extend(inputs)
-        graph.initializers.clear()
-        for value in order:
-            graph.register_initializer(value)
-
-
-_SKELETON_BYTES = 1 << 16

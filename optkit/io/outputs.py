@@ -31,7 +31,7 @@ def model_reads(path: PathLike) -> list[Path]:
     """
     import onnx
 
-    from optkit.io import external_locations
+    from optkit.io.external_data import external_locations
 
     model = Path(path)
     reads = [model]
@@ -53,7 +53,7 @@ def written_files(output: Path, *, model: bool) -> list[Path]:
     if model:
         files.append(output.with_name(output.name + ".data"))
         if output.parent.is_dir():
-            from optkit.io import shard_pattern
+            from optkit.io.external_data import shard_pattern
 
             shards = shard_pattern(output.name + ".data")
             files += [p for p in output.parent.iterdir() if shards.fullmatch(p.name)]

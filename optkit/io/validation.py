@@ -12,6 +12,7 @@ import onnx.version_converter
 import onnx_ir as ir
 
 from optkit.core.graph import iter_graphs, node_label, opset_version
+from optkit.core.skeleton import skeleton_proto
 from optkit.errors import InputError, first_line
 from optkit.io import model_files as io
 
@@ -35,7 +36,7 @@ def check_declarations(model: ir.Model, what: str) -> None:
     """What the onnx checker lets through but no runtime accepts: a default-domain opset newer than
     any onnx knows, and initializers whose stored type or shape contradicts their declaration."""
     place = _not_text(model)
-    if place:
+    if place is not None:
         raise InputError(f"{what}: {place} is not UTF-8 text")
     newest = onnx.defs.onnx_opset_version()
     if opset_version(model) > newest:
@@ -71,8 +72,8 @@ def check_declarations(model: ir.Model, what: str) -> None:
                     )
 
 
-def _not_text(model: ir.Model) -> str:
-    """Where the model holds a string that is not UTF-8 ('' if nowhere). The IR keeps such strings
+def _not_text(model: ir.Model) -> str | None:
+    """Where the model holds a string that is not UTF-8 (None if nowhere). The IR keeps such strings
     (names, doc strings, string attributes) as bytes, which it cannot write back."""
     strings: list[tuple[str, object]] = [
         ("the producer name", model.producer_name),
@@ -99,7 +100,7 @@ def _not_text(model: ir.Model) -> str:
                 if attr.type in (ir.AttributeType.STRING, ir.AttributeType.STRINGS):
                     strings += [(f"attribute '{attr.name}' of {label}", t) for t in texts]
         strings += [("a value name", v.name) for v in values]
-    return next((place for place, text in strings if isinstance(text, bytes)), "")
+    return next((place for place, text in strings if isinstance(text, bytes)), None)
 
 
 def load_checked(source: io.ModelSource, what: str | None = None, *, copy: bool = True) -> ir.Model:
@@ -117,7 +118,7 @@ def check_model(model: ir.Model, what: str) -> None:
     external data, and models over 2 GB, are checked without loading them into one protobuf.
     """
     try:
-        onnx.checker.check_model(io.skeleton_proto(model))
+        onnx.checker.check_model(skeleton_proto(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
 

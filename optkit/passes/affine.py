@@ -8,9 +8,9 @@ so does a BatchNorm written out as Mul + Add).
 where c is a constant that varies along axis 1 of x at most (shape (C, 1, .., 1), (1, C, 1, ..), or a
 scalar), so that y = s x + t per channel. Each such node is then
 
-1. folded into the layer that produces x (Conv, ConvTranspose, Gemm, MatMul; `affine_into_layer`);
+1. folded into the layer that produces x (Conv, ConvTranspose, Gemm, MatMul; `fold.into_producer`);
 2. else merged into a BatchNormalization that produces x: gamma' = s gamma, beta' = s beta + t;
-3. else folded into the one layer that reads y (Conv, Gemm, MatMul; `affine_into_next_layer`).
+3. else folded into the one layer that reads y (Conv, Gemm, MatMul; `fold.into_consumer`).
 
 Exact in real arithmetic (`reassociate`). Mul / Add nodes whose constant is not per-channel, or whose
 operands are both computed, are not candidates and get no site in the report.
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.core.contract import Decline, Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.core.graph import (
     ConstantPolicy,
     Namer,
     consumers_reason,
+    is_default_domain,
     iter_graphs,
     node_label,
     opset_version,
@@ -36,44 +37,70 @@ from optkit.passes.canonicalize import decomposed_forms
 from optkit.passes.fold.affine_map import Affine, is_arithmetic, read_arithmetic, read_batchnorm
 from optkit.passes.fold.into_consumer import fold_into_consumer
 from optkit.passes.fold.into_producer import fold_into_producer
-from optkit.passes.fold.support import Applied, FoldContext, Folds, copy_attributes, new_node
+from optkit.passes.fold.readers import float_weight
+from optkit.passes.fold.support import (
+    Applied,
+    FoldContext,
+    Folds,
+    Plan,
+    all_folded,
+    copy_attributes,
+    folded,
+    new_node,
+)
 
 
 def _has_constant_operand(node: ir.Node, policy: ConstantPolicy) -> bool:
-    return is_arithmetic(node) and any(
-        v is not None and policy.array(v)[0] is not None for v in node.inputs
-    )
+    return is_arithmetic(node) and any(policy.contents(v) is not None for v in node.inputs)
 
 
-def merge_into_batchnorm(affine: Affine, ctx: FoldContext) -> Applied | str:
+def merge_into_batchnorm(affine: Affine, ctx: FoldContext) -> Plan | Decline:
     """s (gamma (x - mean) / sqrt(var + eps) + beta) + t is a BatchNorm with gamma' = s gamma and
     beta' = s beta + t."""
     if affine.shift_image is not None:
-        return "a per-position shift does not fit a BatchNorm"
+        return Decline("a per-position shift does not fit a BatchNorm")
     bn_node = affine.input.producer()
-    if bn_node is None or bn_node.op_type != "BatchNormalization" or bn_node.domain != "":
-        return "its input does not come from a BatchNormalization"
+    if (
+        bn_node is None
+        or bn_node.op_type != "BatchNormalization"
+        or not is_default_domain(bn_node.domain)
+    ):
+        return Decline("its input does not come from a BatchNormalization")
     if sole_consumer(affine.input) is not affine.node:
         return consumers_reason(affine.input, "BatchNormalization output")
-    bn, why = read_batchnorm(bn_node, ctx.policy, ctx.opset)
-    if bn is None:
-        return why
+    bn = read_batchnorm(bn_node, ctx.policy, ctx.opset)
+    if isinstance(bn, Decline):
+        return bn
     if bn.channels != affine.channels:
-        return f"the BatchNorm has {bn.channels} channels, the constant {affine.channels}"
-    gamma, dtype, why = ctx.weight(bn_node.inputs[1], "BN scale")
-    beta, beta_dtype, why_beta = ctx.weight(bn_node.inputs[2], "BN bias")
-    if gamma is None or beta is None:
-        return why or why_beta
+        return Decline(f"the BatchNorm has {bn.channels} channels, the constant {affine.channels}")
     gamma_in, beta_in = bn_node.inputs[1], bn_node.inputs[2]
-    gamma_name = gamma_in.name if gamma_in is not None else "scale"
-    beta_name = beta_in.name if beta_in is not None else "B"
-    new_gamma = ctx.constant(f"{gamma_name}_merged", gamma * affine.scale, dtype)
-    new_beta = ctx.constant(f"{beta_name}_merged", beta * affine.scale + affine.shift, beta_dtype)
-    inputs = [bn_node.inputs[0], new_gamma, new_beta, bn_node.inputs[3], bn_node.inputs[4]]
-    node = new_node("BatchNormalization", inputs, copy_attributes(bn_node), bn_node.name)
-    removed = (node_label(bn_node), node_label(affine.node))
-    replace_nodes(ctx.graph, [bn_node, affine.node], [node], [affine.output], [node.outputs[0]])
-    return Applied(f"bn+{affine.kind}", removed, (node_label(node),))
+    gamma = float_weight(ctx.policy, gamma_in, "BN scale")
+    beta = float_weight(ctx.policy, beta_in, "BN bias")
+    if isinstance(gamma, Decline):
+        return gamma
+    if isinstance(beta, Decline):
+        return beta
+    made = all_folded(
+        folded(gamma.wide * affine.scale, gamma.dtype),
+        folded(beta.wide * affine.scale + affine.shift, beta.dtype),
+    )
+    if isinstance(made, Decline):
+        return made
+    new_gamma, new_beta = made
+    rule = f"bn+{affine.kind}"
+
+    def apply() -> Applied:
+        gamma_name = gamma_in.name if gamma_in is not None else "scale"
+        beta_name = beta_in.name if beta_in is not None else "B"
+        gamma_value = ctx.register(f"{gamma_name}_merged", new_gamma)
+        beta_value = ctx.register(f"{beta_name}_merged", new_beta)
+        inputs = [bn_node.inputs[0], gamma_value, beta_value, bn_node.inputs[3], bn_node.inputs[4]]
+        node = new_node("BatchNormalization", inputs, copy_attributes(bn_node), bn_node.name)
+        removed = (node_label(bn_node), node_label(affine.node))
+        replace_nodes(ctx.graph, [bn_node, affine.node], [node], [affine.output], [node.outputs[0]])
+        return Applied(rule, removed, (node_label(node),))
+
+    return Plan(rule, apply)
 
 
 FOLDS = (

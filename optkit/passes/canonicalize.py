@@ -26,7 +26,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from optkit.core.contract import PassOptions, RewritePass, Site
+from optkit.core.contract import Decline, PassOptions, RewritePass, Site
 from optkit.core.graph import (
     ConstantPolicy,
     Namer,
@@ -48,7 +48,7 @@ from optkit.passes.forms.runtime_support import (
 
 MAX_ROUNDS = 4
 
-Recognizer = Callable[[ir.Node, Reader], "Match | str | None"]
+Recognizer = Callable[[ir.Node, Reader], "Match | Decline | None"]
 
 
 class Canonicalize(RewritePass):
@@ -68,12 +68,12 @@ class Canonicalize(RewritePass):
             done = 0
             for graph, node, found in forms_from_the_end(model, policy, self.recognize):
                 label = node_label(node)
-                if isinstance(found, str):
-                    declined[label] = Site(self.spec.name, label, False, found)
+                if isinstance(found, Decline):
+                    declined[label] = Site(self.spec.name, label, False, str(found))
                     continue
-                reason = blocker(found, graph, opset, shapes, options)
-                if reason:
-                    declined[label] = Site(found.kind, label, False, reason)
+                blocked = blocker(found, graph, opset, shapes, options)
+                if blocked is not None:
+                    declined[label] = Site(found.kind, label, False, str(blocked))
                     continue
                 applied.append(rewrite(found, graph, namer))
                 done += 1
@@ -106,16 +106,16 @@ def decomposed_forms(model: ir.Model) -> dict[int, str]:
 
 def blocker(
     found: Match, graph: ir.Graph, opset: int, shapes: ShapesOnDemand, options: PassOptions
-) -> str:
-    """Why `found` cannot or should not be fused here, or ''."""
+) -> Decline | None:
+    """Why `found` cannot or should not be fused here, or None."""
     needed = MIN_OPSET.get(found.op_type, 1)
     if opset < needed:
-        return (
+        return Decline(
             f"{found.describe()} needs opset {needed}, the model imports {opset} "
             f"(optkit fuse --upgrade-opset {needed} converts the model first)"
         )
     if opset > RUNTIME_MAX_OPSET.get(found.op_type, opset):
-        return (
+        return Decline(
             f"{found.describe()}: ONNX Runtime's CPU provider runs {found.op_type} only up to "
             f"opset {RUNTIME_MAX_OPSET[found.op_type]}, the model imports {opset}"
         )
@@ -124,24 +124,26 @@ def blocker(
         and not options.all_canonical
         and not any(n.op_type == found.op_type for n in found.nodes)
     ):
-        return (
+        return Decline(
             f"{found.describe()}: ONNX Runtime's CPU provider runs {found.op_type} slower than "
             "this chain (tools/bench_activations.py); --all-canonical fuses it anyway"
         )
-    reason = private(found.nodes, found.output, graph)
-    if reason:
-        return f"{found.describe()} pattern, but {reason}"
+    shared = private(found.nodes, found.output, graph)
+    if shared is not None:
+        return shared.prefixed(f"{found.describe()} pattern, but ")
     if not isinstance(found.x.type, ir.TensorType):
         shapes()
     dtype = found.x.type.dtype if isinstance(found.x.type, ir.TensorType) else None
     if dtype is None and found.constants:
-        return f"{found.describe()} pattern, but the element type of '{found.x.name}' is unknown"
+        return Decline(
+            f"{found.describe()} pattern, but the element type of '{found.x.name}' is unknown"
+        )
     if dtype is not None and dtype not in RUNTIME_TYPES[found.op_type]:
-        return (
+        return Decline(
             f"{found.describe()} on {dtype.name}: ONNX Runtime's CPU provider has no such "
             "kernel, left decomposed"
         )
-    return ""
+    return None
 
 
 def attribute(name: str, value: Any) -> ir.Attr:

@@ -22,7 +22,16 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
-from optkit.core.graph import ConstantPolicy, Namer, iter_graphs, node_label
+from optkit.core.graph import (
+    ConstantPolicy,
+    Namer,
+    add_initializer,
+    input_at,
+    is_default_domain,
+    iter_graphs,
+    node_label,
+    reroute,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ class FoldConstants(RewritePass):
         opsets: dict[str, int],
         options: PassOptions,
     ) -> Site | None:
-        if node.domain != "" or node.op_type in NEVER_FOLD:
+        if not is_default_domain(node.domain) or node.op_type in NEVER_FOLD:
             return None
         if any(out.is_graph_output() for out in node.outputs) or not node.outputs:
             return None
@@ -96,23 +105,19 @@ class FoldConstants(RewritePass):
                         False,
                         f"reference evaluator gave {array.dtype}, graph declares {out.type.dtype.name}",
                     )
-        new_values = []
-        for out, array in zip(node.outputs, results, strict=True):
-            name = namer.fresh(f"{out.name or 'const'}_folded")
-            value = ir.Value(
-                name=name,
-                const_value=ir.Tensor(array, name=name),
-                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                shape=ir.Shape(array.shape),
-            )
-            graph.register_initializer(value)
-            new_values.append(value)
         old_names = [out.name for out in node.outputs]
-        ir.convenience.replace_all_uses_with(list(node.outputs), new_values)
-        graph.remove(node, safe=True)
-        for value, old in zip(new_values, old_names, strict=True):
-            if old:
-                value.name = old
+        new_values = [
+            add_initializer(
+                graph,
+                namer,
+                f"{out.name or 'const'}_folded",
+                array,
+                ir.DataType.from_numpy(array.dtype),
+                copy=False,  # already of its own type: stored as computed, never rounded
+            )
+            for out, array in zip(node.outputs, results, strict=True)
+        ]
+        reroute(node, new_values, take_names=True)
         return Site(
             "constants", label, True, removed=(label,), added=tuple(n for n in old_names if n)
         )
@@ -122,10 +127,10 @@ class FoldConstants(RewritePass):
         node: ir.Node, policy: ConstantPolicy, opsets: dict[str, int]
     ) -> list[np.ndarray] | None:
         if node.op_type == "Constant":
-            array, _ = policy.array(node.outputs[0])
+            array = policy.contents(node.outputs[0])
             return None if array is None or array.dtype == object else [array]
         if node.op_type == "ConstantOfShape" and node.inputs and node.inputs[0] is not None:
-            dims, _ = policy.array(node.inputs[0])
+            dims = policy.contents(node.inputs[0])
             if dims is None or dims.ndim != 1 or dims.dtype.kind not in "iu" or np.any(dims < 0):
                 return None  # not a shape: left for the runtime to refuse
             attr = node.attributes.get("value")
@@ -156,12 +161,12 @@ class FoldConstants(RewritePass):
                     return None
                 feeds[value.name or ""] = np.zeros((0,), dtype=value.type.dtype.numpy())
                 continue
-            array, _ = policy.array(value)
+            array = policy.contents(value)
             if array is None or array.dtype == object:
                 return None
             feeds[value.name or ""] = array
-        if node.op_type == "Slice" and len(node.inputs) > 4 and node.inputs[4] is not None:
-            steps = feeds[node.inputs[4].name or ""]
+        if node.op_type == "Slice" and (step_input := input_at(node, 4)) is not None:
+            steps = feeds[step_input.name or ""]
             if np.any(steps < 0):  # onnx's reference slices as numpy does, which clamps a start
                 return None  # before the first element unlike ONNX (that element is kept)
         if node.op_type == "BatchNormalization" and opsets.get("", 1) < 14:
@@ -191,7 +196,7 @@ def _planned_size(node: ir.Node, policy: ConstantPolicy) -> int:
     """Elements a ConstantOfShape would create, known before creating them (0 for other ops)."""
     if node.op_type != "ConstantOfShape" or not node.inputs or node.inputs[0] is None:
         return 0
-    dims, _ = policy.array(node.inputs[0])
+    dims = policy.contents(node.inputs[0])
     return int(np.prod(dims)) if dims is not None and np.all(dims >= 0) else 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
-from optkit.core.graph import RANDOM_OPS, iter_graphs, node_label
+from optkit.core.graph import RANDOM_OPS, is_default_domain, iter_graphs, node_label, reroute
 
 
 class EliminateCommonSubexpressions(RewritePass):
@@ -26,9 +26,7 @@ class EliminateCommonSubexpressions(RewritePass):
                 kept = first.setdefault(key, node)
                 if kept is node or any(out.is_graph_output() for out in node.outputs):
                     continue  # a graph output's name is the signature: it stays a node
-                for old, new in zip(node.outputs, kept.outputs, strict=True):
-                    ir.convenience.replace_all_uses_with(old, new)
-                graph.remove(node, safe=True)
+                reroute(node, kept.outputs)
                 label = node_label(node)
                 sites.append(Site("cse", label, True, f"same as {node_label(kept)}", (label,)))
         return sites
@@ -46,7 +44,7 @@ def _computation(node: ir.Node) -> tuple | None:
     """What `node` computes, as a hashable key: op, the input values (by identity) and the
     attribute values; None for nodes never merged (other domains, random ops, subgraphs)."""
     if (
-        node.domain not in ("", "ai.onnx")
+        not is_default_domain(node.domain)
         or node.op_type in RANDOM_OPS
         or node.op_type == "Dropout"
     ):

@@ -6,8 +6,17 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
-from optkit.core.graph import ConstantPolicy, all_nodes, attr_int, bypass, node_label, opset_version
+from optkit.core.contract import Decline, Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.core.graph import (
+    ConstantPolicy,
+    all_nodes,
+    attr_int,
+    bypass,
+    input_at,
+    is_default_domain,
+    node_label,
+    opset_version,
+)
 
 
 class RemoveDropout(RewritePass):
@@ -18,32 +27,37 @@ class RemoveDropout(RewritePass):
         opset = opset_version(model)
         sites = []
         for node in list(all_nodes(model)):
-            if node.op_type != "Dropout" or node.domain != "" or not node.inputs:
+            if node.op_type != "Dropout" or not is_default_domain(node.domain) or not node.inputs:
                 continue
             source = node.inputs[0]
             if source is None:
                 continue
             label = node_label(node)
-            reason = self._check(node, opset, policy) or bypass(node, source, node.outputs[0])
-            sites.append(
-                Site("dropout", label, not reason, reason, removed=() if reason else (label,))
-            )
+            declined = self._check(node, opset, policy)
+            if declined is None:
+                declined = bypass(node, source, node.outputs[0])
+            if declined is not None:
+                sites.append(Site("dropout", label, False, str(declined)))
+            else:
+                sites.append(Site("dropout", label, True, removed=(label,)))
         return sites
 
     @staticmethod
-    def _check(node: ir.Node, opset: int, policy: ConstantPolicy) -> str:
+    def _check(node: ir.Node, opset: int, policy: ConstantPolicy) -> Decline | None:
+        """Why this Dropout is not the identity at inference (its mask is read, it is in training
+        mode or may be), or None."""
         if (
             len(node.outputs) > 1
             and node.outputs[1].name
             and (node.outputs[1].uses() or node.outputs[1].is_graph_output())
         ):
-            return "its mask output is used"
+            return Decline("its mask output is used")
         if opset < 7 and attr_int(node, "is_test", 0) == 0:
-            return "is_test=0: Dropout-6 in training mode"
-        if len(node.inputs) > 2 and node.inputs[2] is not None:
-            mode, why = policy.array(node.inputs[2])
-            if mode is None:
-                return f"training_mode is not a constant ({why})"
+            return Decline("is_test=0: Dropout-6 in training mode")
+        if input_at(node, 2) is not None:
+            mode = policy.array(node.inputs[2])
+            if isinstance(mode, Decline):
+                return Decline(f"training_mode is not a constant ({mode})")
             if bool(mode.reshape(-1)[0]):
-                return "training_mode is true"
-        return ""
+                return Decline("training_mode is true")
+        return None

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.core.contract import Decline, Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.core.graph import (
     ConstantPolicy,
     Namer,
     add_initializer,
     attr_int,
+    is_default_domain,
     iter_graphs,
     node_label,
+    reroute,
 )
 from optkit.core.shapes import infer_shapes
 from optkit.passes.forms.shape_values import Dim, ShapeValues, Tracked
@@ -74,11 +76,11 @@ def _match(model: ir.Model, values: ShapeValues) -> tuple[list[_Plan], list[Site
     declined: list[Site] = []
     for graph in iter_graphs(model.graph):
         for node in graph:
-            if node.domain not in ("", "ai.onnx") or node.op_type == "Constant":
+            if not is_default_domain(node.domain) or node.op_type == "Constant":
                 continue
             found = _reshape_plan(node, values) or _expand_plan(node, values)
-            if isinstance(found, str):
-                declined.append(Site("shapes", node_label(node), False, found))
+            if isinstance(found, Decline):
+                declined.append(Site("shapes", node_label(node), False, str(found)))
             elif found is not None:
                 plans.append(found)
             plans.extend(_constant_plans(node, values))
@@ -162,13 +164,10 @@ class _Bypass(_Plan):
         self.node = node
 
     def apply(self, namer: Namer) -> Site:
-        graph = self.node.graph
-        assert graph is not None
         label = node_label(self.node)
         source = self.node.inputs[0]
         assert source is not None  # _expand_plan matched it
-        ir.convenience.replace_all_uses_with(self.node.outputs[0], source)
-        graph.remove(self.node, safe=True)
+        reroute(self.node, [source])
         return Site("shapes", label, True, removed=(label,))
 
 
@@ -212,7 +211,7 @@ def _needs_value(reader: ir.Node, values: ShapeValues) -> bool:
     )
 
 
-def _reshape_plan(node: ir.Node, values: ShapeValues) -> _Plan | str | None:
+def _reshape_plan(node: ir.Node, values: ShapeValues) -> _Plan | Decline | None:
     if node.op_type != "Reshape" or len(node.inputs) < 2:
         return None
     data, target = node.inputs[0], node.inputs[1]
@@ -233,14 +232,14 @@ def _reshape_plan(node: ir.Node, values: ShapeValues) -> _Plan | str | None:
     unknown = [i for i, e in enumerate(resolved) if e is None]
     how = "dims copied from the input (0)" if 0 in resolved else ""
     if len(unknown) > 1:
-        return (
+        return Decline(
             f"target elements {unknown} are computed at run time and are not this Reshape's own "
             "input dims at the same position; only one can become -1"
         )
     if unknown:
         others = [e for e in resolved if e is not None]
         if any(e <= 0 for e in others):
-            return (
+            return Decline(
                 f"target element {unknown[0]} is computed at run time and the others are not all "
                 "positive constants, so it cannot become -1"
             )
@@ -250,7 +249,7 @@ def _reshape_plan(node: ir.Node, values: ShapeValues) -> _Plan | str | None:
     return _NewInput(node, 1, array, f"constant target: {how}")
 
 
-def _expand_plan(node: ir.Node, values: ShapeValues) -> _Plan | str | None:
+def _expand_plan(node: ir.Node, values: ShapeValues) -> _Plan | None:
     if node.op_type != "Expand" or len(node.inputs) < 2:
         return None
     data, shape = node.inputs[0], node.inputs[1]

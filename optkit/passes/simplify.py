@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness, PassOptions, PassSpec, RewritePass, Site
+from optkit.core.contract import Decline, Exactness, PassOptions, PassSpec, RewritePass, Site
 from optkit.core.graph import (
     ConstantPolicy,
     Namer,
@@ -50,6 +50,8 @@ from optkit.core.graph import (
     attr_ints,
     bypass,
     consumers_reason,
+    input_at,
+    is_default_domain,
     iter_graphs,
     node_label,
     opset_version,
@@ -151,7 +153,7 @@ class Simplify(RewritePass):
 
 
 def _candidate(node: ir.Node) -> bool:
-    return node.domain == "" and node.op_type in RULES and len(node.outputs) >= 1
+    return is_default_domain(node.domain) and node.op_type in RULES and len(node.outputs) >= 1
 
 
 def _try_rules(node: ir.Node, ctx: _Context) -> list[Site]:
@@ -183,26 +185,26 @@ def _dtype(value: ir.Value | None) -> ir.DataType | None:
     return value.type.dtype
 
 
-def _ints(value: ir.Value | None, policy: ConstantPolicy) -> tuple[list[int] | None, str]:
-    """A constant integer vector (or scalar), or None and why not."""
-    array, why = policy.array(value)
-    if array is None:
-        return None, why
+def _ints(value: ir.Value | None, policy: ConstantPolicy) -> list[int] | Decline:
+    """A constant integer vector (or scalar), or why not."""
+    array = policy.array(value)
+    if isinstance(array, Decline):
+        return array
     if array.dtype.kind not in "iu" or array.ndim > 1:
-        return None, f"'{value.name if value is not None else ''}' is not an integer vector"
-    return [int(v) for v in array.reshape(-1)], ""
+        return Decline(f"'{value.name if value is not None else ''}' is not an integer vector")
+    return [int(v) for v in array.reshape(-1)]
 
 
-def _axes(node: ir.Node, policy: ConstantPolicy) -> tuple[list[int] | None, str]:
-    """Squeeze / Unsqueeze axes: the attribute (before opset 13) or the input (from 13). (None, '')
-    when absent, (None, why) when not a constant."""
+def _axes(node: ir.Node, policy: ConstantPolicy) -> list[int] | Decline | None:
+    """Squeeze / Unsqueeze axes: the attribute (before opset 13) or the input (from 13). None when
+    absent, a Decline when not a constant."""
     attr = attr_ints(node, "axes")
     if attr is not None:
-        return attr, ""
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes, why = _ints(node.inputs[1], policy)
-        return (axes, "") if axes is not None else (None, f"its axes are not constant ({why})")
-    return None, ""
+        return attr
+    if input_at(node, 1) is not None:
+        axes = _ints(node.inputs[1], policy)
+        return Decline(f"its axes are not constant ({axes})") if isinstance(axes, Decline) else axes
+    return None
 
 
 def _normalized(axes: Sequence[int], rank: int) -> list[int] | None:
@@ -217,21 +219,32 @@ def _sole_input(node: ir.Node) -> ir.Value | None:
     return node.inputs[0] if node.inputs and len(node.outputs) == 1 else None
 
 
-def _first_of_pair(
-    node: ir.Node, op_types: Sequence[str]
-) -> tuple[ir.Node | None, ir.Value | None, str]:
-    """The node of `op_types` producing `node`'s data input, its own data input, and '' when `node`
-    is its only reader; (None, None, '') when the producer is of another type."""
+class _Pair(NamedTuple):
+    """The node of a pair's op types producing the second node's data input, and its own input."""
+
+    first: ir.Node
+    source: ir.Value
+    shared: Decline | None  # why the second node is not the first one's only reader, or None
+
+
+def _first_of_pair(node: ir.Node, op_types: Sequence[str]) -> _Pair | None:
+    """The pair ending at `node` whose first node is of `op_types`; None when the producer of
+    `node`'s data input is of another type."""
     value = _sole_input(node)
     first = value.producer() if value is not None else None
-    if value is None or first is None or first.domain != "" or first.op_type not in op_types:
-        return None, None, ""
+    if (
+        value is None
+        or first is None
+        or not is_default_domain(first.domain)
+        or first.op_type not in op_types
+    ):
+        return None
     source = _sole_input(first)
     if source is None:
-        return None, None, ""
+        return None
     if sole_consumer(value) is not node:
-        return first, source, consumers_reason(value, f"the {first.op_type} output")
-    return first, source, ""
+        return _Pair(first, source, consumers_reason(value, f"the {first.op_type} output"))
+    return _Pair(first, source, None)
 
 
 # --- rewriting --------------------------------------------------------------------------------
@@ -248,7 +261,7 @@ def _declined(rule: str, node: ir.Node, reason: str) -> Site:
 def _remove_noop(rule: str, node: ir.Node, source: ir.Value) -> Site:
     label = node_label(node)
     reason = bypass(node, source, node.outputs[0])
-    if reason:
+    if reason is not None:
         return Site(rule, label, False, f"a no-op, kept: {reason}")
     return Site(rule, label, True, removed=(label,))
 
@@ -275,7 +288,7 @@ def _collapse(rule: str, first: ir.Node, second: ir.Node, source: ir.Value, ctx:
     """second(first(x)) = x: readers of the pair's output read x. Where x cannot take the place of a
     graph output, one Identity keeps the signature."""
     removed = (node_label(first), node_label(second))
-    if not bypass(second, source, second.outputs[0]):
+    if bypass(second, source, second.outputs[0]) is None:
         ctx.graph.remove(first, safe=True)
         return _applied(rule, second, removed, ())
     identity = _new_node(ctx, "Identity", [source], [], second.name)
@@ -288,9 +301,9 @@ def _collapse(rule: str, first: ir.Node, second: ir.Node, source: ir.Value, ctx:
 
 def inline_if(node: ir.Node, ctx: _Context) -> Site | None:
     rule = "if-constant"
-    cond, why = ctx.policy.array(node.inputs[0] if node.inputs else None)
-    if cond is None:
-        return _declined(rule, node, f"its condition is not a constant: {why}")
+    cond = ctx.policy.array(node.inputs[0] if node.inputs else None)
+    if isinstance(cond, Decline):
+        return _declined(rule, node, f"its condition is not a constant: {cond}")
     if cond.size != 1:
         return _declined(rule, node, f"its condition has {cond.size} elements, not 1")
     which = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
@@ -437,8 +450,8 @@ def noop_reshape(node: ir.Node, ctx: _Context) -> Site | None:
     source = _sole_input(node)
     if source is None or len(node.inputs) < 2:
         return None
-    target, _ = _ints(node.inputs[1], ctx.policy)
-    if target is None:
+    target = _ints(node.inputs[1], ctx.policy)
+    if isinstance(target, Decline):
         return None
     ctx.shapes()
     dims = _dims(source)
@@ -469,8 +482,8 @@ def noop_expand(node: ir.Node, ctx: _Context) -> Site | None:
     source = _sole_input(node)
     if source is None or len(node.inputs) < 2:
         return None
-    target, _ = _ints(node.inputs[1], ctx.policy)
-    if target is None:
+    target = _ints(node.inputs[1], ctx.policy)
+    if isinstance(target, Decline):
         return None
     ctx.shapes()
     dims = _dims(source)
@@ -498,8 +511,8 @@ def noop_expand(node: ir.Node, ctx: _Context) -> Site | None:
 
 def noop_squeeze(node: ir.Node, ctx: _Context) -> Site | None:
     source = _sole_input(node)
-    axes, why = _axes(node, ctx.policy)
-    if source is None or why or axes:  # explicit axes always remove dims
+    axes = _axes(node, ctx.policy)
+    if source is None or isinstance(axes, Decline) or axes:  # explicit axes always remove dims
         return None
     ctx.shapes()
     dims = _dims(source)
@@ -517,8 +530,8 @@ def noop_squeeze(node: ir.Node, ctx: _Context) -> Site | None:
 
 def noop_unsqueeze(node: ir.Node, ctx: _Context) -> Site | None:
     source = _sole_input(node)
-    axes, why = _axes(node, ctx.policy)
-    if source is None or why or axes is None or axes:
+    axes = _axes(node, ctx.policy)
+    if source is None or axes is None or isinstance(axes, Decline) or axes:
         return None
     return _remove_noop("noop-unsqueeze", node, source)
 
@@ -578,8 +591,8 @@ def _slice_params(
         if value is None:
             values.append(None)
             continue
-        ints, _ = _ints(value, policy)
-        if ints is None:
+        ints = _ints(value, policy)
+        if isinstance(ints, Decline):
             return None
         values.append(ints)
     starts, ends, axes, steps = values
@@ -593,11 +606,12 @@ def _slice_params(
 
 def transpose_pair(node: ir.Node, ctx: _Context) -> Site | None:
     rule = "transpose-pair"
-    first, source, why = _first_of_pair(node, ("Transpose",))
-    if first is None or source is None:
+    pair = _first_of_pair(node, ("Transpose",))
+    if pair is None:
         return None
-    if why:
-        return _declined(rule, node, why)
+    first, source, shared = pair
+    if shared is not None:
+        return _declined(rule, node, str(shared))
     p, q = attr_ints(first, "perm"), attr_ints(node, "perm")
     rank = len(p) if p is not None else len(q) if q is not None else None
     if rank is None:
@@ -619,11 +633,12 @@ def transpose_pair(node: ir.Node, ctx: _Context) -> Site | None:
 
 def cast_pair(node: ir.Node, ctx: _Context) -> Site | None:
     rule = "cast-pair"
-    first, source, why = _first_of_pair(node, ("Cast",))
-    if first is None or source is None or "to" not in first.attributes:
+    pair = _first_of_pair(node, ("Cast",))
+    if pair is None or "to" not in pair.first.attributes:
         return None
-    if why:
-        return _declined(rule, node, why)
+    first, source, shared = pair
+    if shared is not None:
+        return _declined(rule, node, str(shared))
     ctx.shapes()
     have = _dtype(source)
     if have is None:
@@ -653,15 +668,17 @@ def cast_pair(node: ir.Node, ctx: _Context) -> Site | None:
 def squeeze_after_unsqueeze(node: ir.Node, ctx: _Context) -> Site | None:
     """Squeeze(Unsqueeze(x, a), a) = x."""
     rule = "unsqueeze-squeeze"
-    first, source, why = _first_of_pair(node, ("Unsqueeze",))
-    if first is None or source is None:
+    pair = _first_of_pair(node, ("Unsqueeze",))
+    if pair is None:
         return None
-    if why:
-        return _declined(rule, node, why)
-    inserted, why_first = _axes(first, ctx.policy)
-    removed, why_second = _axes(node, ctx.policy)
-    if why_first or why_second or inserted is None:
-        return _declined(rule, node, why_first or why_second or "the Unsqueeze has no axes")
+    first, source, shared = pair
+    if shared is not None:
+        return _declined(rule, node, str(shared))
+    inserted, removed = _axes(first, ctx.policy), _axes(node, ctx.policy)
+    if isinstance(inserted, Decline) or isinstance(removed, Decline):
+        return _declined(rule, node, str(inserted if isinstance(inserted, Decline) else removed))
+    if inserted is None:
+        return _declined(rule, node, "the Unsqueeze has no axes")
     if removed is None:
         return _declined(
             rule, node, "the Squeeze has no axes: it would drop x's own size-1 dims too"
@@ -685,15 +702,17 @@ def squeeze_after_unsqueeze(node: ir.Node, ctx: _Context) -> Site | None:
 def unsqueeze_after_squeeze(node: ir.Node, ctx: _Context) -> Site | None:
     """Unsqueeze(Squeeze(x, a), a) = x when x's dims at a are 1."""
     rule = "squeeze-unsqueeze"
-    first, source, why = _first_of_pair(node, ("Squeeze",))
-    if first is None or source is None:
+    pair = _first_of_pair(node, ("Squeeze",))
+    if pair is None:
         return None
-    if why:
-        return _declined(rule, node, why)
-    removed, why_first = _axes(first, ctx.policy)
-    inserted, why_second = _axes(node, ctx.policy)
-    if why_first or why_second or inserted is None:
-        return _declined(rule, node, why_first or why_second or "the Unsqueeze has no axes")
+    first, source, shared = pair
+    if shared is not None:
+        return _declined(rule, node, str(shared))
+    removed, inserted = _axes(first, ctx.policy), _axes(node, ctx.policy)
+    if isinstance(removed, Decline) or isinstance(inserted, Decline):
+        return _declined(rule, node, str(removed if isinstance(removed, Decline) else inserted))
+    if inserted is None:
+        return _declined(rule, node, "the Unsqueeze has no axes")
     ctx.shapes()
     dims = _dims(source)
     if dims is None:
@@ -717,11 +736,12 @@ def reshape_chain(node: ir.Node, ctx: _Context) -> Site | None:
     """Reshape / Squeeze / Unsqueeze, then Reshape; or Reshape, then Squeeze / Unsqueeze."""
     rule = "reshape-chain"
     kinds = ("Reshape",) if node.op_type != "Reshape" else ("Reshape", "Squeeze", "Unsqueeze")
-    first, source, why = _first_of_pair(node, kinds)
-    if first is None or source is None or ctx.opset < 5:
+    pair = _first_of_pair(node, kinds)
+    if pair is None or ctx.opset < 5:
         return None
-    if why:
-        return _declined(rule, node, why)
+    first, source, shared = pair
+    if shared is not None:
+        return _declined(rule, node, str(shared))
     for reshape in (first, node):
         if reshape.op_type == "Reshape" and len(reshape.inputs) < 2:
             return None
@@ -729,63 +749,62 @@ def reshape_chain(node: ir.Node, ctx: _Context) -> Site | None:
     x_dims = _dims(source)
     final: list[Term] | None = None
     if node.op_type == "Reshape":
-        target, why = _ints(node.inputs[1], ctx.policy)
-        if target is None:
-            return _declined(rule, node, f"its target is not a constant ({why})")
-        if attr_int(node, "allowzero", 0) or 0 not in target:
-            final = list(target)  # no copied dims: the intermediate does not matter
+        given = _ints(node.inputs[1], ctx.policy)
+        if isinstance(given, Decline):
+            return _declined(rule, node, f"its target is not a constant ({given})")
+        if attr_int(node, "allowzero", 0) or 0 not in given:
+            final = list(given)  # no copied dims: the intermediate does not matter
     if final is None:
-        inter, why = _terms_after(first, x_dims, ctx)
-        if inter is None:
-            return _declined(rule, node, why)
-        final, why = _terms_then(node, inter, _dims(first.outputs[0]), x_dims, ctx)
-        if final is None:
-            return _declined(rule, node, why)
-    target, why = _encode(final, x_dims)
-    if target is None:
-        return _declined(rule, node, why)
+        inter = _terms_after(first, x_dims, ctx)
+        if isinstance(inter, Decline):
+            return _declined(rule, node, str(inter))
+        then = _terms_then(node, inter, _dims(first.outputs[0]), x_dims, ctx)
+        if isinstance(then, Decline):
+            return _declined(rule, node, str(then))
+        final = then
+    target = _encode(final, x_dims)
+    if isinstance(target, Decline):
+        return _declined(rule, node, str(target))
     shape = node.inputs[1] if node.op_type == "Reshape" else None
-    if shape is None or _ints(shape, ctx.policy)[0] != target:
+    if shape is None or _ints(shape, ctx.policy) != target:
         name = f"{node.outputs[0].name or 'reshape'}_shape"
         shape = add_initializer(ctx.graph, ctx.namer, name, np.array(target, np.int64), _D.INT64)
     merged = _new_node(ctx, "Reshape", [source, shape], [], node.name)
     return _merge(rule, first, node, merged, ctx)
 
 
-def _terms_after(
-    first: ir.Node, x_dims: list[Dim] | None, ctx: _Context
-) -> tuple[list[Term] | None, str]:
+def _terms_after(first: ir.Node, x_dims: list[Dim] | None, ctx: _Context) -> list[Term] | Decline:
     """The dims of the first node's output, in terms of x's."""
     if first.op_type == "Reshape":
-        target, why = _ints(first.inputs[1], ctx.policy)
-        if target is None:
-            return None, f"the first Reshape's target is not a constant ({why})"
+        target = _ints(first.inputs[1], ctx.policy)
+        if isinstance(target, Decline):
+            return Decline(f"the first Reshape's target is not a constant ({target})")
         allowzero = attr_int(first, "allowzero", 0)
         if any(t < -1 for t in target):
-            return None, "the first Reshape's target has a negative entry other than -1"
-        return [Copy(i) if t == 0 and not allowzero else t for i, t in enumerate(target)], ""
-    axes, why = _axes(first, ctx.policy)
-    if why:
-        return None, why
+            return Decline("the first Reshape's target has a negative entry other than -1")
+        return [Copy(i) if t == 0 and not allowzero else t for i, t in enumerate(target)]
+    axes = _axes(first, ctx.policy)
+    if isinstance(axes, Decline):
+        return axes
     if x_dims is None:
-        return None, "the rank of the input is unknown"
+        return Decline("the rank of the input is unknown")
     rank = len(x_dims)
     if first.op_type == "Squeeze":
         if axes is None:
             if not all(isinstance(d, int) for d in x_dims):
-                return None, "the Squeeze has no axes and its input's shape is not static"
+                return Decline("the Squeeze has no axes and its input's shape is not static")
             axes = [i for i, d in enumerate(x_dims) if d == 1]
         removed = _normalized(axes, rank)
         if removed is None:
-            return None, f"the Squeeze's axes {axes} are invalid for rank {rank}"
-        return [Copy(i) for i in range(rank) if i not in removed], ""
+            return Decline(f"the Squeeze's axes {axes} are invalid for rank {rank}")
+        return [Copy(i) for i in range(rank) if i not in removed]
     if axes is None:
-        return None, "the Unsqueeze has no axes"
+        return Decline("the Unsqueeze has no axes")
     inserted = _normalized(axes, rank + len(axes))
     if inserted is None:
-        return None, f"the Unsqueeze's axes {axes} are invalid for rank {rank}"
+        return Decline(f"the Unsqueeze's axes {axes} are invalid for rank {rank}")
     dims_of_x = iter(range(rank))
-    return [1 if j in inserted else Copy(next(dims_of_x)) for j in range(rank + len(axes))], ""
+    return [1 if j in inserted else Copy(next(dims_of_x)) for j in range(rank + len(axes))]
 
 
 def _terms_then(
@@ -794,7 +813,7 @@ def _terms_then(
     inter_dims: list[Dim] | None,
     x_dims: list[Dim] | None,
     ctx: _Context,
-) -> tuple[list[Term] | None, str]:
+) -> list[Term] | Decline:
     """The dims of the second node's output, in terms of x's."""
 
     def static(j: int) -> int | None:  # the intermediate's dim j, when known before running
@@ -808,51 +827,51 @@ def _terms_then(
         return have if isinstance(have, int) else None
 
     if node.op_type == "Reshape":
-        target, why = _ints(node.inputs[1], ctx.policy)
-        if target is None:
-            return None, f"its target is not a constant ({why})"
+        target = _ints(node.inputs[1], ctx.policy)
+        if isinstance(target, Decline):
+            return Decline(f"its target is not a constant ({target})")
         out: list[Term] = []
         for j, t in enumerate(target):
             if t != 0:
                 out.append(t)
             elif j >= len(inter):
-                return None, f"its target copies dim {j} (a 0) of a rank-{len(inter)} input"
+                return Decline(f"its target copies dim {j} (a 0) of a rank-{len(inter)} input")
             elif inter[j] != -1:
                 out.append(inter[j])
             elif (size := static(j)) is not None:
                 out.append(size)
             else:
-                return None, (
+                return Decline(
                     f"its target copies dim {j} (a 0) of the intermediate, which is known only "
                     "at run time"
                 )
-        return out, ""
-    axes, why = _axes(node, ctx.policy)
-    if why:
-        return None, why
+        return out
+    axes = _axes(node, ctx.policy)
+    if isinstance(axes, Decline):
+        return axes
     if node.op_type == "Unsqueeze":
         if axes is None:
-            return None, "the Unsqueeze has no axes"
+            return Decline("the Unsqueeze has no axes")
         inserted = _normalized(axes, len(inter) + len(axes))
         if inserted is None:
-            return None, f"the Unsqueeze's axes {axes} are invalid for rank {len(inter)}"
+            return Decline(f"the Unsqueeze's axes {axes} are invalid for rank {len(inter)}")
         terms = iter(inter)
-        return [1 if j in inserted else next(terms) for j in range(len(inter) + len(axes))], ""
+        return [1 if j in inserted else next(terms) for j in range(len(inter) + len(axes))]
     if axes is None:
         sizes = [static(j) for j in range(len(inter))]
         if any(s is None for s in sizes):
-            return None, "the Squeeze has no axes and the Reshape's output shape is not static"
-        return [t for t, s in zip(inter, sizes, strict=True) if s != 1], ""
+            return Decline("the Squeeze has no axes and the Reshape's output shape is not static")
+        return [t for t, s in zip(inter, sizes, strict=True) if s != 1]
     removed = _normalized(axes, len(inter))
     if removed is None:
-        return None, f"the Squeeze's axes {axes} are invalid for rank {len(inter)}"
+        return Decline(f"the Squeeze's axes {axes} are invalid for rank {len(inter)}")
     not_one = [j for j in removed if static(j) != 1]
     if not_one:
-        return None, f"the Reshape's output dims {not_one} are not known to be 1"
-    return [t for j, t in enumerate(inter) if j not in removed], ""
+        return Decline(f"the Reshape's output dims {not_one} are not known to be 1")
+    return [t for j, t in enumerate(inter) if j not in removed]
 
 
-def _encode(final: list[Term], x_dims: list[Dim] | None) -> tuple[list[int] | None, str]:
+def _encode(final: list[Term], x_dims: list[Dim] | None) -> list[int] | Decline:
     """The Reshape(x, target) giving `final`: a copy of x's dim i stays 0 at axis i, else becomes
     that dim's static size."""
     target = []
@@ -864,19 +883,19 @@ def _encode(final: list[Term], x_dims: list[Dim] | None) -> tuple[list[int] | No
             elif isinstance(have, int) and have > 0:
                 target.append(have)
             else:
-                return None, (
+                return Decline(
                     f"the merged target needs the input's dim {term.axis} at axis {j}, and that "
                     "dim is known only at run time"
                 )
         elif term == 0:
-            return None, "the merged target has a zero-size dim"
+            return Decline("the merged target has a zero-size dim")
         elif term < -1:
-            return None, f"the target has an invalid entry {term}"
+            return Decline(f"the target has an invalid entry {term}")
         else:
             target.append(term)
     if target.count(-1) > 1:
-        return None, "the merged target would have two dims to infer (-1)"
-    return target, ""
+        return Decline("the merged target would have two dims to infer (-1)")
+    return target
 
 
 RULES: dict[str, tuple[Rule, ...]] = {

@@ -3,8 +3,10 @@
 `export_onnx` (BatchNorm kept for `optkit fuse`), `export_checked` (checked against torch, with
 preprocessing embedded and fused), `initialize` (the lecture's init schemes, see `init`),
 `activation_stats` / `gradient_stats` (per-layer statistics, see `stats`); training and transfer
-learning live in `optkit.torch.train` (`fit` / `train` take any nn.Module and a Dataset or
-DataLoader), data in `optkit.torch.data`, the user's own model (a factory, a state_dict file, its
+learning live in `optkit.torch.train` and `optkit.torch.transfer` (`fit` / `train` take any
+nn.Module and a Dataset or DataLoader), train and finetune runs from the command line's options in
+`optkit.torch.runs`, checkpoint -> ONNX export (one or an ensemble) in `optkit.torch.exporting`,
+data in `optkit.torch.data`, the user's own model (a factory, a state_dict file, its
 head and stages) in `optkit.torch.usermodel`.
 """
 

@@ -214,3 +214,45 @@ def lecture_network(
     for _ in range(layers):
         modules += [nn.Linear(width, width), make_activation(activation, width)]
     return nn.Sequential(*modules)
+
+
+def lecture_stats(
+    activation: str, init_scheme: str, *, std: float = 0.01, layers: int = 7, width: int = 4096,
+    batch: int = 16, seed: int = 0, gradients: bool = False,
+) -> list[LayerStats]:  # fmt: skip
+    """The lecture's experiment (`optkit stats`): `lecture_network` initialized with `init_scheme`
+    on a batch of standard normal inputs, its per-layer activation (and, with `gradients`,
+    gradient) statistics. A network that would not fit in memory, or an init scheme that does not
+    apply, is an InputError."""
+    from optkit.errors import InputError
+    from optkit.torch.init import initialize
+
+    check_memory(layers, width, batch, gradients, activation)
+    try:
+        net = lecture_network(activation, layers, width, seed)
+        x = torch.randn(batch, width, generator=torch.Generator().manual_seed(seed))
+        initialize(net, init_scheme, std=std, nonlinearity=activation, batch=x,
+                   generator=torch.Generator().manual_seed(seed + 1))  # fmt: skip
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return gradient_stats(net, x) if gradients else activation_stats(net, x)
+
+
+def check_memory(layers: int, width: int, batch: int, gradients: bool, activation: str) -> None:
+    """InputError for a lecture network that would not fit: more than half of this machine's
+    memory (weights, and activations with their histograms; doubled with gradients)."""
+    from optkit.errors import InputError
+
+    pieces = 3 if activation == "maxout" else 1  # maxout: a second Linear to 2 * width
+    weights = 4 * layers * width * (width + 1) * pieces
+    values = 4 * layers * batch * width * 4  # activations and their histograms
+    need = weights * (2 if gradients else 1) + values * (2 if gradients else 1)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform: no limit known
+        return
+    if need > memory / 2:
+        raise InputError(
+            f"--layers {layers} --width {width} --batch {batch}: the network needs about "
+            f"{need / 1e9:.1f} GB, more than half of this machine's {memory / 1e9:.0f} GB"
+        )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from optkit.core.contract import Decline
 from optkit.core.graph import attr_ints, attr_str
 
 
@@ -37,18 +38,20 @@ class ConvGeometry:
             pads=tuple(pads) if pads else ((0,) * 2 * rank if auto_pad == "NOTSET" else None),
         )
 
-    def problem(self) -> str:
-        """Why these attributes describe no valid Conv for this kernel rank, or ''."""
+    def problem(self) -> Decline | None:
+        """Why these attributes describe no valid Conv for this kernel rank, or None."""
         rank = len(self.kernel)
         if len(self.strides) != rank or len(self.dilations) != rank:
-            return (
+            return Decline(
                 f"Conv strides {self.strides} / dilations {self.dilations} for a rank-{rank} kernel"
             )
         if self.pads is not None and len(self.pads) != 2 * rank:
-            return f"Conv pads {self.pads} for a rank-{rank} kernel (needs {2 * rank} values)"
+            return Decline(
+                f"Conv pads {self.pads} for a rank-{rank} kernel (needs {2 * rank} values)"
+            )
         if min(self.strides + self.dilations, default=1) < 1 or min(self.pads or (0,)) < 0:
-            return "Conv has a stride or dilation below 1, or a negative pad"
-        return ""
+            return Decline("Conv has a stride or dilation below 1, or a negative pad")
+        return None
 
     def has_padding(self) -> bool:
         """True unless padding is zero regardless of the input size."""

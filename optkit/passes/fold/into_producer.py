@@ -1,4 +1,4 @@
-"""BatchNorm after a layer, folded into that layer's weights (s, t from `batchnorm_params`).
+"""BatchNorm after a layer, folded into that layer's weights (s, t from `affine_map`).
 
     Conv:           y = W * x + b            ->  W'[o]      = s_o W[o],           b' = s b + t
     ConvTranspose:  W (C_in, C_out/g, k...)  ->  W'[i, j]   = s_(g(i) C_out/g + j) W[i, j],  b' = s b + t
@@ -13,161 +13,195 @@ output: MatMul folds only when its output is known to be 2-D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
+from optkit.core.contract import Decline
 from optkit.core.graph import (
-    attr_float,
     attr_int,
     consumers_reason,
+    input_at,
+    is_default_domain,
     node_label,
     replace_nodes,
     sole_consumer,
 )
 from optkit.passes.fold.affine_map import Affine, along
-from optkit.passes.fold.support import Applied, FoldContext, base_name, copy_attributes, new_node
+from optkit.passes.fold.readers import (
+    GemmAttributes,
+    Weight,
+    channel_bias,
+    float_operand,
+    gemm_b,
+    gemm_c,
+    layer_weight,
+    matmul_weight,
+)
+from optkit.passes.fold.support import (
+    Applied,
+    FoldContext,
+    Folded,
+    Plan,
+    all_folded,
+    base_name,
+    copy_attributes,
+    folded,
+    folded_scaled,
+    new_node,
+)
 
 
-def fold_into_producer(affine: Affine, ctx: FoldContext) -> Applied | str:
-    """Fold `affine` into the layer that produces its input, or say why not."""
+def fold_into_producer(affine: Affine, ctx: FoldContext) -> Plan | Decline:
+    """Plan folding `affine` into the layer that produces its input, or say why not."""
     if affine.shift_image is not None:
-        return "a per-position shift gains nothing folded into the layer before it"
+        return Decline("a per-position shift gains nothing folded into the layer before it")
     layer = affine.input.producer()
     if layer is None:
-        return "its input is not produced by a layer (graph input or initializer)"
-    if layer.domain != "":
-        return f"its input comes from {layer.domain}::{layer.op_type}"
+        return Decline("its input is not produced by a layer (graph input or initializer)")
+    if not is_default_domain(layer.domain):
+        return Decline(f"its input comes from {layer.domain}::{layer.op_type}")
     rule = _PRODUCER_RULES.get(layer.op_type)
     if rule is None:
-        return f"its input comes from {layer.op_type}, which cannot absorb it"
+        return Decline(f"its input comes from {layer.op_type}, which cannot absorb it")
     if sole_consumer(affine.input) is not affine.node:
         return consumers_reason(affine.input, f"{layer.op_type} output")
     return rule(affine, layer, ctx)
 
 
-def _replace(
-    affine: Affine, old: list[ir.Node], node: ir.Node, rule: str, ctx: FoldContext
-) -> Applied:
-    removed = tuple(node_label(n) for n in [*old, affine.node])
-    replace_nodes(ctx.graph, [*old, affine.node], [node], [affine.output], [node.outputs[0]])
-    return Applied(rule, removed, (node_label(node),))
+def _plan(
+    affine: Affine,
+    old: list[ir.Node],
+    rule: str,
+    ctx: FoldContext,
+    op_type: str,
+    inputs: list[ir.Value | None],
+    constants: list[tuple[Base, Folded]],
+    attributes: list[ir.Attr],
+) -> Plan:
+    """Replace `old` and the map by one `op_type` node (named as `old[0]`) reading `inputs` and
+    then the planned `constants`, registered in order; a constant's base name may be made from
+    the name the one before it got."""
+
+    def apply() -> Applied:
+        values: list[ir.Value] = []
+        for base, constant in constants:
+            name = base if isinstance(base, str) else base(str(values[-1].name))
+            values.append(ctx.register(name, constant))
+        node = new_node(op_type, [*inputs, *values], attributes, old[0].name)
+        removed = tuple(node_label(n) for n in [*old, affine.node])
+        replace_nodes(ctx.graph, [*old, affine.node], [node], [affine.output], [node.outputs[0]])
+        return Applied(rule, removed, (node_label(node),))
+
+    return Plan(rule, apply)
 
 
-def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.stored_weight(
-        conv.inputs[1] if len(conv.inputs) > 1 else None, "Conv weight", min_rank=3
-    )
-    if weight is None:
-        return why
+Base = str | Callable[[str], str]  # a base name, or one made from the previous constant's name
+
+
+def _name_after(value: ir.Value | None, suffix: str) -> Base:
+    """The base name of a layer's new bias: its old one's (`base_name`), or, where it had none,
+    that of the weight made just before it with `suffix`."""
+    if value is not None and value.name:
+        return base_name(value, "")
+    return lambda weight: base_name(None, weight + suffix)
+
+
+def _conv(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Plan | Decline:
+    weight = layer_weight(ctx.policy, conv, min_rank=3)
+    if isinstance(weight, Decline):
+        return weight
     if weight.shape[0] != affine.channels:
-        return (
+        return Decline(
             f"Conv has {weight.shape[0]} output channels, the {affine.what} has {affine.channels}"
         )
-    bias, why = _optional_bias(conv, 2, affine.channels, ctx)
-    if bias is None:
-        return why
+    bias = channel_bias(ctx.policy, conv, 2, affine.channels)
+    if isinstance(bias, Decline):
+        return bias
     factor = along(affine.scale, 0, weight.ndim)
     new_b = bias * affine.scale + affine.shift
     rule = f"conv+{affine.kind}"
-    return _emit_conv_like(affine, conv, weight, factor, weight.shape, new_b, dtype, ctx, rule)
+    return _conv_like(affine, conv, weight, weight.array, factor, new_b, ctx, rule)
 
 
-def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Applied | str:
-    weight, dtype, why = ctx.stored_weight(
-        conv.inputs[1] if len(conv.inputs) > 1 else None, "ConvTranspose weight", min_rank=3
-    )
-    if weight is None:
-        return why
+def _conv_transpose(affine: Affine, conv: ir.Node, ctx: FoldContext) -> Plan | Decline:
+    weight = layer_weight(ctx.policy, conv, min_rank=3)
+    if isinstance(weight, Decline):
+        return weight
     groups = attr_int(conv, "group", 1)
     c_in, c_out_per_group = weight.shape[0], weight.shape[1]
     if groups * c_out_per_group != affine.channels or c_in % groups:
         channels = groups * c_out_per_group
-        return (
+        return Decline(
             f"ConvTranspose has {channels} output channels, the {affine.what} has {affine.channels}"
         )
-    bias, why = _optional_bias(conv, 2, affine.channels, ctx)
-    if bias is None:
-        return why
-    grouped = weight.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
+    bias = channel_bias(ctx.policy, conv, 2, affine.channels)
+    if isinstance(bias, Decline):
+        return bias
+    grouped = weight.array.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
     scale = affine.scale.reshape(groups, 1, c_out_per_group, *([1] * (weight.ndim - 2)))
     new_b = bias * affine.scale + affine.shift
     rule = f"convtranspose+{affine.kind}"
-    return _emit_conv_like(affine, conv, grouped, scale, weight.shape, new_b, dtype, ctx, rule)
+    return _conv_like(affine, conv, weight, grouped, scale, new_b, ctx, rule)
 
 
-def _emit_conv_like(
+def _conv_like(
     affine: Affine,
     conv: ir.Node,
-    weight: np.ndarray,
+    weight: Weight,
+    view: np.ndarray,
     factor: np.ndarray,
-    shape: tuple[int, ...],
     new_b: np.ndarray,
-    dtype: ir.DataType,
     ctx: FoldContext,
     rule: str,
-) -> Applied:
-    """The layer with weight `weight * factor` (in float64, rounded once, in `shape`) and bias
-    `new_b`."""
-    w_value = ctx.scaled_constant(base_name(conv.inputs[1], "W"), weight, factor, dtype, shape)
-    b_value = ctx.constant(
-        base_name(conv.inputs[2] if len(conv.inputs) > 2 else None, f"{w_value.name}_bias"),
-        new_b,
-        dtype,
+) -> Plan | Decline:
+    """The layer with weight `view * factor` (in float64, rounded once, in the weight's shape) and
+    bias `new_b`."""
+    made = all_folded(
+        folded_scaled(view, factor, weight.dtype, weight.shape), folded(new_b, weight.dtype)
     )
-    node = new_node(
-        conv.op_type, [conv.inputs[0], w_value, b_value], copy_attributes(conv), conv.name
-    )
-    return _replace(affine, [conv], node, rule, ctx)
+    if isinstance(made, Decline):
+        return made
+    names = [base_name(input_at(conv, 1), "W"), _name_after(input_at(conv, 2), "_bias")]
+    constants = list(zip(names, made, strict=True))
+    attrs = copy_attributes(conv)
+    return _plan(affine, [conv], rule, ctx, conv.op_type, [conv.inputs[0]], constants, attrs)
 
 
-def _optional_bias(
-    layer: ir.Node, index: int, channels: int, ctx: FoldContext
-) -> tuple[np.ndarray | None, str]:
-    """The layer's per-channel bias as float64 (zeros when it has none), or None and why."""
-    value = layer.inputs[index] if len(layer.inputs) > index else None
-    if value is None:
-        return np.zeros(channels), ""
-    bias, _, why = ctx.weight(value, f"{layer.op_type} bias")
-    if bias is None:
-        return None, why
-    if bias.shape != (channels,):
-        return None, f"{layer.op_type} bias has shape {bias.shape}, expected ({channels},)"
-    return bias, ""
-
-
-def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Applied | str:
-    b_mat, dtype, why = ctx.stored_weight(
-        gemm.inputs[1] if len(gemm.inputs) > 1 else None, "Gemm B"
-    )
-    if b_mat is None:
-        return why
-    if b_mat.ndim != 2:
-        return f"Gemm B has rank {b_mat.ndim}"
-    trans_b = attr_int(gemm, "transB", 0)
-    columns = b_mat.shape[0] if trans_b else b_mat.shape[1]
+def _gemm(affine: Affine, gemm: ir.Node, ctx: FoldContext) -> Plan | Decline:
+    b_mat = gemm_b(ctx.policy, gemm)
+    if isinstance(b_mat, Decline):
+        return b_mat
+    attrs = GemmAttributes.of(gemm)
+    columns = b_mat.shape[0] if attrs.trans_b else b_mat.shape[1]
     if columns != affine.channels:
-        return f"Gemm has {columns} output features, the {affine.what} has {affine.channels}"
-    beta = attr_float(gemm, "beta", 1.0)
-    c_in = gemm.inputs[2] if len(gemm.inputs) > 2 else None
-    c_arr: np.ndarray = np.zeros(())
-    if c_in is not None:
-        c_read, _, why = ctx.weight(c_in, "Gemm C")
-        if c_read is None:
-            return why
-        c_arr = c_read
-        if c_arr.ndim > 2 or (c_arr.ndim and c_arr.shape[-1] not in (1, affine.channels)):
-            return f"Gemm C of shape {list(c_arr.shape)} does not broadcast to its output"
+        return Decline(
+            f"Gemm has {columns} output features, the {affine.what} has {affine.channels}"
+        )
+    c_arr = gemm_c(ctx.policy, gemm)
+    if isinstance(c_arr, Decline):
+        return c_arr
+    if input_at(gemm, 2) is not None and (
+        c_arr.ndim > 2 or (c_arr.ndim and c_arr.shape[-1] not in (1, affine.channels))
+    ):
+        return Decline(f"Gemm C of shape {list(c_arr.shape)} does not broadcast to its output")
     new_c = (
-        beta * c_arr * affine.scale + affine.shift
-        if beta != 0
+        attrs.beta * c_arr * affine.scale + affine.shift
+        if attrs.beta != 0
         else np.broadcast_to(affine.shift, (affine.channels,))
     )
-    factor = affine.scale[:, None] if trans_b else affine.scale[None, :]
-    b_value = ctx.scaled_constant(base_name(gemm.inputs[1], "B"), b_mat, factor, dtype)
-    c_value = ctx.constant(base_name(c_in, f"{b_value.name}_C"), np.asarray(new_c), dtype)
-    attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
-    node = new_node("Gemm", [gemm.inputs[0], b_value, c_value], attrs, gemm.name)
-    return _replace(affine, [gemm], node, f"gemm+{affine.kind}", ctx)
+    factor = affine.scale[:, None] if attrs.trans_b else affine.scale[None, :]
+    made = all_folded(
+        folded_scaled(b_mat.array, factor, b_mat.dtype), folded(np.asarray(new_c), b_mat.dtype)
+    )
+    if isinstance(made, Decline):
+        return made
+    names = [base_name(input_at(gemm, 1), "B"), _name_after(input_at(gemm, 2), "_C")]
+    constants = list(zip(names, made, strict=True))
+    new_attrs = copy_attributes(gemm, beta=ir.AttrFloat32("beta", 1.0))
+    rule = f"gemm+{affine.kind}"
+    return _plan(affine, [gemm], rule, ctx, "Gemm", [gemm.inputs[0]], constants, new_attrs)
 
 
 def _matmul(
@@ -176,67 +210,81 @@ def _matmul(
     ctx: FoldContext,
     bias: np.ndarray | None = None,
     extra: list[ir.Node] | None = None,
-) -> Applied | str:
+) -> Plan | Decline:
     """MatMul (optionally followed by a constant Add, `extra`) into one Gemm."""
-    if matmul.domain != "" or matmul.op_type != "MatMul":
-        return "not a MatMul"
-    weight, dtype, why = ctx.stored_weight(matmul.inputs[1], "MatMul weight")
-    if weight is None:
-        return why
-    if weight.ndim != 2:
-        return f"MatMul weight has rank {weight.ndim}, not 2"
+    if not is_default_domain(matmul.domain) or matmul.op_type != "MatMul":
+        return Decline("not a MatMul")
+    weight = matmul_weight(ctx.policy, matmul)
+    if isinstance(weight, Decline):
+        return weight
     ctx.ensure_shapes()
-    rank_reason = _rank_two(affine.input, "MatMul output")
-    if rank_reason:
-        return rank_reason
+    rank_decline = _rank_two(affine.input, "MatMul output")
+    if rank_decline is not None:
+        return rank_decline
     data = matmul.inputs[0]
     if data is None or data.shape is None or len(data.shape) != 2:
         rank = "unknown" if data is None or data.shape is None else len(data.shape)
-        return f"MatMul input has rank {rank}: a Gemm takes rank 2"
+        return Decline(f"MatMul input has rank {rank}: a Gemm takes rank 2")
     rows = data.shape[0]
     if bias is not None and bias.ndim == 2 and bias.shape[0] != 1 and bias.shape[0] != rows:
-        return (
+        return Decline(
             f"Add bias of shape {bias.shape} does not fit the MatMul's {rows} rows: a Gemm's bias "
             "must broadcast to its output"
         )
     if weight.shape[1] != affine.channels:
-        return (
+        return Decline(
             f"MatMul has {weight.shape[1]} output features, the {affine.what} has {affine.channels}"
         )
     new_c = (bias if bias is not None else np.zeros(())) * affine.scale + affine.shift
-    w_value = ctx.scaled_constant(
-        base_name(matmul.inputs[1], "W"), weight, affine.scale[None, :], dtype
+    made = all_folded(
+        folded_scaled(weight.array, affine.scale[None, :], weight.dtype),
+        folded(np.asarray(new_c), weight.dtype),
     )
-    c_value = ctx.constant(f"{w_value.name}_bias", np.asarray(new_c), dtype)
-    node = new_node("Gemm", [matmul.inputs[0], w_value, c_value], [], matmul.name)
+    if isinstance(made, Decline):
+        return made
+    names: list[Base] = [base_name(input_at(matmul, 1), "W"), lambda w: f"{w}_bias"]
+    constants = list(zip(names, made, strict=True))
     rule = f"matmul+add+{affine.kind}" if extra else f"matmul+{affine.kind}"
-    return _replace(affine, [matmul, *(extra or [])], node, rule, ctx)
+    old = [matmul, *(extra or [])]
+    return _plan(affine, old, rule, ctx, "Gemm", [matmul.inputs[0]], constants, [])
 
 
-def _matmul_add(affine: Affine, add: ir.Node, ctx: FoldContext) -> Applied | str:
+def _matmul_add(affine: Affine, add: ir.Node, ctx: FoldContext) -> Plan | Decline:
     for mm_index in (0, 1):
         mm_out, bias_in = add.inputs[mm_index], add.inputs[1 - mm_index]
         producer = mm_out.producer() if mm_out is not None else None
-        if producer is None or producer.op_type != "MatMul" or producer.domain != "":
+        if (
+            producer is None
+            or producer.op_type != "MatMul"
+            or not is_default_domain(producer.domain)
+        ):
             continue
         assert mm_out is not None
         if sole_consumer(mm_out) is not add:
             return consumers_reason(mm_out, "MatMul output")
-        bias, _, why = ctx.weight(bias_in, "Add bias")
-        if bias is None:
-            return why
+        if bias_in is None:
+            return Decline("Add bias is missing")
+        bias = float_operand(ctx.policy, bias_in, "Add bias")
+        if isinstance(bias, Decline):
+            return bias
         if bias.ndim > 2:
-            return f"Add bias has rank {bias.ndim}: it broadcasts the output to a higher rank"
+            return Decline(
+                f"Add bias has rank {bias.ndim}: it broadcasts the output to a higher rank"
+            )
         return _matmul(affine, producer, ctx, bias=bias, extra=[add])
-    return "its input comes from an Add that does not follow a MatMul"
+    return Decline("its input comes from an Add that does not follow a MatMul")
 
 
-def _rank_two(value: ir.Value, what: str) -> str:
+def _rank_two(value: ir.Value, what: str) -> Decline | None:
     if value.shape is None:
-        return f"rank of {what} '{value.name}' is unknown (BN's channel axis must be its last axis)"
+        return Decline(
+            f"rank of {what} '{value.name}' is unknown (BN's channel axis must be its last axis)"
+        )
     if len(value.shape) != 2:
-        return f"{what} has rank {len(value.shape)}: BN normalizes axis 1, not the feature axis"
-    return ""
+        return Decline(
+            f"{what} has rank {len(value.shape)}: BN normalizes axis 1, not the feature axis"
+        )
+    return None
 
 
 _PRODUCER_RULES = {

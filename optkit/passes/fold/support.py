@@ -1,23 +1,27 @@
-"""What the BatchNorm folds share: reading float weights, building replacement nodes, results."""
+"""What the folds share: plans and their constants (computed in float64, rounded once, checked
+for overflow before anything changes), building replacement nodes, and the sweep driver."""
 
 from __future__ import annotations
 
 import dataclasses
 import mmap
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.contract import Site
+from optkit.core.contract import Decline, Site
 from optkit.core.graph import (
     FLOAT_TYPES,
     ConstantPolicy,
+    InitializerOverflow,
     Namer,
     add_initializer,
     iter_graphs,
     node_label,
+    overflow_error,
+    rounded,
 )
 from optkit.passes.fold.affine_map import Affine
 
@@ -31,6 +35,53 @@ class Applied:
     added: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A fold that passed every check, its new constants computed (`Folded`): `apply` registers them
+    and rewires the graph, the only mutation of a fold, and says what it did. Planning touches no
+    node and registers nothing, so a rule that declines leaves the model as it was."""
+
+    rule: str
+    apply: Callable[[], Applied]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A constant a plan computed: `array` already rounded once to `dtype` and checked to fit it."""
+
+    array: np.ndarray
+    dtype: ir.DataType
+
+
+def folded(array: np.ndarray, dtype: ir.DataType) -> Folded | Decline:
+    """`array` (float64 for a float `dtype`) rounded once to `dtype`, or a Decline when finite
+    values round to infinity there (`rounded`)."""
+    result = rounded(array, dtype)
+    return result if isinstance(result, Decline) else Folded(result, dtype)
+
+
+def folded_scaled(
+    weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType, shape: tuple[int, ...] | None = None
+) -> Folded | Decline:
+    """`weight * factor` computed in float64 and rounded once to `dtype` (reshaped to `shape` when
+    given), chunk by chunk (`scaled`): bit for bit `folded(weight.astype(float64) * factor, dtype)`
+    without a float64 copy of the whole tensor; a Decline on overflow, with the same reason."""
+    try:
+        result = scaled(weight, factor, dtype)
+    except InitializerOverflow as exc:
+        return Decline(str(exc))
+    return Folded(result if shape is None else result.reshape(shape), dtype)
+
+
+def all_folded(*constants: Folded | Decline) -> list[Folded] | Decline:
+    """A plan's constants, or the first Decline among them (in the order they are made: the
+    overflow a fold reports is that of the first constant that overflows)."""
+    for constant in constants:
+        if isinstance(constant, Decline):
+            return constant
+    return [c for c in constants if isinstance(c, Folded)]
+
+
 @dataclass
 class FoldContext:
     graph: ir.Graph
@@ -39,84 +90,16 @@ class FoldContext:
     opset: int = 0  # the model's default-domain opset
     ensure_shapes: Callable[[], None] = lambda: None  # call before reading value shapes
     keep: frozenset[int] = frozenset()  # ids of nodes no fold may take (decomposed forms)
-    made: list[ir.Value] = field(default_factory=list)  # initializers `constant` registered
 
-    def weight(
-        self, value: ir.Value | None, what: str, min_rank: int = 0
-    ) -> tuple[np.ndarray | None, ir.DataType, str]:
-        """A constant float tensor (of at least `min_rank` dimensions) as float64 with its stored
-        dtype, or None and why not."""
-        array, dtype, why = self.stored_weight(value, what, min_rank)
-        return (None if array is None else array.astype(np.float64)), dtype, why
-
-    def stored_weight(
-        self, value: ir.Value | None, what: str, min_rank: int = 0
-    ) -> tuple[np.ndarray | None, ir.DataType, str]:
-        """As `weight`, but the tensor as stored (no float64 copy; memory-mapped when it is external
-        data): for `scaled_constant`, which widens it to float64 chunk by chunk."""
-        if value is None:
-            return None, ir.DataType.UNDEFINED, f"{what} is missing"
-        array, why = self.policy.array(value)
-        if array is None:
-            return None, ir.DataType.UNDEFINED, f"{what} is not a constant: {why}"
-        dtype = ir.DataType.from_numpy(array.dtype)
-        if dtype not in FLOAT_TYPES:
-            return None, dtype, f"{what} has element type {dtype.name}, not a float type"
-        if array.ndim < min_rank:
-            return None, dtype, f"{what} has rank {array.ndim}, below {min_rank}"
-        return array, dtype, ""
-
-    def scaled_constant(
-        self,
-        base: str,
-        weight: np.ndarray,
-        factor: np.ndarray,
-        dtype: ir.DataType,
-        shape: tuple[int, ...] | None = None,
-    ) -> ir.Value:
-        """A new initializer holding `weight * factor` computed in float64 and rounded once to
-        `dtype` (reshaped to `shape` when given): bit for bit what `constant(base,
-        weight.astype(float64) * factor, dtype)` makes, without a float64 copy of the whole tensor
-        (`scaled`). Raises `FoldOverflow` as `constant` does."""
-        rounded = scaled(weight, factor, dtype)
-        if shape is not None:
-            rounded = rounded.reshape(shape)
-        value = add_initializer(self.graph, self.namer, base, rounded, dtype, copy=False)
-        self.made.append(value)
-        return value
-
-    def constant(self, base: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
-        """A new initializer holding `array` rounded once to `dtype`; raises `FoldOverflow` (before
-        registering anything) when finite values would round to infinity in `dtype`."""
-        np_dtype = FLOAT_TYPES.get(dtype)
-        if np_dtype is not None:
-            with np.errstate(over="ignore"):
-                rounded = np.asarray(array).astype(np_dtype)
-            if np.any(np.isinf(rounded) & np.isfinite(array)):
-                raise _overflow(array, dtype)
-            array = rounded  # rounded once, and handed over: add_initializer does not copy it
-        value = add_initializer(self.graph, self.namer, base, array, dtype, copy=np_dtype is None)
-        self.made.append(value)
-        return value
-
-    def drop_made_since(self, mark: int) -> None:
-        """Remove the initializers `constant` registered after `len(self.made)` was `mark`: a rule
-        that declines rewired nothing, so no node in a graph reads them (at most a node it built
-        and dropped). A declining pass reports no change, and the pipeline would not run `unused`
-        after it."""
-        for value in self.made[mark:]:
-            if value.name is not None and all(use.node.graph is None for use in value.uses()):
-                self.graph.initializers.pop(value.name, None)
-        del self.made[mark:]
+    def register(self, base: str, constant: Folded) -> ir.Value:
+        """A new initializer (named after `base`) holding a plan's constant: for `Plan.apply` only.
+        The array is handed over as it is (rounded and checked when it was planned)."""
+        return add_initializer(
+            self.graph, self.namer, base, constant.array, constant.dtype, copy=False
+        )
 
 
-class FoldOverflow(ValueError):
-    """A fold's result does not fit the weight's element type (a rule declines on it)."""
-
-
-def _overflow(array: np.ndarray, dtype: ir.DataType) -> FoldOverflow:
-    peak = float(np.max(np.abs(array[np.isfinite(array)])))
-    return FoldOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
+FoldOverflow = InitializerOverflow  # what `scaled` raises (the name tests and tools know)
 
 
 CHUNK_BYTES = 1 << 20  # of float64 products per chunk of `scaled`: stays in cache
@@ -147,8 +130,8 @@ def scaled(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.nda
     the same float64 product, and numpy's output cast is astype's cast), but computed in chunks
     of rows (axis 0) straight into the output, so no full-size float64 temporary is made and each
     chunk is checked for overflow while in cache. `factor` (float64) broadcasts to `weight`'s
-    shape and has 1 or `weight.shape[0]` rows. Raises `FoldOverflow` (naming the peak, as
-    `FoldContext.constant`) when a finite product rounds to infinity."""
+    shape and has 1 or `weight.shape[0]` rows. Raises `InitializerOverflow` (naming the peak, as
+    `core.graph.round_to`) when a finite product rounds to infinity."""
     np_dtype = FLOAT_TYPES[dtype]
     factor = np.asarray(factor, dtype=np.float64)
     if np.broadcast_shapes(weight.shape, factor.shape) != weight.shape or weight.ndim == 0:
@@ -156,7 +139,7 @@ def scaled(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.nda
         with np.errstate(over="ignore"):
             rounded = product.astype(np_dtype)
         if np.any(np.isinf(rounded) & np.isfinite(product)):
-            raise _overflow(product, dtype)
+            raise overflow_error(product, dtype)
         return rounded
     factor = factor.reshape((1,) * (weight.ndim - factor.ndim) + factor.shape)
     out = new_array(weight.shape, np.dtype(np_dtype))
@@ -171,7 +154,7 @@ def scaled(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.nda
             if np.isinf(chunk).any():  # rare: infinite weights, or an overflow
                 product = weight[rows].astype(np.float64) * part
                 if np.any(np.isinf(chunk) & np.isfinite(product)):
-                    raise _overflow(weight.astype(np.float64) * factor, dtype)
+                    raise overflow_error(weight.astype(np.float64) * factor, dtype)
     return out
 
 
@@ -198,8 +181,9 @@ def base_name(value: ir.Value | None, fallback: str) -> str:
 
 # --- the sweep driver shared by the BatchNorm and affine passes -------------------------------
 
-Rule = Callable[[Affine, FoldContext], "Applied | str"]
-Reader = Callable[[ir.Node, ConstantPolicy], tuple["Affine | None", str]]
+Rule = Callable[[Affine, FoldContext], "Plan | Decline"]
+# A node read as an affine map, why it cannot be one, or None: not a candidate (no site).
+Reader = Callable[[ir.Node, ConstantPolicy], "Affine | Decline | None"]
 MAX_ROUNDS = 16
 
 
@@ -217,7 +201,7 @@ class Folds:
         """One pass over every graph: the applied sites, and the declined ones by node id.
 
         `ctx` is the context for the main graph; each subgraph gets a copy pointing at it. A node
-        `read` rejects with an empty reason is not a candidate and gets no site.
+        `read` returns None for (no candidate) and gets no site.
         """
         applied: list[Site] = []
         declined: dict[int, Site] = {}
@@ -236,21 +220,21 @@ class Folds:
         return applied, declined
 
     def _try(self, node: ir.Node, ctx: FoldContext) -> Site | None:
+        """Read `node`, then plan each rule in order; the first plan is applied (nothing else
+        mutates: a declining rule changed nothing)."""
         label = node_label(node)
-        affine, why = self.read(node, ctx.policy)
+        affine = self.read(node, ctx.policy)
         if affine is None:
-            return Site(self.site_rule, label, False, why) if why else None
+            return None
+        if isinstance(affine, Decline):
+            return Site(self.site_rule, label, False, affine.reason)
         reasons = []
         for name, rule in self.rules:
-            mark = len(ctx.made)
-            try:
-                result = rule(affine, ctx)
-            except FoldOverflow as exc:  # nothing was rewired
-                result = str(exc)
-            if isinstance(result, Applied):
+            plan = rule(affine, ctx)
+            if isinstance(plan, Plan):
+                result = plan.apply()
                 return Site(result.rule, label, True, removed=result.removed, added=result.added)
-            ctx.drop_made_since(mark)
-            reasons.append(f"not {name} ({result})")
+            reasons.append(f"not {name} ({plan})")
         return Site(self.site_rule, label, False, "; ".join(reasons))
 
     def to_fixed_point(

@@ -2,7 +2,7 @@
 
 `recognize(node, reader)` reads the activation whose output `node` computes. It returns a `Match`
 (its kind, the ONNX op and attributes that compute it, its input `x` and the nodes that compute it
-now), a string saying why a pattern that matched in structure cannot be used (a constant
+now), a `Decline` saying why a pattern that matched in structure cannot be used (a constant
 that is not the function's), or None. Forms, with f(x) written as exporters write it:
 
     Gelu        0.5 * x * (1 + Erf(x / sqrt(2)))                          (any order of the products)
@@ -30,9 +30,9 @@ from itertools import permutations
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.graph import attr_float, attr_str
+from optkit.core.contract import Decline
+from optkit.core.graph import attr_float, attr_str, is_default_domain
 from optkit.passes.forms.pattern import (
-    DEFAULT_DOMAINS,
     Match,
     Product,
     Reader,
@@ -71,7 +71,7 @@ ACTIVATION_OPS = frozenset(MIN_OPSET)
 
 def native(node: ir.Node, reader: Reader) -> Match | None:
     """A single activation node, read as what it computes."""
-    if node.domain not in DEFAULT_DOMAINS or node.op_type not in ACTIVATION_OPS:
+    if not is_default_domain(node.domain) or node.op_type not in ACTIVATION_OPS:
         return None
     if node.op_type == "Clip" or not node.inputs or node.inputs[0] is None:
         return None
@@ -90,7 +90,7 @@ def find_activations(model: ir.Model) -> list[tuple[ir.Graph, Match]]:
 
     def activation(node: ir.Node, reader: Reader) -> Match | None:
         found = recognize(node, reader)
-        if isinstance(found, Match) and not private(found.nodes, found.output, reader.graph):
+        if isinstance(found, Match) and private(found.nodes, found.output, reader.graph) is None:
             return found
         return native(node, reader)
 
@@ -101,9 +101,9 @@ def find_activations(model: ir.Model) -> list[tuple[ir.Graph, Match]]:
     return [(graph, m) for graph, matches in by_graph.values() for m in reversed(matches)]
 
 
-def recognize(node: ir.Node, reader: Reader) -> Match | str | None:
+def recognize(node: ir.Node, reader: Reader) -> Match | Decline | None:
     """The decomposed activation whose output `node` computes (see the module docstring)."""
-    if node.domain not in DEFAULT_DOMAINS:
+    if not is_default_domain(node.domain):
         return None
     for form in _FORMS.get(node.op_type, ()):
         found = form(node, reader)
@@ -115,7 +115,7 @@ def recognize(node: ir.Node, reader: Reader) -> Match | str | None:
 # --- the forms, by the op type of their last node --------------------------------------------
 
 
-def _gelu(node: ir.Node, reader: Reader) -> Match | str | None:
+def _gelu(node: ir.Node, reader: Reader) -> Match | Decline | None:
     p = reader.product(node)
     if p is None or len(p.terms) != 2 or p.divisors:
         return None
@@ -173,7 +173,7 @@ def _gelu_tanh_argument(
 
 def _checked(
     found: Match | None, constants: list[tuple[Product, float, str]], interior: bool
-) -> Match | str | None:
+) -> Match | Decline | None:
     """`found`, or why not: a constant that is not the function's (None, not a reason, when the
     product goes on into a larger one: the match is then being tried from the wrong end)."""
     if found is None:
@@ -182,14 +182,14 @@ def _checked(
         if not close(product.coefficient, expected, product.dtype):
             if interior:
                 return None
-            return (
+            return Decline(
                 f"{found.kind} pattern, but its constant {product.coefficient:.7g} is not "
                 f"{name} = {expected:.7g}"
             )
     return found
 
 
-def _product_forms(node: ir.Node, reader: Reader) -> Match | str | None:
+def _product_forms(node: ir.Node, reader: Reader) -> Match | Decline | None:
     """Swish, HardSwish, HardSigmoid as Clip/6, Mish and Selu: all end in a product."""
     found = _gelu(node, reader)
     if found is not None:
@@ -281,13 +281,13 @@ def _clip_bounds(clip: ir.Node, reader: Reader) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-def _clip(node: ir.Node, reader: Reader) -> Match | str | None:
+def _clip(node: ir.Node, reader: Reader) -> Match | Decline | None:
     """Clip(x, 0, inf) is Relu; Clip(alpha * x + beta, 0, 1) is HardSigmoid."""
     bounds = _clip_bounds(node, reader)
     if bounds == (0.0, np.inf):
         return match("Relu", "Relu", {}, node.inputs[0], [node])
     if bounds == (0.0, _LARGEST):
-        return (
+        return Decline(
             "Clip(x, 0) without a max is not Relu: it maps +inf to the largest finite value, Relu "
             "keeps inf (an explicit max of inf would be)"
         )
@@ -324,7 +324,7 @@ def _max(node: ir.Node, reader: Reader) -> Match | None:
     return None
 
 
-def _where(node: ir.Node, reader: Reader) -> Match | str | None:
+def _where(node: ir.Node, reader: Reader) -> Match | Decline | None:
     """Where(x > 0, x, negative branch): Relu, LeakyRelu, Elu; and torch's Softplus threshold."""
     if len(node.inputs) != 3:
         return None
@@ -345,7 +345,7 @@ def _where(node: ir.Node, reader: Reader) -> Match | str | None:
     nodes = [node, test]
     if reader.scalar(negative) == 0.0:
         if test.op_type.startswith("Greater"):  # NaN > 0 is false: the constant branch
-            return (
+            return Decline(
                 f"Where(x {'>' if test.op_type == 'Greater' else '>='} 0, x, 0) is not Relu: it "
                 "gives 0 for NaN, Relu gives NaN (Where(x < 0, 0, x) would be)"
             )

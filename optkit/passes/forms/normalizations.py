@@ -26,14 +26,15 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.graph import attr_float, attr_int, attr_ints
-from optkit.passes.forms.pattern import DEFAULT_DOMAINS, Match, Reader, match, producer
+from optkit.core.contract import Decline
+from optkit.core.graph import attr_float, attr_int, attr_ints, input_at, is_default_domain
+from optkit.passes.forms.pattern import Match, Reader, match, producer
 
 MIN_OPSET = {"LayerNormalization": 17, "GroupNormalization": 21}
 
 
-def recognize(node: ir.Node, reader: Reader) -> Match | str | None:
-    if node.domain not in DEFAULT_DOMAINS or node.op_type not in ("Add", "Mul", "Div", "Reshape"):
+def recognize(node: ir.Node, reader: Reader) -> Match | Decline | None:
+    if not is_default_domain(node.domain) or node.op_type not in ("Add", "Mul", "Div", "Reshape"):
         return None
     gamma, beta, core, peeled = _peel_affine(node, reader)
     if core is None:
@@ -66,7 +67,7 @@ def _peel_affine(
             node = inner.producer()  # type: ignore[assignment]
             if node is None:
                 return None, None, None, []
-    if node.domain not in DEFAULT_DOMAINS or node.op_type not in ("Mul", "Div", "Reshape"):
+    if not is_default_domain(node.domain) or node.op_type not in ("Mul", "Div", "Reshape"):
         return None, None, None, []
     return gamma, beta, node, peeled
 
@@ -75,8 +76,8 @@ def _constant_operand(node: ir.Node, reader: Reader) -> tuple[np.ndarray | None,
     if len(node.inputs) != 2:
         return None, None
     for constant, other in ((node.inputs[1], node.inputs[0]), (node.inputs[0], node.inputs[1])):
-        array, _ = reader.policy.array(constant) if constant is not None else (None, "")
-        if array is not None and other is not None and reader.policy.array(other)[0] is None:
+        array = reader.policy.contents(constant)
+        if array is not None and other is not None and reader.policy.contents(other) is None:
             return np.asarray(array, dtype=np.float64), other
     return None, None
 
@@ -90,7 +91,7 @@ def _layer_norm(
     beta: np.ndarray | None,
     peeled: list[ir.Node],
     reader: Reader,
-) -> Match | str | None:
+) -> Match | Decline | None:
     d, std_node, divide_nodes = _normalized(core)
     if d is None or std_node is None:
         return None
@@ -117,21 +118,25 @@ def _layer_norm(
     rank = len(x.shape) if x.shape is not None else None
     axis = _trailing_start(axes, rank)
     if axis is None:
-        return f"LayerNorm pattern over axes {axes}, which are not the last axes of a known rank"
+        return Decline(
+            f"LayerNorm pattern over axes {axes}, which are not the last axes of a known rank"
+        )
     count = -axis if axis < 0 else rank - axis  # type: ignore[operator]
     normalized = _normalized_shape(x, count, gamma, beta)
     if normalized is None:
-        return "LayerNorm pattern, but the normalized shape is unknown (no static dims, no scale)"
+        return Decline(
+            "LayerNorm pattern, but the normalized shape is unknown (no static dims, no scale)"
+        )
     widest = max((c.ndim for c in (gamma, beta) if c is not None), default=0)
     if widest > count and (rank is None or widest > rank):
-        return (
+        return Decline(
             f"LayerNorm pattern, but its scale or bias has rank {widest}, more than the input's "
             f"({'unknown' if rank is None else rank}): the product broadcasts to a higher rank"
         )
     scale = _broadcast(gamma, normalized, 1.0)
     bias = _broadcast(beta, normalized, 0.0)
     if scale is None or bias is None:
-        return (
+        return Decline(
             "LayerNorm pattern, but its scale or bias does not broadcast over the normalized axes"
         )
     attributes = {"axis": axis, "epsilon": epsilon}
@@ -158,8 +163,8 @@ def _is_square_of(node: ir.Node, d: ir.Value, reader: Reader) -> bool:
 
 def _reduce_axes(node: ir.Node, reader: Reader) -> list[int] | None:
     axes = attr_ints(node, "axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        array, _ = reader.policy.array(node.inputs[1])
+    if axes is None and input_at(node, 1) is not None:
+        array = reader.policy.contents(node.inputs[1])
         axes = None if array is None else [int(a) for a in np.asarray(array).reshape(-1)]
     return sorted(axes) if axes else None
 
@@ -209,7 +214,7 @@ def _group_norm(
     beta: np.ndarray | None,
     peeled: list[ir.Node],
     reader: Reader,
-) -> Match | str | None:
+) -> Match | Decline | None:
     """Reshape(x, [0 | N, G, -1 | K]) -> InstanceNormalization -> Reshape back to x's shape
     (through Shape(x), or a constant that restores it), then the per-channel affine. Once that
     chain of three is found, whatever keeps it from fusing is a decline with its reason."""
@@ -225,70 +230,77 @@ def _group_norm(
     what = "GroupNorm pattern (Reshape, InstanceNormalization, Reshape)"
     shape_of = producer(back.inputs[1], "Shape")
     if shape_of is not None and shape_of.inputs[0] is not x:
-        return f"{what}, but the Reshape back reads the shape of another value than its input"
+        return Decline(
+            f"{what}, but the Reshape back reads the shape of another value than its input"
+        )
     if shape_of is not None and len(shape_of.attributes):
-        return f"{what}, but the Reshape back reads a slice of Shape (start / end) of its input"
+        return Decline(
+            f"{what}, but the Reshape back reads a slice of Shape (start / end) of its input"
+        )
     if shape_of is None and not _restores_shape_of(back, x, reader):
-        return f"{what}, but the Reshape back does not restore its input's shape"
-    scale, why_scale = reader.policy.array(norm.inputs[1])
-    shift, why_shift = reader.policy.array(norm.inputs[2])
-    target, why_target = reader.policy.array(front.inputs[1])
-    if scale is None or shift is None:
-        return f"{what}, but the InstanceNormalization's scale or bias: {why_scale or why_shift}"
-    if target is None:
-        return f"{what}, but the first Reshape's target: {why_target}"
+        return Decline(f"{what}, but the Reshape back does not restore its input's shape")
+    scale = reader.policy.array(norm.inputs[1])
+    shift = reader.policy.array(norm.inputs[2])
+    target = reader.policy.array(front.inputs[1])
+    if isinstance(scale, Decline) or isinstance(shift, Decline):
+        why = scale if isinstance(scale, Decline) else shift
+        return Decline(f"{what}, but the InstanceNormalization's scale or bias: {why}")
+    if isinstance(target, Decline):
+        return Decline(f"{what}, but the first Reshape's target: {target}")
     groups = int(scale.size)
     wanted = [int(t) for t in np.asarray(target).reshape(-1)]
     nodes = [*peeled, back, *([shape_of] if shape_of is not None else []), norm, front]
     why_groups = _groups_reason(wanted, groups, x, attr_int(front, "allowzero", 0))
-    if why_groups:
-        return f"{what}, but {why_groups}"
+    if why_groups is not None:
+        return why_groups.prefixed(f"{what}, but ")
     if not (np.all(scale == 1) and np.all(shift == 0)):
-        return f"{what}, but its InstanceNormalization has a scale or bias of its own"
+        return Decline(f"{what}, but its InstanceNormalization has a scale or bias of its own")
     if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[1], int):
         known = "unknown" if x.shape is None else f"{len(x.shape)}"
-        return f"{what}, but the rank ({known}) or the channel count of its input is unknown"
+        return Decline(
+            f"{what}, but the rank ({known}) or the channel count of its input is unknown"
+        )
     channels, rank = int(x.shape[1]), len(x.shape)
     if rank == 2:  # measured: see the module docstring
-        return (
+        return Decline(
             f"{what} over (N, C) features: ONNX Runtime's GroupNormalization is far less "
             "accurate than this chain on a few values per group, left decomposed"
         )
     if channels % groups:
-        return f"{what}, but its {channels} channels do not split into {groups} groups"
+        return Decline(f"{what}, but its {channels} channels do not split into {groups} groups")
     per_channel = [_per_channel(a, channels, rank, fill) for a, fill in ((gamma, 1.0), (beta, 0.0))]
     if per_channel[0] is None or per_channel[1] is None:
-        return f"{what}, but its scale or bias is not one value per channel"
+        return Decline(f"{what}, but its scale or bias is not one value per channel")
     attributes = {"epsilon": attr_float(norm, "epsilon", 1e-5), "num_groups": groups}
     return match("GroupNormalization", "GroupNormalization", attributes, x, nodes, per_channel)
 
 
-def _groups_reason(target: list[int], groups: int, x: ir.Value, allowzero: int) -> str:
-    """Why the first Reshape's target is not x as (N, G, -1) ('' when it is). Exporters write
+def _groups_reason(target: list[int], groups: int, x: ir.Value, allowzero: int) -> Decline | None:
+    """Why the first Reshape's target is not x as (N, G, -1) (None when it is). Exporters write
     [0, G, -1]; a static export may write the batch N and the group size K as numbers."""
     if len(target) != 3:
-        return f"the first Reshape's target {target} is not (N, groups, -1)"
+        return Decline(f"the first Reshape's target {target} is not (N, groups, -1)")
     batch, middle, rest = target
     dims = list(x.shape) if x.shape is not None else []
     if middle != groups:
-        return (
+        return Decline(
             f"the first Reshape makes {middle} groups, its InstanceNormalization normalizes "
             f"{groups}"
         )
     if batch == 0 and allowzero:
-        return "the first Reshape has allowzero=1: its 0 is a dim of size 0, not the batch"
+        return Decline("the first Reshape has allowzero=1: its 0 is a dim of size 0, not the batch")
     if batch != 0 and not (dims and isinstance(dims[0], int) and dims[0] == batch):
         first = dims[0] if dims else "unknown"
-        return f"the first Reshape's batch {batch} is not its input's ({first})"
+        return Decline(f"the first Reshape's batch {batch} is not its input's ({first})")
     if rest != -1:
         sizes = [d for d in dims[1:] if isinstance(d, int)]
         size = math.prod(sizes) if len(dims) >= 2 and len(sizes) == len(dims) - 1 else None
         if size is None or size != groups * rest:
-            return (
+            return Decline(
                 f"the first Reshape's group size {rest} is not its input's "
                 f"{'unknown size' if size is None else f'{size} / {groups}'}"
             )
-    return ""
+    return None
 
 
 def _peeled_from_outside(outer: ir.Node, reader: Reader) -> bool:
@@ -301,7 +313,7 @@ def _peeled_from_outside(outer: ir.Node, reader: Reader) -> bool:
     if len(uses) != 1 or value.is_graph_output():
         return False
     consumer = uses[0].node
-    if consumer.op_type not in allowed or consumer.domain not in DEFAULT_DOMAINS:
+    if consumer.op_type not in allowed or not is_default_domain(consumer.domain):
         return False
     constant, _ = _constant_operand(consumer, reader)
     return constant is not None
@@ -312,7 +324,7 @@ def _restores_shape_of(back: ir.Node, x: ir.Value, reader: Reader) -> bool:
     x (x's element count, x's dim 0), so each element of the target must be x's static dim at that
     position, or 0 at axis 0 (allowzero = 0: copies N), or the one -1 (inferred: the one dim the
     others leave, which is x's)."""
-    array, _ = reader.policy.array(back.inputs[1])
+    array = reader.policy.contents(back.inputs[1])
     if array is None or x.shape is None or array.size != len(x.shape):
         return False
     target = [int(t) for t in np.asarray(array).reshape(-1)]

@@ -19,9 +19,9 @@ from typing import Any, TypeGuard
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.graph import ConstantPolicy, iter_graphs, node_label
+from optkit.core.contract import Decline
+from optkit.core.graph import ConstantPolicy, is_default_domain, iter_graphs, node_label
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 ULPS = 4  # how many units in the last place a constant may be off (rounding on the way to storage)
 _EPS = {
     np.dtype(np.float64): float(np.finfo(np.float64).eps),
@@ -36,7 +36,7 @@ def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
     if value is None:
         return None
     node = value.producer()
-    if node is None or node.domain not in DEFAULT_DOMAINS or node.op_type not in op_types:
+    if node is None or not is_default_domain(node.domain) or node.op_type not in op_types:
         return None
     return node
 
@@ -134,7 +134,7 @@ class Reader:
         dimensions (so broadcasting it cannot change an output's rank)."""
         if value is None:
             return None
-        array, _ = self.policy.array(value)
+        array = self.policy.contents(value)
         if array is None or array.size != 1 or array.ndim > max_rank:
             return None
         if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
@@ -143,7 +143,7 @@ class Reader:
         return float(np.asarray(array, dtype=np.float64).reshape(-1)[0])
 
     def dtype(self, value: ir.Value | None) -> np.dtype | None:
-        array, _ = self.policy.array(value) if value is not None else (None, "")
+        array = self.policy.contents(value)
         return None if array is None else array.dtype
 
     def split(self, node: ir.Node) -> tuple[float, ir.Value] | None:
@@ -165,7 +165,7 @@ class Reader:
         if not self.expandable(output):
             return False
         consumer = next(iter(output.uses())).node
-        return consumer.domain in DEFAULT_DOMAINS and consumer.op_type in ("Mul", "Div")
+        return is_default_domain(consumer.domain) and consumer.op_type in ("Mul", "Div")
 
     def expandable(self, value: ir.Value | None) -> TypeGuard[ir.Value]:
         """`value` is read once, by one node, is no graph output and is computed in this graph."""
@@ -176,7 +176,7 @@ class Reader:
 
     def product(self, root: ir.Node) -> Product | None:
         """Flatten the Mul / Div tree rooted at `root`; None when `root` is neither."""
-        if root.domain not in DEFAULT_DOMAINS or root.op_type not in ("Mul", "Div"):
+        if not is_default_domain(root.domain) or root.op_type not in ("Mul", "Div"):
             return None
         result = Product()
         self._visit(root, 1, result)
@@ -214,28 +214,31 @@ class Reader:
         return self.product(node) if node is not None else None
 
 
-def private(nodes: list[ir.Node], output: ir.Value, graph: ir.Graph) -> str:
-    """'' when every value `nodes` compute, except `output`, is read only inside `nodes`; else why not."""
+def private(nodes: list[ir.Node], output: ir.Value, graph: ir.Graph) -> Decline | None:
+    """None when every value `nodes` compute, except `output`, is read only inside `nodes`; else
+    why not."""
     inside = {id(n) for n in nodes}
     for node in nodes:
         if node.graph is not graph:
-            return f"{node_label(node)} is in another graph"
+            return Decline(f"{node_label(node)} is in another graph")
         for value in node.outputs:
             if value is output or (not value.name and not value.uses()):
                 continue
             if value.is_graph_output():
-                return f"intermediate '{value.name}' is a graph output"
+                return Decline(f"intermediate '{value.name}' is a graph output")
             for use in value.uses():
                 if id(use.node) not in inside:
-                    return f"intermediate '{value.name}' is also read by {node_label(use.node)}"
-    return ""
+                    return Decline(
+                        f"intermediate '{value.name}' is also read by {node_label(use.node)}"
+                    )
+    return None
 
 
 def forms_from_the_end(
     model: ir.Model,
     policy: ConstantPolicy,
-    recognize: Callable[[ir.Node, Reader], Match | str | None],
-) -> Iterator[tuple[ir.Graph, ir.Node, Match | str]]:
+    recognize: Callable[[ir.Node, Reader], Match | Decline | None],
+) -> Iterator[tuple[ir.Graph, ir.Node, Match | Decline]]:
     """What `recognize` finds at each node of every graph, from the end of the graph to its start,
     so that the largest form around a node comes before the forms inside it: the nodes of a Match
     are not visited again. The caller may rewrite the graph between steps (nodes it removed are

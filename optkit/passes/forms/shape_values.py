@@ -35,7 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.graph import ConstantPolicy, attr_int, attr_ints, opset_version
+from optkit.core.graph import (
+    ConstantPolicy,
+    attr_int,
+    attr_ints,
+    input_at,
+    is_default_domain,
+    opset_version,
+)
 
 MAX_ELEMENTS = 64  # shape tensors are short; longer integer tensors are data, not tracked
 
@@ -112,11 +119,11 @@ class ShapeValues:
     def _compute(self, value: ir.Value) -> Tracked | None:
         if value.const_value is not None and value.const_value.size > MAX_ELEMENTS:
             return None  # a weight (an embedding table read by Gather, say): not read at all
-        array, _ = self._policy.array(value)
+        array = self._policy.contents(value)
         if array is not None:
             return _from_array(array)
         node = value.producer()
-        if node is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        if node is None or not is_default_domain(node.domain) or len(node.outputs) != 1:
             return None
         rule = _RULES.get(node.op_type)
         result = rule(self, node) if rule is not None else None
@@ -148,10 +155,10 @@ class ShapeValues:
 
     def _gather(self, node: ir.Node) -> Tracked | None:
         data = self.of(node.inputs[0]) if node.inputs else None
-        indices = node.inputs[1] if len(node.inputs) > 1 else None
+        indices = input_at(node, 1)
         if data is None or data.scalar or attr_int(node, "axis", 0) not in (0, -1):
             return None
-        picks, _ = self._policy.array(indices)
+        picks = self._policy.contents(indices)
         if picks is None or picks.dtype.kind not in "iu" or picks.ndim > 1:
             return None
         count = len(data.elements)
@@ -170,16 +177,16 @@ class ShapeValues:
             starts, ends = attr_ints(node, "starts"), attr_ints(node, "ends")
             axes, steps = attr_ints(node, "axes"), [1]
         else:
-            params = [self._policy.array(v)[0] if v is not None else None for v in node.inputs[1:5]]
+            params = [self._policy.contents(v) for v in node.inputs[1:5]]
             params += [None] * (4 - len(params))
             if any(p is None for p in params[:2]) or len(node.inputs) < 3:
                 return None
             starts, ends = (p.reshape(-1).tolist() for p in params[:2] if p is not None)
             axes = params[2].reshape(-1).tolist() if params[2] is not None else None
             steps = params[3].reshape(-1).tolist() if params[3] is not None else [1]
-            if len(node.inputs) > 3 and node.inputs[3] is not None and params[2] is None:
+            if input_at(node, 3) is not None and params[2] is None:
                 return None  # axes computed at run time
-            if len(node.inputs) > 4 and node.inputs[4] is not None and params[3] is None:
+            if input_at(node, 4) is not None and params[3] is None:
                 return None
         if starts is None or ends is None or len(starts) != 1 or len(ends) != 1:
             return None
@@ -211,7 +218,7 @@ class ShapeValues:
             return data
         if len(data.elements) != 1:
             if node.op_type == "Reshape":
-                target, _ = self._policy.array(node.inputs[1] if len(node.inputs) > 1 else None)
+                target = self._policy.contents(input_at(node, 1))
                 if target is not None and target.reshape(-1).tolist() in (
                     [-1],
                     [len(data.elements)],
