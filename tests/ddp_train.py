@@ -1,6 +1,6 @@
 """Train on digits with optkit's `train`, in one process or under torchrun (gloo), and save the
-weights: tests/test_torch_training.py compares the two, tests/test_user_model.py does the same with
-a model made by the user's factory (a second argument, `path/to/file.py:factory`, as `--model`).
+weights: tests/torch/test_torch_training.py compares the two, tests/torch/test_user_model.py does
+the same with a model made by the user's factory (a second argument, `path/to/file.py:factory`, as `--model`).
 
     python tests/ddp_train.py OUT.pt [FACTORY]
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train.py OUT.pt [FACTORY]

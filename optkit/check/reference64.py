@@ -3,7 +3,7 @@
 When a rewrite and its original disagree, either may be the less accurate one: a Conv with a bias of
 1e5 followed by a BatchNorm with a mean of 1e5 loses ~4e-3 to cancellation in float32, while the
 folded Conv (its constants computed in float64) is ~2e-6 off the exact result
-(tests/test_verdicts.py). `outputs64` runs the model with every float tensor widened to float64
+(tests/check/test_verdicts.py). `outputs64` runs the model with every float tensor widened to float64
 (initializers, constants, inputs, outputs) on onnx's reference evaluator, which implements every op
 in numpy for float64. It is meant for small models (`MAX_BYTES` of weights): the evaluator is slow.
 """

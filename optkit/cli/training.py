@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from optkit.torch.exporting import ExportRequest
 
 # The choices of optkit.models and optkit.torch.init, spelled out so that this module loads without
-# torch (tests/test_training_cli.py checks they are the library's).
+# torch (tests/cli/test_training_cli.py checks they are the library's).
 ARCHITECTURES = ("mlp", "cnn", "resnet")
 ACTIVATIONS = (
     "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "maxout", "swish", "gelu",

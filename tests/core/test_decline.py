@@ -13,7 +13,7 @@ import pytest
 
 from optkit.core.contract import Decline
 
-SOURCE = Path(__file__).resolve().parent.parent / "optkit"
+SOURCE = Path(__file__).resolve().parents[2] / "optkit"
 # Where rules, checks, verification and commands live: every package and module that says "not
 # here, because ..." (optkit.io's loading and validation raise InputError instead).
 SCANNED = ["passes", "check", "cli", "core", "swap.py", "embedding.py", "preprocessing.py",

@@ -534,7 +534,7 @@ def test_frozen_batchnorms_of_a_resnet_stay_in_eval_mode(photos):
 def test_torchrun_with_a_users_factory_matches_one_process(user, tmp_path):
     """tests/ddp_train.py with the user's factory: two processes under torchrun end where one
     does, as with optkit's own architectures."""
-    script = Path(__file__).parent / "ddp_train.py"
+    script = Path(__file__).parent.parent / "ddp_train.py"
     factory = f"{user / 'usernet.py'}:layer_norm_mlp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"

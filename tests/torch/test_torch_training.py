@@ -199,7 +199,7 @@ def test_the_commands_end_to_end(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process(tmp_path):
-    script = Path(__file__).parent / "ddp_train.py"
+    script = Path(__file__).parent.parent / "ddp_train.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, script, single], check=True, env=env, capture_output=True)

@@ -1,6 +1,6 @@
 """Every command x malformed option values: exit 2, one line on stderr naming the option or value,
 no traceback, no warning, nothing written. (The PyTorch commands have their own sweep in
-tests/test_training_cli.py, bench its own in tests/test_bench.py.)"""
+tests/cli/test_training_cli.py, bench its own in tests/check/test_bench.py.)"""
 
 from __future__ import annotations
 
