@@ -12,6 +12,7 @@ import onnx_ir as ir
 import pytest
 
 import optkit
+from optkit.core import memory
 from optkit.core.graph import FLOAT_TYPES
 from optkit.passes.fold import support as fold_support
 from optkit.passes.fold.support import FoldOverflow, scaled
@@ -96,7 +97,7 @@ def test_folded_stack_weights_are_the_float64_reference(tmp_path, dtype, monkeyp
     the bytes of the float64 fold computed here from the stored parameters, in the result and in
     the file it is saved to (outputs in mapped memory and many chunks, as large weights get)."""
     monkeypatch.setattr(fold_support, "CHUNK_BYTES", 512)
-    monkeypatch.setattr(fold_support, "MAPPED_BYTES", 0)
+    monkeypatch.setattr(memory, "MAPPED_BYTES", 0)
     (tmp_path / "in").mkdir()
     path = _bench_fold().build(str(tmp_path / "in"), 3, 24, 3, dtype, seed=3)
     original = ir.load(path)

@@ -159,7 +159,7 @@ def test_the_python_api_is_safe_from_several_threads(tmp_path):
     assert all(ok and verified for _, ok, verified in sequential)
 
 
-PEAK_MULTIPLE = 4.0  # peak RSS of fuse + verify over the weights' size (README, "Guarantees")
+PEAK_MULTIPLE = 2.5  # peak RSS of fuse + verify over the weights' size (README, "Guarantees")
 
 
 @pytest.mark.slow

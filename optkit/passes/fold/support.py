@@ -4,7 +4,6 @@ for overflow before anything changes), building replacement nodes, and the sweep
 from __future__ import annotations
 
 import dataclasses
-import mmap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from optkit.core.graph import (
     overflow_error,
     rounded,
 )
+from optkit.core.memory import drop_resident, new_array
 from optkit.passes.fold.affine_map import Affine
 
 
@@ -103,25 +103,6 @@ FoldOverflow = InitializerOverflow  # what `scaled` raises (the name tests and t
 
 
 CHUNK_BYTES = 1 << 20  # of float64 products per chunk of `scaled`: stays in cache
-MAPPED_BYTES = 1 << 22  # outputs of `scaled` from this size get an anonymous mapping of their own
-
-
-def new_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialized array, like `np.empty`; a large one (>= MAPPED_BYTES) in an anonymous
-    memory mapping of its own with its pages populated at once (freed with the array). numpy asks
-    for transparent huge pages for large arrays, and on the development machine a process's first
-    1.2 GB of them took 2.2 s to fault in (the kernel compacting memory), 0.7 s as populated
-    ordinary pages."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    anonymous = getattr(mmap, "MAP_ANONYMOUS", None)
-    if nbytes < MAPPED_BYTES or anonymous is None or not hasattr(mmap, "MAP_PRIVATE"):
-        return np.empty(shape, dtype)
-    flags = mmap.MAP_PRIVATE | anonymous | getattr(mmap, "MAP_POPULATE", 0)
-    try:
-        mapping = mmap.mmap(-1, nbytes, flags=flags)
-    except (OSError, ValueError):
-        return np.empty(shape, dtype)
-    return np.frombuffer(mapping, dtype).reshape(shape)
 
 
 def scaled(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.ndarray:
@@ -151,6 +132,7 @@ def scaled(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.nda
             part = factor[rows] if factor.shape[0] != 1 else factor
             chunk = out[rows]
             np.multiply(weight[rows], part, out=chunk, dtype=np.float64, casting="same_kind")
+            drop_resident(weight[rows])  # read once: external data need not stay resident
             if np.isinf(chunk).any():  # rare: infinite weights, or an overflow
                 product = weight[rows].astype(np.float64) * part
                 if np.any(np.isinf(chunk) & np.isfinite(product)):
