@@ -18,7 +18,8 @@ from optkit.errors import InputError, OptkitError, VerificationError
 if TYPE_CHECKING:
     from optkit import testing
     from optkit.augment import tta
-    from optkit.check.verify import Nondeterministic, Unverifiable, Verdict, verify
+    from optkit.check.compare import Verdict
+    from optkit.check.verify import Nondeterministic, Unverifiable, verify
     from optkit.core.contract import (
         Exactness,
         PassOptions,
@@ -45,9 +46,8 @@ _LAZY = {
     **dict.fromkeys(("FuseReport", "FuseResult", "fuse"), "optkit.fusion"),
     **dict.fromkeys(("load", "save", "to_proto"), "optkit.io"),
     **dict.fromkeys(("Pipeline", "PipelineReport"), "optkit.core.pipeline"),
-    **dict.fromkeys(
-        ("Nondeterministic", "Unverifiable", "Verdict", "verify"), "optkit.check.verify"
-    ),
+    "Verdict": "optkit.check.compare",
+    **dict.fromkeys(("Nondeterministic", "Unverifiable", "verify"), "optkit.check.verify"),
     "ensemble": "optkit.ensembles",
     "tta": "optkit.augment",
 }

@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.check import runtime
+from optkit.check.compare import Verdict, compare_outputs, pool_samples
 from optkit.check.inputs import (
     UnsynthesizableInput,
     format_dims,
@@ -37,7 +38,7 @@ from optkit.check.inputs import (
     second_sizes,
     synthetic_inputs,
 )
-from optkit.check.verify import Verdict, compare_outputs, pool_samples, verdict_lines
+from optkit.check.verify import verdict_lines
 from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import FLOAT_TYPES, Namer, add_initializer, node_count
 from optkit.errors import InputError, first_line

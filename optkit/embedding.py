@@ -17,8 +17,8 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.check import runtime
+from optkit.check.compare import Verdict, compare_outputs
 from optkit.check.inputs import runtime_inputs, synthetic_inputs
-from optkit.check.verify import Verdict, compare_outputs
 from optkit.core.contract import Exactness
 from optkit.core.graph import Namer, add_initializer, replace_input
 from optkit.errors import InputError

@@ -28,8 +28,9 @@ import onnx_ir as ir
 
 from optkit import combine as combining
 from optkit import io
+from optkit.check.compare import Verdict
 from optkit.check.inputs import format_dims, runtime_inputs
-from optkit.check.verify import Verdict, verify_rewrite
+from optkit.check.verify import verify_rewrite
 from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import Namer, is_default_domain, iter_graphs, node_count, opset_version
 from optkit.core.pipeline import Pipeline

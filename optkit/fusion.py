@@ -16,8 +16,9 @@ import onnx.version_converter
 import onnx_ir as ir
 
 from optkit import io
+from optkit.check.compare import Verdict
 from optkit.check.inputs import check_nonempty_shapes, check_shapes
-from optkit.check.verify import Verdict, verdict_lines, verify_rewrite
+from optkit.check.verify import verdict_lines, verify_rewrite
 from optkit.core.contract import Decline, Exactness, PassOptions
 from optkit.core.graph import count_ops, node_count, opset_version
 from optkit.core.pipeline import Pipeline, PipelineReport, Verifier

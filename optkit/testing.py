@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from optkit import io
-from optkit.check.verify import Feeds, Verdict, verify
+from optkit.check.compare import Verdict
+from optkit.check.verify import Feeds, verify
 from optkit.core.contract import Exactness, Tolerance
 
 

@@ -112,7 +112,7 @@ def channel_errors(
 ) -> tuple[bool, float]:
     """(within tolerance, max abs error) over the `finite` elements, each judged against its
     channel's largest magnitude (axis 1; the element itself for rank 0 and 1), never below 10% of
-    the output's largest: the rule of optkit.check.verify.tolerance_scale, written again here so that a
+    the output's largest: the rule of optkit.check.compare.tolerance_scale, written again here so that a
     bug in optkit's comparison cannot hide one in a rewrite."""
     a = np.where(finite, want, 0).astype(np.float64)
     b = np.where(finite, got, 0).astype(np.float64)

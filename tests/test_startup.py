@@ -104,7 +104,8 @@ HOMES = {
     "optkit.fusion": ["FuseReport", "FuseResult", "fuse"],
     "optkit.io": ["load", "save", "to_proto"],
     "optkit.core.pipeline": ["Pipeline", "PipelineReport"],
-    "optkit.check.verify": ["Nondeterministic", "Unverifiable", "Verdict", "verify"],
+    "optkit.check.compare": ["Verdict"],
+    "optkit.check.verify": ["Nondeterministic", "Unverifiable", "verify"],
 }  # fmt: skip
 
 

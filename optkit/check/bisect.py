@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from optkit import io
 from optkit.check import runtime
-from optkit.check.verify import OutputComparison, compare_arrays
+from optkit.check.compare import OutputComparison, compare_arrays
 from optkit.core.contract import Exactness, Tolerance
 from optkit.core.graph import node_label
 from optkit.core.shapes import infer_shapes
@@ -103,7 +103,7 @@ def bisect(
 
     `reference_feeds` (default: `feeds`) are what `before` is fed, sample by sample, where the two
     take different inputs (`optkit.check.verify.prepare_feeds`: embedded preprocessing)."""
-    from optkit.check.verify import pool_samples
+    from optkit.check.compare import pool_samples
 
     tolerances = tolerances or {}
     values = []

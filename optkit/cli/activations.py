@@ -23,7 +23,7 @@ from optkit.errors import InputError, OptkitError, first_line
 from optkit.io.run_inputs import load_labels
 
 if TYPE_CHECKING:
-    from optkit.check.verify import Verdict
+    from optkit.check.compare import Verdict
 
 
 @click.command("activations")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from optkit.check.verify import Verdict
+    from optkit.check.compare import Verdict
     from optkit.fusion import FuseResult
 
 

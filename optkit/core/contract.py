@@ -36,7 +36,7 @@ class Tolerance:
     """Output agreement allowed after a pass: ``|a - b| <= atol + rtol * scale`` for every element,
     where `scale` is the largest reference magnitude in the element's channel (axis 1) for outputs of
     rank 2 and more, and the element's own magnitude for rank 0 and 1, never below 10% of the
-    output's largest magnitude (`optkit.check.verify.tolerance_scale`).
+    output's largest magnitude (`optkit.check.compare.tolerance_scale`).
 
     Scaling by the channel rather than element-wise keeps a channel whose values cross zero from
     failing a correct rewrite; scaling by the channel rather than the whole output makes a wrong

@@ -14,7 +14,7 @@ from onnx import helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
-from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.check.compare import compare_arrays, compare_outputs
 from optkit.core.contract import Exactness
 from optkit.errors import InputError
 

@@ -18,15 +18,10 @@ from onnx import helper, numpy_helper
 
 import optkit
 from helpers import F32, bn_node, bn_params, make_model, run_main
+from optkit.check.compare import Verdict, compare_outputs
+from optkit.check.determinism import nondeterministic_nodes
 from optkit.check.inputs import check_shapes
-from optkit.check.verify import (
-    Nondeterministic,
-    Unverifiable,
-    Verdict,
-    compare_outputs,
-    nondeterministic_nodes,
-    verify_rewrite,
-)
+from optkit.check.verify import Nondeterministic, Unverifiable, verify_rewrite
 from optkit.cli.common import default_output
 from optkit.core.contract import Decline, Exactness
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.check.compare import compare_arrays, compare_outputs
 from optkit.core.contract import Exactness, tolerance_for
 
 

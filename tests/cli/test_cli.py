@@ -104,7 +104,7 @@ def test_verification_failure_exits_1_and_writes_nothing(model_path, tmp_path, m
     from click.testing import CliRunner
 
     import optkit.fusion as fuse_module
-    from optkit.check.verify import Verdict
+    from optkit.check.compare import Verdict
     from optkit.cli import cli
 
     def failing(*args, **kwargs):

@@ -13,7 +13,7 @@ import torch
 
 import optkit
 from helpers import F32, make_model, run_main
-from optkit.check.verify import compare_arrays, compare_outputs
+from optkit.check.compare import compare_arrays, compare_outputs
 from optkit.core.contract import Exactness, Tolerance
 from optkit.models import ZOO, randomize_batchnorm
 from optkit.torch import export_onnx
