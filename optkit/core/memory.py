@@ -6,6 +6,7 @@ so folding N bytes of weights holds about N bytes, not the original and the fold
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 
@@ -56,3 +57,12 @@ def drop_resident(array: np.ndarray) -> None:
     first, last = -(-start // page) * page, end // page * page  # whole pages inside the array
     if last > first and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the platform does not say (then no limit is
+    known, and callers do not refuse work for its size)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

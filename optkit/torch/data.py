@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from optkit.core.memory import physical_memory
 from optkit.errors import InputError
 from optkit.preprocessing import PreprocessSpec, apply, fit
 
@@ -175,14 +176,9 @@ def load_image_folder(
 def _check_fits(path: Path, n: int, channels: int, size: tuple[int, int]) -> None:
     """InputError when `n` images of `size` (float32, read then stacked: twice) would take more than
     half of this machine's memory."""
-    import os
-
     need = 2 * 4 * n * channels * size[0] * size[1]
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not on this platform: no limit known
-        return
-    if need > memory / 2:
+    memory = physical_memory()
+    if memory is not None and need > memory / 2:
         raise InputError(
             f"{path}: {n} images of {channels}x{size[0]}x{size[1]} need about {need / 1e9:.1f} GB, "
             f"more than half of this machine's {memory / 1e9:.0f} GB; give a smaller --input-size"

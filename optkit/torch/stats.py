@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from optkit.core.memory import physical_memory
 from optkit.io.outputs import check_output
 from optkit.models.layers import Maxout
 
@@ -247,11 +248,8 @@ def check_memory(layers: int, width: int, batch: int, gradients: bool, activatio
     weights = 4 * layers * width * (width + 1) * pieces
     values = 4 * layers * batch * width * 4  # activations and their histograms
     need = weights * (2 if gradients else 1) + values * (2 if gradients else 1)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not on this platform: no limit known
-        return
-    if need > memory / 2:
+    memory = physical_memory()
+    if memory is not None and need > memory / 2:
         raise InputError(
             f"--layers {layers} --width {width} --batch {batch}: the network needs about "
             f"{need / 1e9:.1f} GB, more than half of this machine's {memory / 1e9:.0f} GB"
