@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optkit.core.contract import Exactness
+from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import (
     Namer,
     add_initializer,
     node_label,
     opset_version,
     replace_nodes,
+    rounded,
 )
 from optkit.core.shapes import infer_shapes
 from optkit.errors import InputError
@@ -208,7 +209,9 @@ def _reference_attributes(match: Match) -> dict[str, Any]:
 def swap(
     model: ir.Model, rules: Sequence[SwapRule], *, allow_lossy: bool = False
 ) -> list[SwapSite]:
-    """Swap in place; raises InputError, before changing anything, for a lossy swap not allowed."""
+    """Swap in place; raises InputError, before changing anything, for a lossy swap not allowed
+    and for a target parameter the model's element type cannot hold (Swish's alpha, which becomes
+    a constant of that type where Swish does not run natively)."""
     planned = plan(model, rules)
     missing = [r.source for r in rules if not any(rule is r for _, rule, _ in planned)]
     if missing:
@@ -227,10 +230,17 @@ def swap(
     namer = Namer(model)
     if any(not isinstance(m.x.type, ir.TensorType) for m, _, _ in planned):
         infer_shapes(model)
-    for match, _, _ in planned:
+    for match, rule, _ in planned:
+        label = node_label(match.nodes[0])
         if not isinstance(match.x.type, ir.TensorType):
-            label = node_label(match.nodes[0])
             raise InputError(f"{label}: the element type of its input is unknown")
+        dtype = match.x.type.dtype
+        for name, value in rule.target_attributes.items():
+            if isinstance(rounded(np.array(value, np.float64), dtype), Decline):
+                raise InputError(
+                    f"--map {rule.source}={rule.target_text()}: {name} {value:g} does not fit "
+                    f"{dtype.name}, the element type of {label}"
+                )
     done = []
     for match, rule, bound in planned:
         graph, label = match.nodes[0].graph, node_label(match.nodes[0])

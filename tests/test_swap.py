@@ -194,3 +194,31 @@ def test_cli_refuses_a_lossy_swap_without_the_flag(monkeypatch, capsys, tmp_path
         monkeypatch, capsys, "swap", str(path), "--map", "Relu=LeakyRelu", "--allow-lossy"
     )
     assert code == 0 and "lossy, error unbounded" in out
+
+
+@pytest.mark.parametrize(
+    ("dtype", "alpha"), [(onnx.TensorProto.FLOAT16, "1e6"), (onnx.TensorProto.FLOAT, "1e39")]
+)
+def test_a_parameter_the_element_type_cannot_hold_is_exit_2_and_nothing_written(
+    monkeypatch, capsys, tmp_path, dtype, alpha
+):
+    """Swish below opset 24 is built from primitives, its alpha a constant of the model's type:
+    one too large for it is the user's mistake (it was exit 3: the overflow check of every new
+    initializer raised inside swap), refused before anything changes."""
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], name="g")], "g",
+        [helper.make_tensor_value_info("x", dtype, [2, 4])],
+        [helper.make_tensor_value_info("y", dtype, [2, 4])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    source, out = tmp_path / "gelu.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    code, _, err = run_main(
+        monkeypatch, capsys, "swap", str(source), "--map", f"Gelu=Swish:{alpha}", "-o", str(out)
+    )
+    assert code == 2, err
+    assert "alpha" in err and "does not fit" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    with pytest.raises(InputError, match="does not fit"):
+        swap(optkit.load(model), [parse_rule(f"Gelu=Swish:{alpha}")])
