@@ -16,7 +16,7 @@ except ImportError:  # torch is the `torch` extra; say how to get it, not just "
     ) from None
 
 from .cnn import BasicBlock, ConvTransposeDecoder, DepthwiseNet, InputNormNet, ResNetStyle, VGGStyle
-from .common import conv_bn_relu, randomize_batchnorm
+from .common import calibrate_batchnorm, conv_bn_relu, randomize_batchnorm
 from .layers import ACTIVATIONS, NORMS, Maxout, make_activation, make_norm
 from .mlp import MLP, ImageMLP
 from .transformer import Encoder, EncoderBlock
@@ -54,6 +54,7 @@ __all__ = [
     "Maxout",
     "ResNetStyle",
     "VGGStyle",
+    "calibrate_batchnorm",
     "conv_bn_relu",
     "make_activation",
     "make_norm",

@@ -29,6 +29,33 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def calibrate_batchnorm(
+    model: nn.Module, shape: tuple[int, ...], steps: int = 3, seed: int = 0
+) -> nn.Module:
+    """Give every BatchNorm the statistics a forward pass computes, as training would, and put the
+    model in eval mode.
+
+    The running statistics are reset and set to the cumulative average (momentum None) of the batch
+    statistics over `steps` forward passes in train mode on seeded standard-normal inputs of
+    `shape`, layer by layer as the data flows, so each BatchNorm normalizes what actually reaches
+    it (unlike `randomize_batchnorm`, whose random statistics blow activations up in deep nets).
+    No parameter changes; the momenta are restored.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, _NORM_LAYERS) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(shape, generator=generator))
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    return model.eval()
+
+
 def conv_bn_relu(
     c_in: int,
     c_out: int,

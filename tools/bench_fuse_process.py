@@ -1,6 +1,7 @@
 """Benchmark: whole-process wall time of `optkit fuse --no-verify` against the peers' command lines.
 
-    python tools/bench_fuse_process.py [--models light-resnet50,light-densenet121,...] [--runs 5]
+    python tools/bench_fuse_process.py [--models light-resnet50,torch-resnet50,...] [--runs 5]
+    python tools/bench_fuse_process.py --in-process [--models ...] [--runs 7]
 
 What a user waits for at the shell: start-up, load, fold, save. Per model, each command runs
 `--runs` times in fresh processes, the commands taking turns (the order reversed every round), and
@@ -12,8 +13,17 @@ BatchNorms and to a bare `onnx.load` + `onnx.save` process, all measured in the 
     onnxslim    onnxslim MODEL OUT
     load+save   python -c "import onnx; onnx.save(onnx.load(MODEL), OUT)"
 
-Models: the onnx package's light zoo models with BatchNorm (`light-NAME`, read from its install).
-Needs the `bench` extra (onnxsim, onnxslim).
+Models: the onnx package's light zoo models with BatchNorm (`light-NAME`, read from its install),
+and ResNet-50, DenseNet-121 and ShuffleNetV2 built from torch.nn (`torch-NAME`, `optkit.models`)
+with BatchNorm statistics calibrated on random data (`calibrate_batchnorm`), exported at 1x3x224x224
+by `optkit.torch.export_onnx` with BatchNorm kept. Needs the `bench` extra (onnxsim, onnxslim) and,
+for the torch models, the `torch` extra.
+
+`--in-process`: per model, in one process, `optkit.fuse(path, verify_result=False)` +
+`result.save(out)` against a bare `onnx_ir.load(path)` + `onnx_ir.save(model, out)`, taking turns,
+`--runs` of each (imports done first), medians and their ratio.
+
+To compare two checkouts, export once (`--export-dir DIR`) and run each with PYTHONPATH at it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,58 @@ import time
 import onnx
 
 LIGHT = ["resnet50", "densenet121", "shufflenet", "inception_v2"]
+TORCH = ["resnet50", "densenet121", "shufflenetv2"]
+MODELS = [f"light-{m}" for m in LIGHT] + [f"torch-{m}" for m in TORCH]
+
+
+def export_torch(name: str, path: str) -> None:
+    """`torch-NAME` built from torch.nn, BatchNorm calibrated, exported at 1x3x224x224 to `path`."""
+    import torch
+
+    from optkit.models import calibrate_batchnorm
+    from optkit.models.reference import densenet121, resnet50
+    from optkit.models.shufflenet import ShuffleNetV2
+    from optkit.torch import export_onnx
+
+    factories = {"resnet50": resnet50, "densenet121": densenet121, "shufflenetv2": ShuffleNetV2}
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(factories[name](), (4, 3, 224, 224), steps=2)
+    onnx.save(export_onnx(model, torch.zeros(1, 3, 224, 224)), path)
+
+
+def model_path(name: str, folder: str) -> str:
+    """The file `name` (light-NAME or torch-NAME) is read from; a torch model is exported into
+    `folder` unless it is there already."""
+    if name.startswith("torch-"):
+        path = os.path.join(folder, f"{name}.onnx")
+        if not os.path.exists(path):
+            export_torch(name.removeprefix("torch-"), path)
+        return path
+    light = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
+    return os.path.join(light, f"light_{name.removeprefix('light-')}.onnx")
+
+
+def in_process(model: str, runs: int, folder: str) -> tuple[float, float]:
+    """Median seconds of optkit fuse (no verification) + save and of onnx_ir load + save."""
+    import onnx_ir as ir
+
+    import optkit
+
+    def fuse_save() -> None:
+        optkit.fuse(model, verify_result=False).save(os.path.join(folder, "optkit.onnx"))
+
+    def load_save() -> None:
+        ir.save(ir.load(model), os.path.join(folder, "bare.onnx"))
+
+    fuse_save(), load_save()  # warm: imports, first-call caches
+    times: dict[str, list[float]] = {"optkit": [], "bare": []}
+    for round_ in range(runs):
+        pair = [("optkit", fuse_save), ("bare", load_save)]
+        for name, call in pair if round_ % 2 == 0 else reversed(pair):
+            began = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - began)
+    return statistics.median(times["optkit"]), statistics.median(times["bare"])
 
 
 def commands(model: str, out: str) -> dict[str, list[str]]:
@@ -81,14 +143,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default=",".join(f"light-{m}" for m in LIGHT))
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--in-process", action="store_true")
+    parser.add_argument(
+        "--export-dir", help="keep the torch models' exports here and reuse them (default: a temp)"
+    )
     args = parser.parse_args()
-    light = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
-    print(f"{'model':<20} {'command':<10} {'wall s':>7} {'BN left':>7}  ratios")
+    if args.in_process:
+        print(f"{'model':<20} {'fuse+save s':>11} {'load+save s':>11} {'ratio':>6}")
+    else:
+        print(f"{'model':<20} {'command':<10} {'wall s':>7} {'BN left':>7}  ratios")
     for name in args.models.split(","):
-        model = os.path.join(light, f"light_{name.removeprefix('light-')}.onnx")
         with tempfile.TemporaryDirectory(prefix="optkit-bench-process-") as folder:
+            model = model_path(name, args.export_dir or folder)
+            if args.in_process:
+                mine, bare = in_process(model, args.runs, folder)
+                print(f"{name:<20} {mine:11.3f} {bare:11.3f} {mine / bare:6.2f}", flush=True)
+                continue
             rows = measure(model, args.runs, folder)
         mine = rows["optkit"]
         peers = [

@@ -305,15 +305,30 @@ def replace_nodes(
 
     New nodes are inserted right after the last old node, so every value they read is defined.
     """
-    anchor = max(old_nodes, key=_position(graph))
+    anchor = _last_of(graph, old_nodes)
     ir.convenience.replace_nodes_and_values(
         graph, anchor, list(old_nodes), list(new_nodes), list(old_outputs), list(new_outputs)
     )
 
 
-def _position(graph: ir.Graph):
+def _last_of(graph: ir.Graph, nodes: Sequence[ir.Node]) -> ir.Node:
+    """The node of `nodes` that comes last in `graph`.
+
+    In a topologically sorted graph (the checker requires it of the input, and rewrites insert new
+    nodes after everything they read) a node that reads another's output comes after it, so when
+    exactly one of `nodes` has no reader among them it is the last one, found without scanning the
+    graph; otherwise the graph's order decides.
+    """
+    members = {id(node) for node in nodes}
+    sinks = [
+        node
+        for node in nodes
+        if not any(id(use.node) in members for out in node.outputs for use in out.uses())
+    ]
+    if len(sinks) == 1:
+        return sinks[0]
     order = {id(node): i for i, node in enumerate(graph)}
-    return lambda node: order[id(node)]
+    return max(nodes, key=lambda node: order[id(node)])
 
 
 def dims_after_batch(shape: ir.Shape | None) -> list[int] | None:

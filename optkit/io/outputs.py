@@ -35,7 +35,7 @@ def model_reads(path: PathLike) -> list[Path]:
 
     model = Path(path)
     reads = [model]
-    if not model.is_file():
+    if not model.is_file() or not _may_name_a_location(model):
         return reads
     try:
         proto = onnx.load(os.fspath(model), load_external_data=False)
@@ -44,6 +44,22 @@ def model_reads(path: PathLike) -> list[Path]:
     folder = model.parent
     reads += [folder / location for location in external_locations(proto)]
     return [p for p in reads if p.exists()]
+
+
+def _may_name_a_location(model: Path) -> bool:
+    """False when the file's bytes do not hold b"location": then no tensor in it names an external
+    data file, since the key of that entry is stored verbatim (a protobuf string), and parsing the
+    whole protobuf to find none is skipped (a scan of the mapped file is several times cheaper)."""
+    import mmap
+
+    try:
+        with open(model, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return False
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return data.find(b"location") >= 0
+    except OSError:  # unreadable: let the loader decide, as before
+        return True
 
 
 def written_files(output: Path, *, model: bool) -> list[Path]:

@@ -484,3 +484,59 @@ def test_a_float64_reference_never_excuses_an_inf_of_the_other_sign():
     )
     assert not verdict.ok
     assert any("inf or NaN where the original differs" in note for note in verdict.notes)
+
+
+def test_runtime_noise_judges_each_output_by_the_runtimes_own_movement():
+    from optkit.check.verify import within_runtime_noise
+    from optkit.core.contract import Decline
+
+    reference = {"y": np.array([[1.0, -2.0, 0.5]], np.float32)}
+    optimized = {"y": reference["y"] + np.float32(1e-4)}
+    near = {"y": reference["y"] - np.float32(1.5e-4)}
+    far = {"y": reference["y"] + np.array([[0, 0, 3e-4]], np.float32)}
+    note = within_runtime_noise(reference, optimized, near, 2.0)
+    assert isinstance(note, str) and "passes" in note
+    refused = within_runtime_noise(reference, optimized, far, 2.0)
+    assert isinstance(refused, Decline) and "more than 2x" in refused.reason
+    unmoved = within_runtime_noise(reference, reference, near, 2.0)  # no measured noise: no excuse
+    assert isinstance(unmoved, Decline)
+    nan = {"y": np.array([[1.0, np.nan, 0.5]], np.float32)}
+    assert isinstance(within_runtime_noise(reference, optimized, nan, 2.0), Decline)
+    ints = {"y": np.array([[1, 2, 3]])}
+    assert isinstance(within_runtime_noise(ints, ints, ints, 2.0), Decline)
+
+
+def test_without_a_float64_reference_a_wrong_fold_is_still_refused(monkeypatch):
+    """The runtime-noise arbiter (used where the float64 one cannot run: here forced off) lets
+    float32 rounding through, never a wrong channel: one Conv filter scaled by 1.001 moves its
+    output orders of magnitude further than ONNX Runtime's own BatchNorm folding does."""
+    from optkit.check import reference64
+    from optkit.check.verify import verify_rewrite
+
+    monkeypatch.setattr(reference64, "MAX_BYTES", -1)
+    rng = np.random.default_rng(5)
+    channels = 8
+    weight = rng.standard_normal((channels, 3, 3, 3)).astype(np.float32)
+    inits = {"W": weight, **bn_params(rng, channels)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"]), bn_node("h", "y")]
+    model = make_model(nodes, [("x", F32, [1, 3, 8, 8])], [("y", F32, None)], inits)
+    before = optkit.load(model)
+    fused = optkit.fuse(model, verify_result=False).model
+    right = verify_rewrite(before, fused, Exactness.REASSOCIATE)
+    assert isinstance(right, optkit.Verdict) and right.ok
+    for value in fused.graph.initializers.values():
+        array = value.const_value.numpy()
+        if array.ndim == 4:
+            wrong = array.copy()
+            wrong[3] *= np.float32(1.001)
+            value.const_value = onnx_ir_tensor(wrong, value.name)
+    verdict = verify_rewrite(before, fused, Exactness.REASSOCIATE)
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+    assert any("no float64 reference" in note for note in verdict.notes)
+    assert any("more than 2x float32 rounding" in note for note in verdict.notes), verdict.notes
+
+
+def onnx_ir_tensor(array: np.ndarray, name: str | None):
+    import onnx_ir as ir
+
+    return ir.Tensor(array, name=name)

@@ -241,3 +241,27 @@ def test_outputs_that_are_not_regular_files_are_refused_first(workspace, monkeyp
     err = _refused(monkeypatch, capsys, workspace, ["fuse", str(workspace["single"]), "-o", str(out)],
                    "optkit.cli.fuse.fuse")  # fmt: skip
     assert "refusing to replace it" in err
+
+
+def test_model_reads_lists_external_data_and_skips_the_parse_only_when_it_cannot_name_any(
+    tmp_path, rng, monkeypatch
+):
+    """`model_reads`: the model and its data file; a file whose bytes hold no b"location" is not
+    parsed (no tensor in it can name a data file); one that holds it elsewhere is parsed."""
+    from optkit.io import outputs
+
+    proto = _proto(rng)
+    optkit.save(optkit.load(proto), tmp_path / "ext.onnx", external_data="ext.onnx.data")
+    onnx.save(proto, tmp_path / "inline.onnx")
+    proto.doc_string = "its location: here"
+    onnx.save(proto, tmp_path / "says_location.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    parsed: list[str] = []
+    load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda f, **kw: parsed.append(Path(f).name) or load(f, **kw))
+    assert outputs.model_reads(tmp_path / "ext.onnx") == [
+        tmp_path / "ext.onnx", tmp_path / "ext.onnx.data"
+    ]  # fmt: skip
+    for name in ("inline.onnx", "says_location.onnx", "empty.onnx"):
+        assert outputs.model_reads(tmp_path / name) == [tmp_path / name]
+    assert parsed == ["ext.onnx", "says_location.onnx"]
