@@ -594,8 +594,23 @@ def _unless_within_runtime_noise(
     judged = within_runtime_noise(reference, optimized, candidate, RUNTIME_NOISE_FACTOR)
     if isinstance(judged, Decline):
         return replace(verdict, notes=(*verdict.notes, judged.reason))
+    moved = ", ".join(f"'{m.name}' {m.moved:.3g} (the runtime's {m.noise:.3g})" for m in judged)
+    note = (
+        "within float32 rounding: ONNX Runtime's own graph optimizations move the original's "
+        f"outputs as far; the rewrite moves {moved}, at most {RUNTIME_NOISE_FACTOR:g}x, and passes"
+    )
     outputs = [replace(o, ok=True, problem="") for o in verdict.outputs]
-    return replace(verdict, ok=True, outputs=outputs, notes=(*verdict.notes, judged))
+    return replace(verdict, ok=True, outputs=outputs, notes=(*verdict.notes, note))
+
+
+@dataclass(frozen=True)
+class Movement:
+    """How far one output moved from the original's unoptimized run: under the rewrite (`moved`)
+    and under ONNX Runtime's own optimizations (`noise`), as max absolute differences."""
+
+    name: str
+    moved: float
+    noise: float
 
 
 def within_runtime_noise(
@@ -603,12 +618,12 @@ def within_runtime_noise(
     optimized: Mapping[str, Any],
     candidate: Mapping[str, Any],
     factor: float,
-) -> str | Decline:
+) -> list[Movement] | Decline:
     """Whether every output of `candidate` is within `factor` times the distance between the
     original run unoptimized (`reference`) and optimized (`optimized`): max |candidate - reference|
     <= factor * max |optimized - reference| per output, every one a finite float array with some
-    measured distance. The note saying so, or a Decline saying why not."""
-    moved_by: list[str] = []
+    measured distance. The movements, or a Decline saying why not."""
+    movements: list[Movement] = []
     for name, ours in reference.items():
         other, theirs = optimized.get(name), candidate.get(name)
         if not (
@@ -630,11 +645,8 @@ def within_runtime_noise(
                 f"ONNX Runtime's own optimizations move '{name}' by {noise:.3g}, the rewrite by "
                 f"{moved:.3g}: more than {factor:g}x float32 rounding"
             )
-        moved_by.append(f"'{name}' {moved:.3g} (the runtime's {noise:.3g})")
-    return (
-        "within float32 rounding: ONNX Runtime's own graph optimizations move the original's "
-        f"outputs as far; the rewrite moves {', '.join(moved_by)}, at most {factor:g}x, and passes"
-    )
+        movements.append(Movement(name, moved, noise))
+    return movements
 
 
 def _non_finite_differs(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:

@@ -494,8 +494,11 @@ def test_runtime_noise_judges_each_output_by_the_runtimes_own_movement():
     optimized = {"y": reference["y"] + np.float32(1e-4)}
     near = {"y": reference["y"] - np.float32(1.5e-4)}
     far = {"y": reference["y"] + np.array([[0, 0, 3e-4]], np.float32)}
-    note = within_runtime_noise(reference, optimized, near, 2.0)
-    assert isinstance(note, str) and "passes" in note
+    movements = within_runtime_noise(reference, optimized, near, 2.0)
+    assert not isinstance(movements, Decline)
+    [movement] = movements
+    assert movement.name == "y" and movement.moved == pytest.approx(1.5e-4, rel=1e-3)
+    assert movement.noise == pytest.approx(1e-4, rel=1e-3)
     refused = within_runtime_noise(reference, optimized, far, 2.0)
     assert isinstance(refused, Decline) and "more than 2x" in refused.reason
     unmoved = within_runtime_noise(reference, reference, near, 2.0)  # no measured noise: no excuse
