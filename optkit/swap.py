@@ -210,8 +210,9 @@ def swap(
     model: ir.Model, rules: Sequence[SwapRule], *, allow_lossy: bool = False
 ) -> list[SwapSite]:
     """Swap in place; raises InputError, before changing anything, for a lossy swap not allowed
-    and for a target parameter the model's element type cannot hold (Swish's alpha, which becomes
-    a constant of that type where Swish does not run natively)."""
+    and for a target parameter the model's element type cannot hold: one that overflows it or
+    rounds to zero in it (the activation computes with it in that type, and Swish's alpha becomes a
+    constant of that type where Swish does not run natively)."""
     planned = plan(model, rules)
     missing = [r.source for r in rules if not any(rule is r for _, rule, _ in planned)]
     if missing:
@@ -236,7 +237,8 @@ def swap(
             raise InputError(f"{label}: the element type of its input is unknown")
         dtype = match.x.type.dtype
         for name, value in rule.target_attributes.items():
-            if isinstance(rounded(np.array(value, np.float64), dtype), Decline):
+            held = rounded(np.array(value, np.float64), dtype)
+            if isinstance(held, Decline) or (value != 0 and float(held) == 0):
                 raise InputError(
                     f"--map {rule.source}={rule.target_text()}: {name} {value:g} does not fit "
                     f"{dtype.name}, the element type of {label}"

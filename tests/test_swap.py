@@ -222,3 +222,16 @@ def test_a_parameter_the_element_type_cannot_hold_is_exit_2_and_nothing_written(
     assert not out.exists()
     with pytest.raises(InputError, match="does not fit"):
         swap(optkit.load(model), [parse_rule(f"Gelu=Swish:{alpha}")])
+
+
+def test_a_parameter_that_rounds_to_zero_in_the_element_type_is_refused(tmp_path):
+    """Swish:1e-9 on an fp16 model: the constant would be 0 (a different activation), not 1e-9."""
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], name="g")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [2, 4])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    with pytest.raises(InputError, match="does not fit FLOAT16"):
+        swap(optkit.load(model), [parse_rule("Gelu=Swish:1e-9")], allow_lossy=True)

@@ -56,7 +56,10 @@ def drop_resident(array: np.ndarray) -> None:
     page = mmap.PAGESIZE
     first, last = -(-start // page) * page, end // page * page  # whole pages inside the array
     if last > first and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+        except OSError:  # locked pages, hugetlbfs: they stay resident, which is only slower
+            pass
 
 
 def physical_memory() -> int | None:

@@ -64,3 +64,21 @@ def test_a_strided_view_is_left_alone(mapped):
     array, expected = mapped
     drop_resident(array[:, ::2])  # not contiguous: no single byte range to advise
     np.testing.assert_array_equal(array[:, ::2], expected[:, ::2])
+
+
+def test_a_refused_advice_leaves_the_pages_resident(mapped, monkeypatch):
+    """madvise fails on locked pages (EINVAL): dropping is only an optimization, never an error
+    (an advice the kernel does not know gets the same EINVAL here)."""
+    array, expected = mapped
+    monkeypatch.setattr(mmap, "MADV_DONTNEED", 0x7FFF)
+    with pytest.raises(OSError):  # the kernel refuses it: the case drop_resident must absorb
+        _probe(array)
+    drop_resident(array)
+    np.testing.assert_array_equal(array, expected)
+
+
+def _probe(array: np.ndarray) -> None:
+    owner: object = array
+    while not isinstance(owner, mmap.mmap):
+        owner = owner.obj if isinstance(owner, memoryview) else owner.base  # type: ignore[union-attr]
+    owner.madvise(mmap.MADV_DONTNEED, 0, mmap.PAGESIZE)
