@@ -41,8 +41,9 @@ from optkit.check.inputs import format_dims, runtime_inputs
 from optkit.check.verify import verify_rewrite
 from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import Namer, iter_graphs, node_count, opset_version
-from optkit.errors import InputError, InternalError, VerificationError
+from optkit.errors import InputError, VerificationError
 from optkit.io.outputs import model_reads
+from optkit.io.validation import check_built, load_checked, upgraded
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec
 
 TTA_KEY = "optkit.tta"
@@ -374,7 +375,6 @@ def tta(
         raise InputError(f"scales: a list of numbers, got {scales!r}")
     augment = Augmentations(hflip, vflip, int(shift), directions, pad, crops, big, tuple(scales))
     augment.check()
-    from optkit.io.validation import load_checked, upgraded
 
     label = io.describe(model)
     original = load_checked(model, label)
@@ -414,7 +414,7 @@ def tta(
             "weights": [float(w) for w in factors],
         }
     )
-    _check(working)
+    check_built(working, "the TTA model")
     details.insert(0, f"{len(copies)} copies stacked along the batch axis, one pass of the model")
     report = combining.CombinedReport(
         "tta",
@@ -579,15 +579,6 @@ def _forget_dynamic_shapes(model: ir.Model) -> None:
                 if value.shape is not None and not value.is_graph_output():
                     if any(not isinstance(d, int) for d in value.shape):
                         value.shape = None
-
-
-def _check(model: ir.Model) -> None:
-    from optkit.io.validation import check_model
-
-    try:
-        check_model(model, "the TTA model")
-    except InputError as exc:
-        raise InternalError(f"{exc} (an optkit bug: please report it)") from None
 
 
 def _expected(

@@ -34,8 +34,9 @@ from optkit.check.verify import verify_rewrite
 from optkit.core.contract import Decline, Exactness
 from optkit.core.graph import Namer, is_default_domain, iter_graphs, node_count, opset_version
 from optkit.core.pipeline import Pipeline
-from optkit.errors import InputError, InternalError, VerificationError
+from optkit.errors import InputError, VerificationError
 from optkit.io.outputs import model_reads
+from optkit.io.validation import check_built, load_checked, upgraded
 from optkit.preprocessing import METADATA_KEY, PreprocessSpec
 
 ENSEMBLE_KEY = "optkit.ensemble"  # metadata: the members, the combination and the weights
@@ -71,7 +72,6 @@ def ensemble(
     if len(members) < 2:
         raise InputError(f"an ensemble needs at least two members, got {len(members)}")
     factors = combining.coefficients(weights, len(members), "members")
-    from optkit.io.validation import load_checked
 
     labels = [f"member {i + 1} ({io.describe(m)})" for i, m in enumerate(members)]
     originals = [load_checked(m, label) for m, label in zip(members, labels, strict=True)]
@@ -114,7 +114,7 @@ def ensemble(
         }
     )
     merged.producer_name = "optkit ensemble"
-    _check(merged)
+    check_built(merged, "the combined model")
     report = combining.CombinedReport(
         "ensemble",
         [io.describe(m) for m in members],
@@ -249,7 +249,6 @@ def _converted(
     models: Sequence[ir.Model], labels: Sequence[str], target: int
 ) -> tuple[list[ir.Model], list[str]]:
     """Each member at `target` (copies; onnx's version converter), each conversion verified."""
-    from optkit.io.validation import upgraded
 
     result, notes = [], []
     for model, label in zip(models, labels, strict=True):
@@ -414,15 +413,6 @@ def _share(model: ir.Model) -> dict[str, int]:
     )
     _, report = Pipeline(passes, fixed_point=True).run(model)
     return {p.name: sum(p.hits().values()) for p in report.passes}
-
-
-def _check(model: ir.Model) -> None:
-    from optkit.io.validation import check_model
-
-    try:
-        check_model(model, "the combined model")
-    except InputError as exc:
-        raise InternalError(f"{exc} (an optkit bug: please report it)") from None
 
 
 def _expected(

@@ -23,9 +23,9 @@ from optkit.core.contract import Decline, Exactness, PassOptions
 from optkit.core.graph import count_ops, node_count, opset_version
 from optkit.core.pipeline import Pipeline, PipelineReport, Verifier
 from optkit.core.shapes import reinfer_shapes, restore_declared_shapes
-from optkit.errors import InputError, InternalError
+from optkit.errors import InputError
 from optkit.io.outputs import model_reads
-from optkit.io.validation import check_input, check_model, upgraded
+from optkit.io.validation import check_built, check_input, upgraded
 from optkit.passes import ALL_PASSES, DEFAULT_PASSES
 
 
@@ -280,10 +280,7 @@ def fuse(
         opset_upgrade=opset_upgrade,
         verification_requested=verify_result,
     )
-    try:
-        check_model(result, f"{source} after fuse")
-    except InputError as exc:
-        raise InternalError(f"{exc} (an optkit bug: please report it)") from None
+    check_built(result, f"{source} after fuse")
     if verify_result:
         outcome = verify_rewrite(
             original,

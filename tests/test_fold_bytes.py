@@ -13,9 +13,9 @@ import pytest
 
 import optkit
 from optkit.core import memory
-from optkit.core.graph import FLOAT_TYPES
+from optkit.core.graph import FLOAT_TYPES, InitializerOverflow
 from optkit.passes.fold import support as fold_support
-from optkit.passes.fold.support import FoldOverflow, scaled
+from optkit.passes.fold.support import scaled
 
 DTYPES = [ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE]
 
@@ -27,7 +27,7 @@ def reference(weight: np.ndarray, factor: np.ndarray, dtype: ir.DataType) -> np.
         rounded = product.astype(FLOAT_TYPES[dtype])
     if np.any(np.isinf(rounded) & np.isfinite(product)):
         peak = float(np.max(np.abs(product[np.isfinite(product)])))
-        raise FoldOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
+        raise InitializerOverflow(f"folded values reach {peak:.3g}, beyond {dtype.name}'s range")
     return rounded
 
 
@@ -73,9 +73,9 @@ def test_scaled_overflow_is_refused_as_the_reference(dtype, monkeypatch):
     weight[13, 1, 2, 0] = np_dtype.type(1e4 if dtype == ir.DataType.FLOAT16 else 1e38)
     weight[2, 0, 0, 0] = np.inf  # infinite already: not an overflow of the fold
     factor = np.full((20, 1, 1, 1), 8.0)
-    with pytest.raises(FoldOverflow) as expected:
+    with pytest.raises(InitializerOverflow) as expected:
         reference(weight, factor, dtype)
-    with pytest.raises(FoldOverflow) as got:
+    with pytest.raises(InitializerOverflow) as got:
         scaled(weight, factor, dtype)
     assert str(got.value) == str(expected.value)
     weight[13, 1, 2, 0] = 1

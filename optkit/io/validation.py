@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from optkit.core.graph import iter_graphs, node_label, opset_version
 from optkit.core.skeleton import skeleton_proto
-from optkit.errors import InputError, first_line
+from optkit.errors import InputError, InternalError, first_line
 from optkit.io import model_files as io
 
 
@@ -121,6 +121,15 @@ def check_model(model: ir.Model, what: str) -> None:
         onnx.checker.check_model(skeleton_proto(model))
     except (onnx.checker.ValidationError, ValueError, TypeError) as exc:
         raise InputError(f"{what}: fails the ONNX checker: {first_line(exc)}") from None
+
+
+def check_built(model: ir.Model, what: str) -> None:
+    """`check_model` on a model optkit built (a fused, combined or augmented one): a failure there
+    is an optkit bug, raised as InternalError (exit 3), never blamed on the user's input."""
+    try:
+        check_model(model, what)
+    except InputError as exc:
+        raise InternalError(f"{exc} (an optkit bug: please report it)") from None
 
 
 def upgraded(model: ir.Model, opset: int, source: str) -> ir.Model:

@@ -99,9 +99,6 @@ class FoldContext:
         )
 
 
-FoldOverflow = InitializerOverflow  # what `scaled` raises (the name tests and tools know)
-
-
 CHUNK_BYTES = 1 << 20  # of float64 products per chunk of `scaled`: stays in cache
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from form_graphs import F32, node, reader, value
 from onnx import helper, numpy_helper
 
 from optkit.core.contract import Decline
@@ -25,8 +26,6 @@ from optkit.passes.forms.pattern import (
     private,
     producer,
 )
-
-F32 = onnx.TensorProto.FLOAT
 
 
 def build(
@@ -51,22 +50,6 @@ def build(
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = ir_version
     return ir.from_proto(proto)
-
-
-def node(model: ir.Model, name: str) -> ir.Node:
-    return next(n for n in model.graph if n.name == name)
-
-
-def value(model: ir.Model, name: str) -> ir.Value:
-    graph = model.graph
-    for v in [*graph.inputs, *graph.initializers.values()]:
-        if v.name == name:
-            return v
-    return next(o for n in graph for o in n.outputs if o.name == name)
-
-
-def reader(model: ir.Model) -> Reader:
-    return Reader(model.graph, ConstantPolicy(model))
 
 
 def fine(result: object) -> bool:
