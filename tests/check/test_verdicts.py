@@ -505,13 +505,46 @@ def test_as_accurate_as_the_original_is_judged_channel_by_channel():
     wrong[:, 1] *= np.float32(1.01)  # a wrong channel hides behind channel 0's error no more
     refused = as_accurate_as_original(truth, reference, {"y": wrong}, 2.0)
     assert isinstance(refused, Decline) and "channel 1" in refused.reason
-    logits = {"y": rng.standard_normal((1, 1000))}  # one element per class: judged as a whole
+    logits = {"y": rng.standard_normal((1, 1000))}  # one element per class: element by element
     off = {"y": (logits["y"] + rng.standard_normal((1, 1000)) * 1e-4).astype(np.float32)}
     also_off = {"y": (logits["y"] + rng.standard_normal((1, 1000)) * 1e-4).astype(np.float32)}
     judged = as_accurate_as_original(logits, off, also_off, 2.0)
-    assert not isinstance(judged, Decline) and judged[0].group == "'y'"
+    assert not isinstance(judged, Decline) and judged[0].group.startswith("'y' at index (0, ")
+    skewed = off["y"].copy()
+    skewed[0, 0] += np.float32(10.0)  # class 0 badly conditioned in the original
+    wrong = also_off["y"].copy()
+    wrong[0, 1] *= np.float32(1.01)  # class 1 wrong by 1%: class 0's error does not excuse it
+    refused = as_accurate_as_original(logits, {"y": skewed}, {"y": wrong}, 2.0)
+    assert isinstance(refused, Decline) and "at index (0, 1)" in refused.reason
     nan = {"y": np.full((1, 1000), np.nan, np.float32)}
     assert isinstance(as_accurate_as_original(logits, off, nan, 2.0), Decline)
+
+
+def test_a_badly_conditioned_class_does_not_excuse_a_wrong_one():
+    """Gemm + BN on one sample's 10 logits: class 0 cancels a bias of 3e4 against a mean of 3e4
+    (0.35 lost in float32); class 1 scaled by 1.01 is refused (judging the logits as one group, as
+    the first version of the accuracy arbiter did, let it pass)."""
+    from optkit.check.verify import verify_rewrite
+
+    def gemm_bn(scale_1: float) -> onnx.ModelProto:
+        rng = np.random.default_rng(1)
+        inits = {
+            "W": rng.standard_normal((10, 32)).astype(np.float32),
+            "B": np.array([3e4] + [0] * 9, np.float32),
+            "bn.scale": np.array([300, scale_1] + [1] * 8, np.float32),
+            "bn.B": np.zeros(10, np.float32),
+            "bn.mean": np.array([3e4] + [0] * 9, np.float32),
+            "bn.var": np.ones(10, np.float32),
+        }
+        nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["g"], transB=1), bn_node("g", "y")]
+        return make_model(nodes, [("x", F32, [1, 32])], [("y", F32, [1, 10])], inits)
+
+    before = optkit.load(gemm_bn(1.0))
+    verdict = verify_rewrite(before, optkit.load(gemm_bn(1.01)), Exactness.REASSOCIATE)
+    assert isinstance(verdict, optkit.Verdict) and not verdict.ok
+    assert any("at index (0, 1)" in note and "more than 2x" in note for note in verdict.notes)
+    fused = optkit.fuse(gemm_bn(1.0))
+    assert fused.report.ok and fused.report.batchnorm_after == 0
 
 
 def test_a_badly_conditioned_channel_does_not_excuse_a_wrong_one():
